@@ -1,0 +1,29 @@
+# The two front-door commands: `make demo` and `make test`. Each (re)creates .venv from the lock
+# file when it is missing or older than the lock, then runs.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= /tmp/sml_jax_demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv bench clean-venv
+
+$(STAMP): requirements/lock.txt setup.py
+	@bash scripts/make_venv.sh $(VENV)
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m sml_jax.main --config=configs/demo.py --workdir=$(WORKDIR)
+
+test: $(STAMP)
+	XLA_FLAGS="$${XLA_FLAGS:-}" $(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m sml_jax.bench sampler
+	$(PY) -m sml_jax.bench train
+
+clean-venv:
+	rm -rf $(VENV)
