@@ -1,0 +1,1 @@
+"""sml_jax: Social Meta-Learning finetuning of Gemma models in JAX. Kept import-light."""
