@@ -1,0 +1,93 @@
+"""The Gemma chat template as token ids plus a per-token role array (the basis of loss masks).
+
+    <bos><start_of_turn>user\\n{text}<end_of_turn>\\n<start_of_turn>model\\n{text}<end_of_turn>\\n
+
+Per-token roles (`Role`): template tokens (`<bos>`, `<start_of_turn>`, role names, newlines
+between turns) are TEMPLATE; the text of a user turn is USER; the text of a model turn *and its
+closing `<end_of_turn>`* are MODEL (the model must learn to stop). Example, for
+[("user", "Hi"), ("model", "Yo")]:
+
+    tokens: <bos> <sot> user \\n  Hi  <eot> \\n <sot> model \\n  Yo  <eot> \\n
+    roles:    T    T    T    T   U    T    T   T    T    T   M    M    T
+
+Segments are tokenised separately and concatenated, which is exactly how a multi-turn sampler
+extends its context turn by turn (generated tokens are kept as sampled, never re-tokenised).
+Pure numpy: no jax import.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Iterable, Sequence
+
+import numpy as np
+
+BOS_ID, EOS_ID, PAD_ID = 2, 1, 0
+START_OF_TURN_ID, END_OF_TURN_ID = 105, 106
+CHAT_ROLES = ("user", "model")
+
+
+class Role(enum.IntEnum):
+  PAD = 0
+  TEMPLATE = 1
+  USER = 2
+  MODEL = 3
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+  return list(tokenizer.encode(text)) if text else []
+
+
+def turn_header(tokenizer, role: str) -> list[int]:
+  """`<start_of_turn>{role}\\n` as ids."""
+  if role not in CHAT_ROLES:
+    raise ValueError(f"Chat role must be one of {CHAT_ROLES}, got {role!r}.")
+  return [START_OF_TURN_ID] + _encode(tokenizer, f"{role}\n")
+
+
+def encode_turn(tokenizer, role: str, text: str | None = None, *, text_ids: Sequence[int] | None = None,
+                close: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """One turn: header + text (+ `<end_of_turn>\\n` when `close`). Returns (ids [T], roles [T]).
+
+  `text_ids` passes already-tokenised text (e.g. sampled tokens, which must stay as sampled);
+  they must not include the closing `<end_of_turn>`.
+  """
+  header = turn_header(tokenizer, role)
+  body = list(text_ids) if text_ids is not None else _encode(tokenizer, text or "")
+  body_role = Role.MODEL if role == "model" else Role.USER
+  ids = header + body
+  roles = [Role.TEMPLATE] * len(header) + [body_role] * len(body)
+  if close:
+    ids += [END_OF_TURN_ID] + _encode(tokenizer, "\n")
+    roles += [body_role, Role.TEMPLATE]
+  return np.asarray(ids, np.int32), np.asarray(roles, np.int8)
+
+
+def encode_dialogue(tokenizer, turns: Iterable[tuple[str, str]], *, add_bos: bool = True,
+                    add_generation_prompt: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """A list of (role, text) turns -> (ids [T] int32, roles [T] int8).
+
+  `add_generation_prompt` appends `<start_of_turn>model\\n` so the model writes the next turn.
+  """
+  ids, roles = ([BOS_ID], [Role.TEMPLATE]) if add_bos else ([], [])
+  parts_ids, parts_roles = [np.asarray(ids, np.int32)], [np.asarray(roles, np.int8)]
+  for role, text in turns:
+    t_ids, t_roles = encode_turn(tokenizer, role, text)
+    parts_ids.append(t_ids)
+    parts_roles.append(t_roles)
+  if add_generation_prompt:
+    header = turn_header(tokenizer, "model")
+    parts_ids.append(np.asarray(header, np.int32))
+    parts_roles.append(np.full(len(header), Role.TEMPLATE, np.int8))
+  return np.concatenate(parts_ids), np.concatenate(parts_roles)
+
+
+def format_dialogue(turns: Iterable[tuple[str, str]], add_generation_prompt: bool = False) -> str:
+  """The same template as text (for display and for samplers that take strings)."""
+  out = "".join(f"<start_of_turn>{r}\n{t}<end_of_turn>\n" for r, t in turns)
+  return out + ("<start_of_turn>model\n" if add_generation_prompt else "")
+
+
+def loss_mask(roles: np.ndarray) -> np.ndarray:
+  """1.0 where the token was written by the model (its text and closing `<end_of_turn>`)."""
+  return (np.asarray(roles) == Role.MODEL).astype(np.float32)

@@ -1,0 +1,80 @@
+"""The one table of sharding rules: gemma params, KV caches and batches -> PartitionSpecs.
+
+Rules match a param path (joined with '/') by regex, first match wins; each gives one mesh axis
+(or None) per array dim. An axis that does not divide its dim is dropped (replicated), so the
+same table serves the 270M on 8 CPU devices and the 27B on a pod slice.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sml_jax.parallel.mesh import BATCH_AXES
+
+# (path regex, spec per dim). Shapes are gemma's (E embed, H heads, K kv heads, D head dim,
+# F mlp hidden, V vocab).
+PARAM_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    (r"embedder/input_embedding$", ("tensor", "fsdp")),           # (V, E)
+    (r"attn/q_einsum/w$", ("tensor", "fsdp", None)),               # (H, E, D)
+    (r"attn/kv_einsum/w$", (None, "tensor", "fsdp", None)),        # (2, K, E, D)
+    (r"attn/attn_vec_einsum/w$", ("tensor", None, "fsdp")),        # (H, D, E)
+    (r"mlp/gating_einsum$", (None, "tensor", "fsdp")),             # (2, F, E)
+    (r"mlp/linear$", ("tensor", "fsdp")),                          # (F, E)
+    (r"lora", ()),                                                 # LoRA factors: small, replicated
+    (r".*", ()),                                                   # norms, scalars: replicated
+)
+# KV cache per layer: k, v (B, L, K, D); end_index (B,); positions (B, L).
+CACHE_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    (r"/(k|v)$", (BATCH_AXES, None, "tensor", None)),
+    (r".*", (BATCH_AXES,)),
+)
+
+
+def _axis_size(mesh: Mesh, axis) -> int:
+  if axis is None:
+    return 1
+  axes = axis if isinstance(axis, tuple) else (axis,)
+  size = 1
+  for a in axes:
+    size *= mesh.shape[a]
+  return size
+
+
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules) -> P:
+  for pattern, spec in rules:
+    if re.search(pattern, path):
+      spec = tuple(spec)[: len(shape)] + (None,) * max(0, len(shape) - len(spec))
+      return P(*(a if a is not None and dim % _axis_size(mesh, a) == 0 else None
+                 for a, dim in zip(spec, shape)))
+  return P()
+
+
+def _path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def tree_shardings(tree, mesh: Mesh, rules=PARAM_RULES):
+  """NamedShardings for every leaf of `tree` (arrays or ShapeDtypeStructs)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: NamedSharding(mesh, spec_for(_path_str(p), tuple(x.shape), mesh, rules)), tree)
+
+
+def param_shardings(params, mesh: Mesh):
+  return tree_shardings(params, mesh, PARAM_RULES)
+
+
+def cache_shardings(cache, mesh: Mesh):
+  return tree_shardings(cache, mesh, CACHE_RULES)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Leading (batch) dim split over the data-parallel axes; the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def shard_params(params, mesh: Mesh):
+  return jax.device_put(params, param_shardings(params, mesh))

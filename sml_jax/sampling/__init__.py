@@ -1,0 +1,1 @@
+"""sml_jax.sampling"""
