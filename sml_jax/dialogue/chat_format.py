@@ -3,12 +3,12 @@
     <bos><start_of_turn>user\\n{text}<end_of_turn>\\n<start_of_turn>model\\n{text}<end_of_turn>\\n
 
 Per-token roles (`Role`): template tokens (`<bos>`, `<start_of_turn>`, role names, newlines
-between turns) are TEMPLATE; the text of a user turn is USER; the text of a model turn *and its
-closing `<end_of_turn>`* are MODEL (the model must learn to stop). Example, for
+between turns) are TEMPLATE; a turn's text and its closing `<end_of_turn>` take the speaker's role,
+USER or MODEL (the model must learn to stop, so its `<end_of_turn>` is in the loss). Example, for
 [("user", "Hi"), ("model", "Yo")]:
 
     tokens: <bos> <sot> user \\n  Hi  <eot> \\n <sot> model \\n  Yo  <eot> \\n
-    roles:    T    T    T    T   U    T    T   T    T    T   M    M    T
+    roles:    T    T    T    T   U    U    T   T    T    T   M    M    T
 
 Segments are tokenised separately and concatenated, which is exactly how a multi-turn sampler
 extends its context turn by turn (generated tokens are kept as sampled, never re-tokenised).
