@@ -1,0 +1,293 @@
+"""The batched episode loop: student turn, verify, teacher turn, ... until correct or `max_turns`.
+
+Many conversations advance together through one sampler (see `sml_jax.sampling.Sampler`):
+
+    student: sample turn t for every active row -> verify (task verifiers, in parallel)
+             -> flags (attempt / question / premature), reward gamma ** (t - 1) when correct
+             -> [Q-priming: replace some failed attempts by a model-written question]
+    teacher: scripted feedback from the verdict, or an LLM teacher that sees the privileged
+             briefing + the verifier's note, with a leak guard (count / redact / resample)
+             [+ the next shard, for underspecified problems]
+    student: the teacher's reply is appended to each row's KV cache (no re-prefill)
+
+Each party's token context is kept in numpy (`Conversation.student/.teacher`) as the source of
+truth; the KV caches are rebuilt from it only when a turn is rewritten (Q-priming, resampling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+
+from sml_jax.dialogue import chat_format as cf
+from sml_jax.dialogue import prompts
+from sml_jax.dialogue.conversation import (Conversation, Turn, opening_segment, reply_segment,
+                                           turn_reward)
+from sml_jax.tasks.base import Problem, Task, Verdict
+
+LEAK_POLICIES = ("count", "redact", "resample")
+TEACHER_KINDS = ("scripted", "llm")
+
+
+@dataclasses.dataclass(frozen=True)
+class DialogueConfig:
+  max_turns: int = 4               # student turns per conversation
+  gamma: float = 0.7               # turn discount of the reward
+  teacher: str = "scripted"        # "scripted" (verifier only) | "llm"
+  student_max_tokens: int = 256
+  teacher_max_tokens: int = 96
+  temperature: float = 1.0         # student sampling temperature (0 = greedy)
+  top_p: float | None = None
+  top_k: int | None = None
+  teacher_temperature: float = 0.0
+  leak_policy: str = "redact"      # what to do with a teacher turn that states the answer
+  qprime_q: float = 0.0            # Q-priming: replace a failed attempt at turn t w.p. q ** t
+  qprime_max_tokens: int = 64
+
+  def __post_init__(self):
+    if self.max_turns < 1:
+      raise ValueError(f"dialogue.max_turns must be >= 1, got {self.max_turns}.")
+    if not 0.0 < self.gamma <= 1.0:
+      raise ValueError(f"dialogue.gamma must be in (0, 1], got {self.gamma}.")
+    if self.teacher not in TEACHER_KINDS:
+      raise ValueError(f"dialogue.teacher must be one of {TEACHER_KINDS}, got {self.teacher!r}.")
+    if self.leak_policy not in LEAK_POLICIES:
+      raise ValueError(f"dialogue.leak_policy must be one of {LEAK_POLICIES}, got {self.leak_policy!r}.")
+    if not 0.0 <= self.qprime_q <= 1.0:
+      raise ValueError(f"dialogue.qprime_q must be in [0, 1], got {self.qprime_q}.")
+
+
+def _strip_stop(ids: np.ndarray) -> list[int]:
+  ids = [int(i) for i in ids]
+  return ids[:-1] if ids and ids[-1] in (cf.END_OF_TURN_ID, cf.EOS_ID) else ids
+
+
+def _decode(tokenizer, ids) -> str:
+  return tokenizer.decode(_strip_stop(ids)).strip()
+
+
+def redact(text: str, problem: Problem) -> str:
+  """Removes the final answer (math) or code blocks (code) from a leaking teacher turn."""
+  if problem.domain == "code":
+    return re.sub(r"```.*?(```|$)", "[code removed]", text, flags=re.S)
+  if problem.answer:
+    text = re.sub(rf"(?<![\d.]){re.escape(problem.answer)}(?![\d])", "[redacted]", text)
+  return text
+
+
+class EpisodeRunner:
+  """Runs batched SML dialogues with one sampler serving student and (LLM) teacher."""
+
+  def __init__(self, sampler, tokenizer, task_lookup: Callable[[str], Task], cfg: DialogueConfig,
+               classify_turn: Callable[[str, bool], str] | None = None):
+    self.sampler, self.tok, self.task_lookup, self.cfg = sampler, tokenizer, task_lookup, cfg
+    if classify_turn is None:
+      from sml_jax.tasks.turns import classify_turn  # pylint: disable=g-import-not-at-top
+    self.classify_turn = classify_turn
+    self.stats = {"teacher_leaks": 0, "teacher_turns": 0, "resampled": 0, "qprimed": 0}
+    self._teacher_index: dict[int, int] = {}
+    self._teacher_rebuild = False
+
+  # --- public API ------------------------------------------------------------------------------
+
+  def run(self, problems: Sequence[Problem], student_params, teacher_params=None, *, seed: int = 0,
+          repeats: int = 1) -> list[Conversation]:
+    """Rolls out `repeats` conversations per problem (GRPO groups are consecutive rows)."""
+    cfg = self.cfg
+    if cfg.teacher == "llm" and teacher_params is None:
+      teacher_params = student_params  # A frozen copy of the student (the caller must not update it).
+    rng = np.random.default_rng(seed)
+    convs = [Conversation(p, cfg.teacher, cfg.max_turns, repeat=r) for p in problems
+             for r in range(repeats)]
+    for c in convs:
+      text = prompts.student_opening(c.problem)
+      c.student.extend(*opening_segment(self.tok, text))
+      c.turns.append(Turn("user", text, {}))
+    s_state = self.sampler.start(student_params, [c.student.ids for c in convs])
+    t_state = None
+    self._teacher_rebuild = False
+    for t in range(1, cfg.max_turns + 1):
+      active = np.array([not c.done for c in convs])
+      if not active.any():
+        break
+      s_state, out = self.sampler.sample(
+          student_params, s_state, max_new_tokens=cfg.student_max_tokens,
+          temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+          seed=seed * 1000 + 2 * t, active=active)
+      rows = np.flatnonzero(active)
+      stopped = {}
+      for i in rows:
+        c = convs[i]
+        c.student.extend(out.tokens[i], [cf.Role.MODEL] * len(out.tokens[i]), out.logprobs[i])
+        c.turns.append(Turn("student", _decode(self.tok, out.tokens[i]), {}))
+        stopped[i] = bool(out.stopped[i])
+      verdicts = self._verify([convs[i] for i in rows])
+      rewrite = self._score_student_turns([convs[i] for i in rows], verdicts, t, rng, stopped, rows,
+                                          teacher_params)
+      # Teacher turn for every conversation that goes on.
+      go_on = [i for i in rows if not convs[i].done]
+      replies = self._teacher_replies([convs[i] for i in go_on], dict(zip(rows, verdicts)), go_on,
+                                      teacher_params, t_state, seed * 1000 + 2 * t + 1)
+      t_state = replies.pop("_state")
+      segments = [[] for _ in convs]
+      for i in go_on:
+        text = replies[i]
+        c = convs[i]
+        ids, roles = reply_segment(self.tok, text, close_previous=not stopped.get(i, True))
+        c.student.extend(ids, roles)
+        segments[i] = ids.tolist()
+      if rewrite:
+        s_state = self.sampler.start(student_params, [c.student.ids for c in convs])
+      elif go_on:
+        s_state = self.sampler.append(student_params, s_state, segments)
+    for c in convs:
+      c.reward = turn_reward(c.solved_turn, cfg.gamma)
+    return convs
+
+  # --- student side ----------------------------------------------------------------------------
+
+  def _verify(self, convs: list[Conversation]) -> list[Verdict]:
+    verdicts: list[Verdict | None] = [None] * len(convs)
+    by_task: dict[str, list[int]] = {}
+    for j, c in enumerate(convs):
+      by_task.setdefault(c.problem.task, []).append(j)
+    for name, idx in by_task.items():
+      task = self.task_lookup(name)
+      got = task.verify_batch([convs[j].problem for j in idx], [convs[j].turns[-1].text for j in idx])
+      for j, v in zip(idx, got):
+        verdicts[j] = v
+    return verdicts  # type: ignore[return-value]
+
+  def _score_student_turns(self, convs, verdicts, t, rng, stopped, rows, teacher_params) -> bool:
+    """Sets flags / solved_turn; applies Q-priming. Returns True if a student turn was rewritten."""
+    qprime_rows = []
+    for j, (c, v) in enumerate(zip(convs, verdicts)):
+      turn = c.turns[-1]
+      kind = self.classify_turn(turn.text, v.attempted)
+      premature = bool(v.attempted and c.problem.underspecified
+                       and c.shards_revealed < len(c.problem.shards))
+      turn.flags = {"attempt": kind == "attempt", "question": kind == "question",
+                    "correct": bool(v.correct), "premature": premature, "qprime": False}
+      if v.correct:
+        c.solved_turn = t
+      elif (v.attempted and self.cfg.qprime_q > 0 and t < self.cfg.max_turns
+            and rng.random() < self.cfg.qprime_q ** t):
+        qprime_rows.append(j)
+    if not qprime_rows:
+      return False
+    self._qprime([convs[j] for j in qprime_rows], teacher_params, seed=int(rng.integers(1 << 30)))
+    for j in qprime_rows:
+      stopped[rows[j]] = True  # The question ends with <end_of_turn>.
+    return True
+
+  def _qprime(self, convs, teacher_params, seed) -> None:
+    """Replaces each failed attempt by a question the model writes from the privileged info."""
+    qprompts = [opening_segment(self.tok, prompts.qprime_prompt(c.problem, c.turns[-1].text))[0].tolist()
+                for c in convs]
+    out = self.sampler.generate(teacher_params, qprompts, max_new_tokens=self.cfg.qprime_max_tokens,
+                                temperature=self.cfg.teacher_temperature, seed=seed)
+    for c, toks in zip(convs, out.tokens):
+      question = _decode(self.tok, toks).split("\n")[0].strip() or "Could you give me a hint?"
+      # Drop the failed attempt from the student's context and put the question in its place.
+      n_old = len(c.student.ids) - self._last_turn_start(c)
+      del c.student.ids[-n_old:], c.student.roles[-n_old:], c.student.logprobs[-n_old:]
+      q_ids = list(self.tok.encode(question)) + [cf.END_OF_TURN_ID]
+      c.student.extend(q_ids, [cf.Role.MODEL] * len(q_ids))
+      c.turns[-1] = Turn("student", question, {"attempt": False, "question": True, "correct": False,
+                                               "premature": False, "qprime": True})
+      self.stats["qprimed"] += 1
+
+  @staticmethod
+  def _last_turn_start(c: Conversation) -> int:
+    """Index where the student's latest turn starts (right after the last template token)."""
+    roles = c.student.roles
+    k = len(roles)
+    while k > 0 and roles[k - 1] == cf.Role.MODEL:
+      k -= 1
+    return k
+
+  # --- teacher side ----------------------------------------------------------------------------
+
+  def _teacher_replies(self, convs, verdict_of, rows, teacher_params, t_state, seed) -> dict:
+    """Returns {row: public teacher text} plus "_state" (the teacher's sampler state)."""
+    replies: dict = {"_state": t_state}
+    if not convs:
+      return replies
+    texts = {}
+    if self.cfg.teacher == "scripted":
+      for i, c in zip(rows, convs):
+        texts[i] = prompts.scripted_feedback(c.problem, verdict_of[i])
+    else:
+      texts, replies["_state"] = self._llm_teacher(convs, verdict_of, rows, teacher_params, t_state, seed)
+    for i, c in zip(rows, convs):
+      text, flags = texts[i], {"leak": False, "shard": False}
+      if self.cfg.teacher == "llm":
+        self.stats["teacher_turns"] += 1
+        if self.task_lookup(c.problem.task).leaked(c.problem, text):
+          flags["leak"] = True
+          self.stats["teacher_leaks"] += 1
+          if self.cfg.leak_policy in ("redact", "resample"):
+            text = redact(text, c.problem)
+      if c.problem.underspecified and c.shards_revealed < len(c.problem.shards):
+        premature = c.turns[-1].flags.get("premature", False)
+        shard = prompts.reveal_shard(c.problem.shards[c.shards_revealed], premature)
+        text = f"{text}\n\n{shard}" if self.cfg.teacher == "llm" else shard
+        c.shards_revealed += 1
+        flags["shard"] = True
+      c.turns.append(Turn("teacher", text, flags))
+      replies[i] = text
+    return replies
+
+  def _llm_teacher(self, convs, verdict_of, rows, teacher_params, t_state, seed):
+    """One LLM teacher turn for `rows`; the teacher's cache covers every conversation."""
+    segs = {}
+    for i, c in zip(rows, convs):
+      student_text = c.turns[-1].text + prompts.verifier_note(verdict_of[i])
+      if not c.teacher.ids:
+        first = (prompts.teacher_briefing(c.problem) + "\n\nThe student said:\n" + student_text)
+        c.teacher.extend(*opening_segment(self.tok, first))
+        segs[i] = None
+      else:
+        ids, roles = reply_segment(self.tok, student_text, close_previous=not c.teacher_stopped)
+        c.teacher.extend(ids, roles)
+        segs[i] = ids.tolist()
+    if t_state is None or any(s is None for s in segs.values()) or self._teacher_rebuild:
+      # (Re)prefill the teacher cache from the token contexts: first turn or after a resample.
+      t_state = self.sampler.start(teacher_params, [c.teacher.ids for c in convs])
+      index = {i: k for k, i in enumerate(rows)}
+      self._teacher_rebuild = False
+    else:
+      index = self._teacher_index
+      full = [[] for _ in range(len(index))]
+      for i in rows:
+        full[index[i]] = segs[i]
+      t_state = self.sampler.append(teacher_params, t_state, full)
+    self._teacher_index = index
+    active = np.zeros(len(index), bool)
+    active[[index[i] for i in rows]] = True
+    t_state, out = self.sampler.sample(teacher_params, t_state, max_new_tokens=self.cfg.teacher_max_tokens,
+                                       temperature=self.cfg.teacher_temperature, seed=seed, active=active)
+    texts = {i: _decode(self.tok, out.tokens[index[i]]) for i in rows}
+    if self.cfg.leak_policy == "resample":
+      leaked = [(i, c) for i, c in zip(rows, convs)
+                if self.task_lookup(c.problem.task).leaked(c.problem, texts[i])]
+      if leaked:
+        # One fresh draw for the leaking rows (a sampled, not greedy, retry); the caller still
+        # counts a leak and redacts if the retry leaks too.
+        self.stats["resampled"] += len(leaked)
+        retry = self.sampler.generate(
+            teacher_params, [c.teacher.ids for _, c in leaked],
+            max_new_tokens=self.cfg.teacher_max_tokens, temperature=max(self.cfg.teacher_temperature, 0.7),
+            seed=seed + 7919)
+        for (i, _), toks in zip(leaked, retry.tokens):
+          out.tokens[index[i]], out.stopped[index[i]] = toks, bool(len(toks) and toks[-1] in (106, 1))
+          texts[i] = _decode(self.tok, toks)
+        self._teacher_rebuild = True  # The cache holds the leaked draw: rebuild it next turn.
+    for i, c in zip(rows, convs):
+      toks = out.tokens[index[i]]
+      c.teacher.extend(toks, [cf.Role.MODEL] * len(toks))
+      c.teacher_stopped = bool(out.stopped[index[i]])
+    return texts, t_state

@@ -1,0 +1,78 @@
+"""The words of the dialogue: student opening, teacher briefing, scripted feedback, Q-priming.
+
+Plain strings, kept in one place so experiments can change them without touching the loop.
+The public conversation (what the student sees) never contains privileged text: only the teacher
+briefing and the verifier notes (teacher context) do.
+"""
+
+from __future__ import annotations
+
+from sml_jax.tasks.base import Problem, Verdict
+
+STUDENT_INSTRUCTIONS = {
+    "math": ("Solve the following problem. You are talking with a teacher who can help: if you are "
+             "unsure or information is missing, ask a question. When you give an answer, end with "
+             "'Final answer: <number>'."),
+    "code": ("Write a Python function for the following task. You are talking with a teacher who can "
+             "help: if you are unsure, ask a question. Give your solution in a ```python code block."),
+}
+
+TEACHER_BRIEFING = (
+    "You are a teacher helping a student solve a problem. You know the reference solution, but the "
+    "student must find the answer themselves: NEVER state the final answer or write the solution "
+    "for them. Reply in one to three sentences: point to the first mistake, give a hint, or answer "
+    "the student's question.\n\nProblem:\n{statement}\n\nReference solution (secret):\n{privileged}")
+
+VERIFIER_NOTE = "\n\n[Private note for the teacher: {note}]"
+
+QPRIME_PROMPT = (
+    "A student is solving this problem:\n{statement}\n\nReference solution (secret):\n{privileged}"
+    "\n\nThe student's attempt was wrong:\n{attempt}\n\nWrite ONE short question the student "
+    "could ask the teacher to get the information they are missing. Do not reveal the answer. "
+    "Reply with the question only.")
+
+
+def student_opening(problem: Problem) -> str:
+  """First user turn of the public conversation."""
+  body = problem.shards[0] if problem.underspecified else problem.statement
+  return f"{STUDENT_INSTRUCTIONS[problem.domain]}\n\n{body}"
+
+
+def teacher_briefing(problem: Problem) -> str:
+  return TEACHER_BRIEFING.format(statement=problem.statement, privileged=problem.privileged)
+
+
+def verifier_note(verdict: Verdict) -> str:
+  """The teacher's dynamic privileged information about the student's latest turn."""
+  if not verdict.attempted:
+    note = "the student did not give an answer in this turn."
+  elif verdict.correct:
+    note = "the student's answer is correct."
+  else:
+    note = f"the student's answer ({(verdict.extracted or '')[:200]}) is wrong."
+    if verdict.feedback:
+      note += f" Verifier output:\n{verdict.feedback[:800]}"
+  return VERIFIER_NOTE.format(note=note)
+
+
+def scripted_feedback(problem: Problem, verdict: Verdict) -> str:
+  """Feedback from the verifier alone (no LLM): the cheap, leak-free baseline teacher."""
+  if not verdict.attempted:
+    if problem.domain == "code":
+      return "Please give your complete solution in a ```python code block."
+    return "Please work it out and end with 'Final answer: <number>'."
+  if problem.domain == "code":
+    detail = verdict.feedback.strip()[-600:] or "it does not pass the tests."
+    return f"Your program is not correct. The tests report:\n{detail}\nPlease fix it."
+  return "That answer is not correct. Check each step of your calculation and try again."
+
+
+def reveal_shard(shard: str, premature: bool) -> str:
+  """Underspecified problems: the user/teacher reveals the next piece of information."""
+  lead = "I have not given you all the information yet. " if premature else ""
+  return f"{lead}{shard}"
+
+
+def qprime_prompt(problem: Problem, attempt: str) -> str:
+  return QPRIME_PROMPT.format(statement=problem.statement, privileged=problem.privileged,
+                              attempt=attempt.strip()[:1000])

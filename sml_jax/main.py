@@ -1,0 +1,37 @@
+r"""Runs an experiment: `python -m sml_jax.main --config=configs/<name>.py --workdir=DIR`.
+
+Stages from `config.stages` run in order (e.g. eval_before, qprime_sft, rl, eval_after). Rerunning
+the same command on the same --workdir resumes from the last checkpoint. Any config field can be
+overridden: `--config.rl.steps=10 --config.model=gemma3_12b --config.checkpoint=gs://...`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, evals, report.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from sml_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  try:
+    config_lib.validate(config)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  from sml_jax import runner  # pylint: disable=g-import-not-at-top
+  runner.run(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
