@@ -1,0 +1,73 @@
+"""The transcript record (one conversation, one JSONL line) and its validation.
+
+    {"problem_id": "gsm8k/eval/123", "task": "gsm8k", "domain": "math", "teacher": "llm",
+     "max_turns": 4, "repeat": 0,
+     "turns": [{"role": "user", "text": "...", "flags": {}},
+               {"role": "student", "text": "...", "flags": {"attempt": true, "question": false,
+                                                            "correct": false, "premature": false,
+                                                            "qprime": false}},
+               {"role": "teacher", "text": "...", "flags": {"leak": false, "shard": false}}, ...],
+     "solved": true, "solved_turn": 2, "num_student_turns": 2, "reward": 0.7}
+
+`solved_turn` is the 1-based index of the correct student turn (null when unsolved). Optional:
+`"underspecified": true` marks a sharded problem even when no turn carries a shard/premature flag.
+Validation is structural (types, required keys, index ranges): it catches a broken writer early
+with the offending record named, instead of a wrong number in a report.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+ROLES = ("user", "student", "teacher")
+REQUIRED_KEYS = ("problem_id", "turns", "solved", "solved_turn", "reward", "max_turns")
+
+
+def _where(t: dict, i: int) -> str:
+  return f"transcript {i} (problem_id={t.get('problem_id')!r})"
+
+
+def validate_transcript(t: Any, i: int = 0) -> dict:
+  """Returns `t` unchanged if it is a well-formed transcript record, else raises ValueError."""
+  if not isinstance(t, dict):
+    raise ValueError(f"transcript {i} must be a dict, got {type(t).__name__}.")
+  where = _where(t, i)
+  missing = [k for k in REQUIRED_KEYS if k not in t]
+  if missing:
+    raise ValueError(f"{where} is missing keys {missing}.")
+  if not isinstance(t["turns"], list):
+    raise ValueError(f"{where}: 'turns' must be a list.")
+  for j, turn in enumerate(t["turns"]):
+    if not isinstance(turn, dict) or turn.get("role") not in ROLES:
+      raise ValueError(f"{where}, turn {j}: expected a dict with role in {ROLES}, got {turn!r:.200}.")
+    if not isinstance(turn.get("text", ""), str) or not isinstance(turn.get("flags", {}), dict):
+      raise ValueError(f"{where}, turn {j}: 'text' must be a str and 'flags' a dict.")
+  if not isinstance(t["max_turns"], int) or t["max_turns"] < 1:
+    raise ValueError(f"{where}: 'max_turns' must be a positive int, got {t['max_turns']!r}.")
+  if not isinstance(t["reward"], (int, float)) or isinstance(t["reward"], bool):
+    raise ValueError(f"{where}: 'reward' must be a number, got {t['reward']!r}.")
+  if not isinstance(t["solved"], bool):
+    raise ValueError(f"{where}: 'solved' must be a bool, got {t['solved']!r}.")
+  n_student = sum(turn["role"] == "student" for turn in t["turns"])
+  st = t["solved_turn"]
+  if t["solved"]:
+    if not isinstance(st, int) or isinstance(st, bool) or not 1 <= st <= n_student:
+      raise ValueError(f"{where}: solved, so 'solved_turn' must be an int in [1, {n_student}] "
+                       f"(its number of student turns), got {st!r}.")
+  elif st is not None:
+    raise ValueError(f"{where}: unsolved, so 'solved_turn' must be null, got {st!r}.")
+  return t
+
+
+def validate_transcripts(transcripts: Iterable[Any]) -> list[dict]:
+  return [validate_transcript(t, i) for i, t in enumerate(transcripts)]
+
+
+def flag(turn: dict, name: str) -> bool:
+  return bool(turn.get("flags", {}).get(name, False))
+
+
+def is_underspecified(t: dict) -> bool:
+  """A sharded conversation: marked so, or some turn reveals a shard or is a premature attempt."""
+  return bool(t.get("underspecified")) or any(
+      flag(turn, "shard") or flag(turn, "premature") for turn in t["turns"])
