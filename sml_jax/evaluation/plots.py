@@ -95,12 +95,13 @@ def plot_rates(evals: dict[str, dict], pairs: Sequence[tuple[str, str, str]], pa
 
 
 def global_steps(log: Sequence[dict]) -> np.ndarray:
-  """x positions [len(log)]: `step`, shifted so a stage that restarts its counter follows the last."""
+  """x positions [len(log)]: `step`, except that a stage whose counter restarts (its first step is
+  not past the previous x) is shifted to follow the previous stage."""
   xs, offset, last, prev_stage = [], 0.0, None, None
   for i, r in enumerate(log):
     step = float(r.get("step", i))
-    if i and r.get("stage") != prev_stage and step + offset <= last:
-      offset = last + 1 - step
+    if i and r.get("stage") != prev_stage:
+      offset = 0.0 if step > last else last + 1 - step
     last, prev_stage = step + offset, r.get("stage")
     xs.append(last)
   return np.array(xs, np.float64)

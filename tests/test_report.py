@@ -1,0 +1,144 @@
+"""Eval files, report.md, PNG plots and the HTML viewer contain what they claim."""
+
+import html.parser
+import json
+import os
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+
+from sml_jax import evaluation
+from sml_jax.evaluation import plots
+from sml_jax.evaluation import store
+
+EVIL = "<script>alert('x')</script>"
+
+
+def conv(pid, solved_turn, max_turns=4, repeat=0, text="I think it is 5."):
+  """A transcript that is solved at `solved_turn` (None: fails every turn)."""
+  turns = [{"role": "user", "text": f"Problem {pid}: 2 + 3 = ? {EVIL}", "flags": {}}]
+  for k in range(1, (solved_turn or max_turns) + 1):
+    if k > 1:
+      turns.append({"role": "teacher", "text": "Check the addition.", "flags": {"leak": False}})
+    correct = k == solved_turn
+    turns.append({"role": "student", "text": "5" if correct else text,
+                  "flags": {"attempt": True, "question": False, "correct": correct}})
+  return {"problem_id": pid, "task": "gsm8k", "domain": "math", "teacher": "scripted",
+          "max_turns": max_turns, "repeat": repeat, "turns": turns, "solved": solved_turn is not None,
+          "solved_turn": solved_turn, "num_student_turns": solved_turn or max_turns,
+          "reward": 0.7 ** (solved_turn - 1) if solved_turn else 0.0}
+
+
+def before_after(workdir):
+  """before: 1 of 4 solved at turn 1; after: 3 of 4 solved at turn 1 (one also fails)."""
+  before = [conv("p0", 1), conv("p1", None, text=EVIL), conv("p2", None), conv("p3", 3)]
+  after = [conv("p0", 1), conv("p1", 1), conv("p2", 1), conv("p3", None)]
+  evaluation.write_eval(workdir, "before_gsm8k", before, extra={"model": "gemma3_270m", "checkpoint": None})
+  evaluation.write_eval(workdir, "after_gsm8k", after, extra={"model": "gemma3_270m", "checkpoint": "ckpt/7"})
+  return before, after
+
+
+def write_train_log(workdir):
+  rows = [{"step": s, "stage": "qprime_sft", "loss": 2.0 - 0.1 * s, "tokens_per_s": 50.0,
+           "time_training_s": 1.5} for s in range(5)]
+  rows += [{"step": s, "stage": "rl", "loss": 0.1, "reward_mean": 0.1 * s, "success_rate": 0.1 * s,
+            "tokens_per_s": 20.0, "time_sampling_s": 3.0, "time_training_s": 2.0} for s in range(6)]
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+    f.write('{"step": 6, "stage": "r')                  # a writer mid-line: ignored
+  return rows
+
+
+def assert_png(path):
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  img = mpimg.imread(path)
+  assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
+  assert img[..., :3].std() > 0.05                       # not a blank canvas
+
+
+def test_write_eval_files(tmp_path):
+  before, _ = before_after(str(tmp_path))
+  with open(tmp_path / "eval" / "before_gsm8k.json") as f:
+    m = json.load(f)
+  assert m["name"] == "before_gsm8k" and m["model"] == "gemma3_270m" and m["checkpoint"] is None
+  assert m["success_at_turn"] == [0.25, 0.25, 0.5, 0.5] and m["num_conversations"] == 4
+  for key in ("single_turn_accuracy", "premature_answer_rate", "question_rate", "teacher_leak_rate"):
+    assert key in m
+  assert store.read_transcripts(str(tmp_path), "before_gsm8k") == before
+  assert set(store.read_evals(str(tmp_path))) == {"before_gsm8k", "after_gsm8k"}
+
+
+def test_write_eval_rejects_bad_input(tmp_path):
+  with pytest.raises(ValueError, match="Eval name"):
+    evaluation.write_eval(str(tmp_path), "../escape", [conv("p", 1)])
+  with pytest.raises(ValueError, match="collide"):
+    evaluation.write_eval(str(tmp_path), "x", [conv("p", 1)], extra={"mean_reward": 1.0})
+  with pytest.raises(ValueError, match="missing keys"):
+    evaluation.write_eval(str(tmp_path), "x", [{"problem_id": "p"}])
+  assert not (tmp_path / "eval" / "x.json").exists()
+
+
+def test_pair_names():
+  pairs, singles = store.pair_names(["after_a", "before_a", "before_b", "transfer", "after_c"])
+  assert pairs == [("a", "before_a", "after_a")]
+  assert singles == ["after_c", "before_b", "transfer"]
+
+
+def test_report_table_plots_and_viewer(tmp_path):
+  workdir = str(tmp_path)
+  before_after(workdir)
+  write_train_log(workdir)
+  table = evaluation.write_report(workdir)
+
+  # The table has the hand-computed numbers: before 1/4 -> after 3/4 at turn 1, 2/4 -> 3/4 at turn 4.
+  row1 = next(line for line in table.splitlines() if "single-turn accuracy" in line)
+  cells = [c.strip() for c in row1.strip("|").split("|")]
+  assert cells[0] == "gsm8k" and cells[2].startswith("0.250 [") and cells[3].startswith("0.750 [")
+  assert cells[4] == "+0.500"
+  row4 = next(line for line in table.splitlines() if "success by turn 4" in line)
+  assert "0.500 [" in row4 and "0.750 [" in row4 and "+0.250" in row4
+  assert "mean turns to success | 2.000 [" in table                     # before: (1 + 3) / 2
+  assert "premature" not in table                                       # undefined: row dropped
+
+  report = (tmp_path / "report.md").read_text()
+  assert table in report and "checkpoint=ckpt/7" in report
+  for png in ("success_by_turn.png", "rates.png", "training.png"):
+    assert f"]({png})" in report
+    assert_png(tmp_path / png)
+  assert "| qprime_sft | 5 | 1.600 | – | – | 50.0 | – | 7.5 |" in report
+  assert "| rl | 6 | 0.100 | 0.500 | 0.500 | 20.0 | 18.0 | 12.0 |" in report
+
+  page = (tmp_path / "transcripts.html").read_text()
+  html.parser.HTMLParser().feed(page)
+  assert "<script" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+  # Side by side: each problem has a before and an after column; improved ones come first.
+  assert page.count('<div class="col"><h4>before_gsm8k</h4>') == 4
+  assert page.count('<div class="col"><h4>after_gsm8k</h4>') == 4
+  order = [page.index(f"<b>{p}</b>") for p in ("p1", "p2", "p3", "p0")]
+  assert order == sorted(order)
+  assert '<div class="turn teacher">' in page and '<span class="flag correct">correct</span>' in page
+
+
+def test_report_without_pairs_or_training(tmp_path):
+  workdir = str(tmp_path)
+  evaluation.write_eval(workdir, "mbpp_llm", [conv("p0", 2), conv("p1", None)])
+  table = evaluation.write_report(workdir)
+  assert table.splitlines()[0] == "| metric | mbpp_llm |"
+  assert "| success by turn 1 (single-turn accuracy) | 0.000 [0.000, 0.000] |" in table
+  assert "| success by turn 4 | 0.500 [" in table
+  assert_png(tmp_path / "success_by_turn.png")
+  assert not (tmp_path / "rates.png").exists() and not (tmp_path / "training.png").exists()
+  assert "no training logged" in (tmp_path / "report.md").read_text()
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  assert "no evaluations" in evaluation.write_report(str(empty))
+  assert "No evaluation transcripts" in (empty / "transcripts.html").read_text()
+
+
+def test_training_steps_follow_restarted_stage_counters():
+  log = [{"step": 0, "stage": "sft"}, {"step": 1, "stage": "sft"},
+         {"step": 0, "stage": "rl"}, {"step": 1, "stage": "rl"}, {"step": 5, "stage": "eval"}]
+  np.testing.assert_array_equal(plots.global_steps(log), [0, 1, 2, 3, 5])
+  assert store.read_train_log("/nonexistent") == []
