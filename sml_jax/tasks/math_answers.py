@@ -1,0 +1,262 @@
+"""Math answers: extraction from a turn, equivalence, and the teacher-leak check.
+
+Extraction order (first that applies wins):
+  1. the last `\\boxed{...}` / `\\fbox{...}`;
+  2. the last anchored answer: "Final answer: X", "The answer is X", "Answer: X", "#### X";
+  3. the last number in the last sentence with numbers that is not a question (in a sentence with
+     "=", the first number after the last "="). When the turn also asks something and
+     that number is one of the problem's given numbers, the turn is a question that restates a
+     fact ("She sold 48 clips in April. How many in May?"), not an attempt.
+A turn with nothing extracted is not an attempt.
+
+Equivalence: a fast exact numeric path (integers, decimals, "1,080", "$5", "3/4", "\\frac{3}{4}",
+"50%") and only otherwise `math_verify` (sympy), bounded by a timeout because sympy can hang on
+odd input. Pure python; `math_verify` is imported lazily.
+"""
+
+from __future__ import annotations
+
+import fractions
+import logging
+import math
+import re
+import threading
+from typing import Iterable, Sequence
+
+from sml_jax.tasks import turns
+from sml_jax.tasks.base import Problem
+
+log = logging.getLogger(__name__)
+
+# A number token: optional sign (not after a word/digit/")": "72-48" is a subtraction), thousands
+# separators, decimals, and an adjacent "/d" fraction part ("3/4"; "48 / 2" stays two numbers).
+_NUM = (r"(?:(?<![\w.)\]])[-\u2212])?(?<![\w.])\$?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
+        r"(?:/\d+)?")
+_NUM_RE = re.compile(_NUM)
+_ANCHOR_RE = re.compile(
+    r"(?:^[ \t]*####|\banswer\b[\s*_]*(?:is\b|:|=))[\s*_:=]*",
+    re.IGNORECASE | re.MULTILINE)
+# Where an anchored answer stops: end of line, end of sentence, ";", or ", <word>" ("5, since").
+_SEGMENT_END = re.compile(r"\n|(?<=\S)[.;!?](?=\s|$)|,\s+(?=[A-Za-z])")
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_FRAC_RE = re.compile(r"^\\[dt]?frac\{\s*(-?\d+)\s*\}\{\s*(-?\d+)\s*\}$")
+_MAX_VERIFY_CHARS = 200  # longer "answers" are not sent to sympy
+_NUMBER_WORDS = {
+    w: i for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+        "fifteen sixteen seventeen eighteen nineteen".split())}
+_NUMBER_WORDS.update({w: 10 * i for i, w in enumerate(
+    "twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)})
+_WORD_NUM_RE = re.compile(
+    r"\b(" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r")(?:[- ](one|two|three|"
+    r"four|five|six|seven|eight|nine))?\b", re.IGNORECASE)
+
+
+def parse_number(text: str) -> fractions.Fraction | None:
+  """Exact value of a plain numeric answer, or None if `text` is not one.
+
+  Accepts "72", "-3.5", "1,080", "$1,080.00", "3/4", "\\frac{3}{4}", "50%", "72." and surrounding
+  `$...$`. Returns a Fraction so comparisons are exact.
+  """
+  s = text.strip().replace("\u2212", "-").replace("\\%", "%").replace("\\$", "$")
+  s = re.sub(r"\\[,!; ]", "", s)  # LaTeX spacing: "1\,080"
+  s = s.strip().strip("$").strip().rstrip(".").rstrip("%").strip()
+  if s.startswith("$"):
+    s = s[1:]
+  elif s.startswith("-$"):
+    s = "-" + s[2:]
+  m = _FRAC_RE.match(s)
+  if m:
+    num, den = int(m.group(1)), int(m.group(2))
+    return fractions.Fraction(num, den) if den else None
+  if not re.fullmatch(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?", s):
+    return None
+  s = s.replace(",", "")
+  try:
+    if "/" in s:
+      num, den = s.split("/")
+      den_f = fractions.Fraction(den)
+      return fractions.Fraction(num) / den_f if den_f else None
+    return fractions.Fraction(s)
+  except (ValueError, ZeroDivisionError):
+    return None
+
+
+def find_numbers(text: str, words: bool = False) -> list[tuple[int, str, fractions.Fraction]]:
+  """All number tokens in `text` as (position, token, value); with `words`, also "twenty-four"."""
+  found = []
+  for m in _NUM_RE.finditer(text):
+    value = parse_number(m.group(0))
+    if value is not None:
+      found.append((m.start(), m.group(0), value))
+  if words:
+    for m in _WORD_NUM_RE.finditer(text):
+      value = _NUMBER_WORDS[m.group(1).lower()]
+      if m.group(2) and value >= 20:
+        value += _NUMBER_WORDS[m.group(2).lower()]
+      found.append((m.start(), m.group(0), fractions.Fraction(value)))
+    found.sort(key=lambda t: t[0])
+  return found
+
+
+def number_values(text: str, words: bool = False) -> set[fractions.Fraction]:
+  """The set of numeric values mentioned in `text`."""
+  return {v for _, _, v in find_numbers(text, words=words)}
+
+
+def _last_boxed(text: str) -> str | None:
+  """Content of the last \\boxed{...} with balanced braces (None if absent or unclosed)."""
+  matches = list(_BOXED_RE.finditer(text))
+  for m in reversed(matches):
+    depth, i = 1, m.end()
+    while i < len(text) and depth:
+      depth += {"{": 1, "}": -1}.get(text[i], 0)
+      i += 1
+    if depth == 0:
+      content = text[m.end():i - 1].strip()
+      if content:
+        return content
+  return None
+
+
+def _answer_from_segment(segment: str) -> str | None:
+  """The answer inside an anchored segment such as "$72 in total" or "2 + 3 = 5"."""
+  segment = segment.strip().strip("*_").strip()
+  if not segment or re.match(r"(?i)not\b|unknown\b|unclear\b", segment):
+    return None
+  if parse_number(segment) is not None:
+    return segment
+  if "\\" in segment or "^" in segment:  # LaTeX: leave it whole to math_verify
+    return segment if len(segment) <= _MAX_VERIFY_CHARS else None
+  if "=" in segment:
+    segment = segment.rsplit("=", 1)[1]
+  nums = find_numbers(segment)
+  return nums[0][1] if nums else None
+
+
+def _last_anchored(text: str) -> str | None:
+  for m in reversed(list(_ANCHOR_RE.finditer(text))):
+    segment = _SEGMENT_END.split(text[m.end():], maxsplit=1)[0]
+    answer = _answer_from_segment(segment)
+    if answer is not None:
+      return answer
+  return None
+
+
+def extract_answer(text: str, given: Iterable[fractions.Fraction] = ()) -> str | None:
+  """The student's final answer in `text`, or None if the turn makes no attempt.
+
+  Args:
+    text: one student turn.
+    given: numeric values stated in the problem; see the module docstring for how they are used.
+  """
+  if not text or not text.strip():
+    return None
+  boxed = _last_boxed(text)
+  if boxed is not None:
+    return _answer_from_segment(boxed)
+  anchored = _last_anchored(text)
+  if anchored is not None:
+    return anchored
+  sentences = turns.split_sentences(text)
+  asks = any(turns.is_question_sentence(s) for s in sentences)
+  for sentence in reversed(sentences):
+    if turns.is_question_sentence(sentence):
+      continue
+    if "=" in sentence:  # "120/24 = 5 hours to read 120 pages": the result follows "="
+      nums = find_numbers(sentence.rsplit("=", 1)[1])[:1] or find_numbers(sentence)
+    else:
+      nums = find_numbers(sentence)
+    if nums:
+      _, token, value = nums[-1]
+      if asks and value in set(given):
+        return None
+      return token
+  return None
+
+
+def _math_verify(pred: str, gold: str, timeout: float) -> bool:
+  """math_verify equivalence, never blocking longer than ~`timeout` seconds.
+
+  math_verify's own timeouts use SIGALRM, which works only on the main thread: used there; on
+  other threads (batched verification) the call runs in a daemon thread that is abandoned on
+  timeout (counts as not equivalent).
+  """
+  import math_verify  # lazy: sympy import is ~1 s
+
+  seconds = max(1, math.ceil(timeout))
+  if threading.current_thread() is threading.main_thread():
+    try:
+      g = math_verify.parse(gold, parsing_timeout=seconds)
+      p = math_verify.parse(pred, parsing_timeout=seconds)
+      return bool(g and p and math_verify.verify(g, p, timeout_seconds=seconds))
+    except Exception as e:  # math_verify raises on timeouts and odd input
+      log.debug("math_verify failed on %r vs %r: %s", pred, gold, e)
+      return False
+
+  result: list[bool] = []
+
+  def run():
+    try:
+      g = math_verify.parse(gold, parsing_timeout=None)
+      p = math_verify.parse(pred, parsing_timeout=None)
+      result.append(bool(g and p and math_verify.verify(g, p, timeout_seconds=None)))
+    except Exception as e:
+      log.debug("math_verify failed on %r vs %r: %s", pred, gold, e)
+
+  worker = threading.Thread(target=run, daemon=True, name="math_verify")
+  worker.start()
+  worker.join(timeout)
+  if worker.is_alive():
+    log.warning("math_verify timed out after %.1fs on %r vs %r", timeout, pred[:80], gold[:80])
+    return False
+  return bool(result and result[0])
+
+
+def answers_equivalent(pred: str | None, gold: str, timeout: float = 3.0) -> bool:
+  """True if answer `pred` equals `gold` (exactly for numbers, else by math_verify)."""
+  if pred is None or not pred.strip():
+    return False
+  p, g = parse_number(pred), parse_number(gold)
+  if p is not None and g is not None:
+    return p == g
+  if len(pred) > _MAX_VERIFY_CHARS or len(gold) > _MAX_VERIFY_CHARS:
+    return False
+  return _math_verify(_as_latex(pred), _as_latex(gold), timeout)
+
+
+def _as_latex(answer: str) -> str:
+  """Wraps an answer in $...$ so math_verify's LaTeX extraction reads it as math."""
+  a = answer.strip()
+  return a if a.startswith("$") or "\\boxed" in a else f"${a}$"
+
+
+def states_answer(answer: str | None, text: str, public_texts: Sequence[str] = ()) -> bool:
+  """True if `text` states the final `answer`.
+
+  It does when it makes an anchored or boxed statement of it ("the answer is 72"), or when the
+  answer's value is among its numbers (digits, or words up to ninety-nine) -- unless that value is
+  already public (stated in one of `public_texts`: the problem, revealed shards), in which case only
+  an anchored statement counts.
+  """
+  if not answer or not text:
+    return False
+  stated = _last_boxed(text) or _last_anchored(text)
+  if stated is not None and answers_equivalent(_answer_from_segment(stated) or stated, answer):
+    return True
+  gold = parse_number(answer)
+  if gold is None:  # symbolic answer: only anchored statements are checked
+    return False
+  if any(gold in number_values(t, words=True) for t in public_texts):
+    return False
+  return gold in number_values(text, words=True)
+
+
+def public_texts(problem: Problem) -> list[str]:
+  """Everything the student may see of `problem`: statement, shards, the full sharded question."""
+  return [problem.statement, *problem.shards, problem.meta.get("question", "")]
+
+
+def answer_leaked(problem: Problem, teacher_text: str) -> bool:
+  """True if a teacher turn gives away `problem`'s final answer (see `states_answer`)."""
+  return states_answer(problem.answer, teacher_text, public_texts(problem))
