@@ -91,7 +91,8 @@ def test_premature_answers_on_underspecified_conversations():
   convs = [
       conv("u1", [(s, {"attempt": True, "premature": True}), (t, T_SHARD), (s, S_QUESTION),
                   (t, T_SHARD), (s, S_CORRECT)]),
-      conv("u2", [(s, S_QUESTION), (t, T_SHARD), (s, {"attempt": True, "premature": True}),
+      # An answer the verifier extracted but the classifier did not call an attempt: still one.
+      conv("u2", [(s, S_QUESTION), (t, T_SHARD), (s, {"attempt": False, "premature": True}),
                   (t, T_SHARD), (s, S_ATTEMPT)]),
       conv("u3", [(s, S_QUESTION), (t, T_SHARD), (s, S_ATTEMPT)]),
       conv("u4", [(s, S_QUESTION)], max_turns=1, underspecified=True),  # marked, no flags at all

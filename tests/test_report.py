@@ -123,6 +123,7 @@ def test_report_table_plots_and_viewer(tmp_path):
 
 def test_report_without_pairs_or_training(tmp_path):
   workdir = str(tmp_path)
+  (tmp_path / "rates.png").write_bytes(b"stale, from an earlier run")
   evaluation.write_eval(workdir, "mbpp_llm", [conv("p0", 2), conv("p1", None)])
   table = evaluation.write_report(workdir)
   assert table.splitlines()[0] == "| metric | mbpp_llm |"
@@ -142,3 +143,11 @@ def test_training_steps_follow_restarted_stage_counters():
          {"step": 0, "stage": "rl"}, {"step": 1, "stage": "rl"}, {"step": 5, "stage": "eval"}]
   np.testing.assert_array_equal(plots.global_steps(log), [0, 1, 2, 3, 5])
   assert store.read_train_log("/nonexistent") == []
+
+
+def test_evaluation_imports_no_jax():
+  import subprocess
+  import sys
+  code = ("import sys, sml_jax.evaluation.report, sml_jax.evaluation as e; e.compute_metrics([]); "
+          "assert not {'jax', 'gemma', 'tensorflow'} & set(sys.modules), sorted(sys.modules)")
+  subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -144,6 +144,9 @@ def write_report(workdir: str, *, show_k: Sequence[int] = SHOW_K, max_viewer_ite
       "rates.png": plots.plot_rates(evals, pairs, join("rates.png")),
       "training.png": plots.plot_training(log, join("training.png")),
   }
+  for name, written in pngs.items():  # a plot from an earlier run would no longer match the report
+    if not written and os.path.exists(join(name)):
+      os.remove(join(name))
   sections = [(x, [(b, store.read_transcripts(workdir, b)), (a, store.read_transcripts(workdir, a))])
               for x, b, a in pairs]
   sections += [(s, [(s, store.read_transcripts(workdir, s))]) for s in singles]
