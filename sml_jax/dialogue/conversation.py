@@ -75,6 +75,7 @@ class Conversation:
     return {
         "problem_id": self.problem.id, "task": self.problem.task, "domain": self.problem.domain,
         "teacher": self.teacher_kind, "max_turns": self.max_turns, "repeat": self.repeat,
+        "underspecified": self.problem.underspecified,
         "turns": [{"role": t.role, "text": t.text, "flags": t.flags} for t in self.turns],
         "solved": self.solved_turn is not None, "solved_turn": self.solved_turn,
         "num_student_turns": self.num_student_turns, "reward": self.reward,

@@ -82,8 +82,11 @@ class EpisodeRunner:
   """Runs batched SML dialogues with one sampler serving student and (LLM) teacher."""
 
   def __init__(self, sampler, tokenizer, task_lookup: Callable[[str], Task], cfg: DialogueConfig,
-               classify_turn: Callable[[str, bool], str] | None = None):
+               classify_turn: Callable[[str, bool], str] | None = None, teacher_sampler=None):
+    """`teacher_sampler` serves the LLM teacher and Q-priming questions when the teacher is a
+    different model; by default the student's sampler (one compiled program for both)."""
     self.sampler, self.tok, self.task_lookup, self.cfg = sampler, tokenizer, task_lookup, cfg
+    self.teacher_sampler = teacher_sampler or sampler
     if classify_turn is None:
       from sml_jax.tasks.turns import classify_turn  # pylint: disable=g-import-not-at-top
     self.classify_turn = classify_turn
@@ -187,7 +190,7 @@ class EpisodeRunner:
     """Replaces each failed attempt by a question the model writes from the privileged info."""
     qprompts = [opening_segment(self.tok, prompts.qprime_prompt(c.problem, c.turns[-1].text))[0].tolist()
                 for c in convs]
-    out = self.sampler.generate(teacher_params, qprompts, max_new_tokens=self.cfg.qprime_max_tokens,
+    out = self.teacher_sampler.generate(teacher_params, qprompts, max_new_tokens=self.cfg.qprime_max_tokens,
                                 temperature=self.cfg.teacher_temperature, seed=seed)
     for c, toks in zip(convs, out.tokens):
       question = _decode(self.tok, toks).split("\n")[0].strip() or "Could you give me a hint?"
@@ -256,7 +259,7 @@ class EpisodeRunner:
         segs[i] = ids.tolist()
     if t_state is None or any(s is None for s in segs.values()) or self._teacher_rebuild:
       # (Re)prefill the teacher cache from the token contexts: first turn or after a resample.
-      t_state = self.sampler.start(teacher_params, [c.teacher.ids for c in convs])
+      t_state = self.teacher_sampler.start(teacher_params, [c.teacher.ids for c in convs])
       index = {i: k for k, i in enumerate(rows)}
       self._teacher_rebuild = False
     else:
@@ -264,11 +267,11 @@ class EpisodeRunner:
       full = [[] for _ in range(len(index))]
       for i in rows:
         full[index[i]] = segs[i]
-      t_state = self.sampler.append(teacher_params, t_state, full)
+      t_state = self.teacher_sampler.append(teacher_params, t_state, full)
     self._teacher_index = index
     active = np.zeros(len(index), bool)
     active[[index[i] for i in rows]] = True
-    t_state, out = self.sampler.sample(teacher_params, t_state, max_new_tokens=self.cfg.teacher_max_tokens,
+    t_state, out = self.teacher_sampler.sample(teacher_params, t_state, max_new_tokens=self.cfg.teacher_max_tokens,
                                        temperature=self.cfg.teacher_temperature, seed=seed, active=active)
     texts = {i: _decode(self.tok, out.tokens[index[i]]) for i in rows}
     if self.cfg.leak_policy == "resample":
@@ -278,7 +281,7 @@ class EpisodeRunner:
         # One fresh draw for the leaking rows (a sampled, not greedy, retry); the caller still
         # counts a leak and redacts if the retry leaks too.
         self.stats["resampled"] += len(leaked)
-        retry = self.sampler.generate(
+        retry = self.teacher_sampler.generate(
             teacher_params, [c.teacher.ids for _, c in leaked],
             max_new_tokens=self.cfg.teacher_max_tokens, temperature=max(self.cfg.teacher_temperature, 0.7),
             seed=seed + 7919)

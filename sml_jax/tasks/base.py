@@ -50,3 +50,6 @@ class Task(Protocol):
 
   def verify_batch(self, problems: Sequence[Problem], texts: Sequence[str]) -> list[Verdict]:
     """Many at once (code tasks run the sandbox in parallel)."""
+
+  def leaked(self, problem: Problem, text: str) -> bool:
+    """True if a teacher turn states the final answer (math) or the reference program (code)."""

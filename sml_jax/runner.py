@@ -1,0 +1,176 @@
+"""The experiment runner behind `python -m sml_jax.main`: stages in order, resumable.
+
+    run(config, workdir)
+
+  workdir/config.json          the resolved config
+  workdir/checkpoints/         orbax checkpoints (train state + stage index/step): resume point
+  workdir/metrics.jsonl        one line per train step (+ TensorBoard events in workdir/tb)
+  workdir/eval/<stage>_<task>.json (+ .transcripts.jsonl)   each eval
+  workdir/rollouts/<stage>/step_<n>.jsonl   training conversations (transcripts)
+  workdir/report.md, *.png, transcripts.html
+
+Every stage uses the same sampler (student and, when it shares the model, teacher) and the same
+compiled train step. Problems and sampling seeds are functions of (seed, stage, step), so a resumed
+run redoes exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+import numpy as np
+
+from sml_jax import config as config_lib
+
+
+def _dtype(name: str):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def _curriculum(config, name: str) -> list[tuple[str, float, dict]]:
+  return [(e["task"], float(e["weight"]), dict(e.get("kwargs") or {})) for e in config.curricula[name]]
+
+
+class Experiment:
+  """Everything a stage needs, built once: model, params, sampler(s), tasks, train step."""
+
+  def __init__(self, config, workdir: str):
+    import jax  # pylint: disable=g-import-not-at-top
+    from sml_jax import models  # pylint: disable=g-import-not-at-top
+    from sml_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
+    from sml_jax.sampling import Sampler  # pylint: disable=g-import-not-at-top
+    from sml_jax.tasks import registry as tasks  # pylint: disable=g-import-not-at-top
+
+    self.config, self.workdir = config, pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.mesh = mesh_lib.mesh_from_config(config.mesh)
+    self.compute_dtype = _dtype(config.compute_dtype)
+    self.tokenizer = models.load_tokenizer(config.model, config.tokenizer_path)
+    self.model = models.build_model(config.model, lora_rank=config.lora_rank or None)
+    base_model = models.build_model(config.model)
+    self.base_params = models.load_params(config.model, config.checkpoint,
+                                          dtype=_dtype(config.param_dtype), seed=config.seed)
+    self.sampler = Sampler(self.model, cache_length=config.sampler.cache_length, mesh=self.mesh,
+                           dtype=self.compute_dtype)
+    # The teacher: a frozen copy of the initial student, or another checkpoint.
+    if config.teacher.model or config.teacher.checkpoint:
+      t_name = config.teacher.model or config.model
+      self.teacher_model = models.build_model(t_name)
+      t_params = models.load_params(t_name, config.teacher.checkpoint, dtype=self.compute_dtype)
+      self.teacher_sampler = Sampler(self.teacher_model, cache_length=config.sampler.cache_length,
+                                     mesh=self.mesh, dtype=self.compute_dtype)
+    else:
+      self.teacher_model, self.teacher_sampler = base_model, None
+      t_params = models.cast(self.base_params, self.compute_dtype)
+    self.teacher_params = rules.shard_params(t_params, self.mesh)
+    self._tasks: dict[str, object] = {}
+    self._task_kwargs = {}
+    for name in config.curricula.keys():
+      for t, _, kw in _curriculum(config, name):
+        self._task_kwargs.setdefault(t, kw)
+    self.tasks = tasks
+    self.jax = jax
+
+  def task(self, name: str):
+    if name not in self._tasks:
+      kw = {k: v for k, v in self._task_kwargs.get(name, {}).items() if k in ("path", "timeout",
+                                                                             "allow_unsafe")}
+      self._tasks[name] = self.tasks.get_task(name, **kw)
+    return self._tasks[name]
+
+  def episodes(self, **overrides):
+    from sml_jax.dialogue.episode import DialogueConfig, EpisodeRunner  # pylint: disable=g-import-not-at-top
+    d = dict(self.config.dialogue)
+    d.update(overrides)
+    d["top_p"] = d["top_p"] if d["top_p"] and d["top_p"] < 1.0 else None
+    d["top_k"] = d["top_k"] or None
+    return EpisodeRunner(self.sampler, self.tokenizer, self.task, DialogueConfig(**d),
+                         teacher_sampler=self.teacher_sampler)
+
+  def sampling_params(self, state):
+    """The student's current params in the compute dtype (fresh every RL step: on-policy)."""
+    from sml_jax import models  # pylint: disable=g-import-not-at-top
+    return models.cast(state.full_params(), self.compute_dtype)
+
+
+# --- eval -----------------------------------------------------------------------------------------
+
+
+def run_eval(exp: Experiment, stage: str, student_params) -> dict[str, dict]:
+  """Evaluates on every task of `config.eval.tasks`; writes workdir/eval/<stage>_<task>.json."""
+  from sml_jax import evaluation  # pylint: disable=g-import-not-at-top
+  ev = exp.config.eval
+  results = {}
+  for task_name in [t.strip() for t in ev.tasks.split(",") if t.strip()]:
+    name = f"{stage}_{task_name}"
+    if (exp.workdir / "eval" / f"{name}.json").exists():
+      print(f"[{stage}] {task_name}: already evaluated (resume), skipping", flush=True)
+      continue
+    problems = exp.task(task_name).problems(ev.split, limit=ev.num_problems, seed=exp.config.seed)
+    runner = exp.episodes(max_turns=ev.max_turns, teacher=ev.teacher, temperature=ev.temperature)
+    t0 = time.time()
+    convs = []
+    bs = max(1, int(ev.get("batch_size", 32)))
+    for i in range(0, len(problems), bs):
+      convs += runner.run(problems[i:i + bs], student_params, exp.teacher_params,
+                          seed=exp.config.seed + i, repeats=ev.repeats)
+    metrics = evaluation.write_eval(
+        exp.workdir, name, [c.to_json() for c in convs],
+        extra={"model": exp.config.model, "checkpoint": exp.config.checkpoint, "task": task_name,
+               "teacher_kind": ev.teacher, "seconds": round(time.time() - t0, 1)})
+    results[name] = metrics
+    sat = metrics["success_at_turn"]
+    print(f"[{stage}] {task_name}: {len(convs)} conversations, success@1 {sat[0]:.3f}, "
+          f"success@{len(sat)} {sat[-1]:.3f}, questions {metrics['question_rate'] or 0:.3f}, "
+          f"leaks {metrics['teacher_leak_rate'] or 0:.3f} ({time.time() - t0:.0f} s)", flush=True)
+  return results
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def _stage_seed(config, stage_index: int, step: int) -> int:
+  return (config.seed * 1_000_003 + stage_index * 10_007 + step) % (1 << 31)
+
+
+def collect_examples(exp: Experiment, kind: str, st, state, problems, seed: int):
+  """Rollouts with the current student -> (examples, conversations, stats)."""
+  from sml_jax.training import rollouts  # pylint: disable=g-import-not-at-top
+  params = exp.sampling_params(state)
+  if kind == "rl":
+    convs = exp.episodes().run(problems, params, exp.teacher_params, seed=seed, repeats=st.group_size)
+    examples, _ = rollouts.rl_examples(convs, st.group_size, st.eps,
+                                       with_logprobs=st.get("inner_steps", 1) > 1)
+  elif kind == "offline_sml":
+    convs = exp.episodes(qprime_q=0.0).run(problems, params, exp.teacher_params, seed=seed,
+                                           repeats=st.rollouts_per_problem)
+    examples = rollouts.offline_sml_examples(convs)
+  elif kind == "qprime_sft":
+    convs = exp.episodes().run(problems, params, exp.teacher_params, seed=seed,
+                               repeats=st.rollouts_per_problem)
+    examples = rollouts.qprime_examples(convs)
+  else:
+    raise ValueError(f"stage kind {kind!r} does not roll out")
+  return examples, convs
+
+
+def run(config, workdir: str) -> None:
+  from sml_jax.training import loop  # pylint: disable=g-import-not-at-top
+  stages = config_lib.stage_list(config)
+  wd = pathlib.Path(workdir)
+  wd.mkdir(parents=True, exist_ok=True)
+  (wd / "config.json").write_text(config.to_json_best_effort(indent=2))
+  t_start = time.time()
+  exp = Experiment(config, workdir)
+  loop.run_stages(exp, stages, run_eval=run_eval, collect_examples=collect_examples,
+                  stage_seed=lambda i, s: _stage_seed(config, i, s))
+  from sml_jax import evaluation  # pylint: disable=g-import-not-at-top
+  table = evaluation.write_report(wd)
+  print("\n" + table)
+  print(f"\nReport: {wd / 'report.md'}  |  transcripts: {wd / 'transcripts.html'}  |  "
+        f"total {time.time() - t_start:.0f} s", flush=True)

@@ -1,0 +1,70 @@
+"""Conversations -> training examples: the per-token weights that make a stage SFT or RL.
+
+Every stage feeds the same train step; only the weights on the student's tokens differ:
+
+  rl           weight = GRPO advantage of the conversation, A = (r - mean_g r) / (std_g r + eps)
+               over its group of g conversations of the same problem (groups are consecutive).
+               Groups whose rewards are all equal carry no signal (A = 0) and are dropped.
+  offline_sml  weight = 1 on every student turn of *successful* conversations (rejection sampling).
+  qprime_sft   weight = 1 on the student turns worth imitating: model-written questions that
+               replaced failed attempts (Q-priming), plain questions, and correct answers; failed
+               attempts get 0. All conversations are kept: the questions are the point.
+
+Pure numpy; the conversations come from `sml_jax.dialogue.episode.EpisodeRunner.run`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from sml_jax.dialogue.chat_format import Role
+from sml_jax.dialogue.conversation import Conversation
+from sml_jax.training.advantages import grpo_advantages
+from sml_jax.training.batching import Example
+
+
+def student_turn_spans(roles: np.ndarray) -> list[tuple[int, int]]:
+  """[start, end) of each maximal run of Role.MODEL tokens (one per student turn), in order."""
+  is_model = np.concatenate([[False], np.asarray(roles) == Role.MODEL, [False]])
+  edges = np.flatnonzero(np.diff(is_model.astype(np.int8)))
+  return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
+
+
+def rl_examples(convs: Sequence[Conversation], group_size: int, eps: float = 1e-6,
+                with_logprobs: bool = True) -> tuple[list[Example], np.ndarray]:
+  """GRPO examples (zero-advantage groups dropped) and the advantages of all conversations."""
+  rewards = np.asarray([c.reward for c in convs], np.float32)
+  adv = np.asarray(grpo_advantages(rewards, group_size, eps), np.float32)
+  out = []
+  for c, a in zip(convs, adv):
+    if a == 0.0:
+      continue
+    ids, roles, logp = c.training_arrays()
+    out.append(Example(ids, roles, weight=float(a), old_logprobs=logp if with_logprobs else None))
+  return out, adv
+
+
+def offline_sml_examples(convs: Sequence[Conversation]) -> list[Example]:
+  """SFT on the student turns of successful conversations."""
+  return [Example(*c.training_arrays()[:2], weight=1.0) for c in convs if c.solved_turn is not None]
+
+
+def qprime_examples(convs: Sequence[Conversation]) -> list[Example]:
+  """SFT on questions (Q-primed or the student's own) and correct answers; not on failed attempts."""
+  out = []
+  for c in convs:
+    ids, roles, _ = c.training_arrays()
+    student_turns = [t for t in c.turns if t.role == "student"]
+    spans = student_turn_spans(roles)
+    if len(spans) != len(student_turns):
+      raise AssertionError(f"{c.problem.id}: {len(spans)} student token spans for "
+                           f"{len(student_turns)} student turns.")
+    w = np.zeros(len(ids), np.float32)
+    for (s, e), turn in zip(spans, student_turns):
+      if turn.flags.get("question") or turn.flags.get("correct"):
+        w[s:e] = 1.0
+    if w.any():
+      out.append(Example(ids, roles, weight=1.0, token_weights=w))
+  return out
