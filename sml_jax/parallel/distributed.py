@@ -1,0 +1,157 @@
+"""Multi-host (multi-controller) JAX: start the distributed runtime, give each host its data slice.
+
+Every host runs the same program (`python -m sml_jax.main ...` on all TPU VM workers). Before any
+other JAX call:
+
+    distributed.maybe_initialize()           # no-op on one process; idempotent
+
+Where the process layout comes from, first match wins:
+  1. arguments, else the env vars JAX_COORDINATOR_ADDRESS ("host:port" of process 0),
+     JAX_NUM_PROCESSES and JAX_PROCESS_ID (all three, or none); JAX_NUM_PROCESSES=1 is a no-op;
+  2. SML_JAX_DISTRIBUTED=auto (the TPU launcher sets it on multi-worker slices):
+     `jax.distributed.initialize()` with no arguments, which reads the Cloud TPU metadata;
+  3. otherwise a cluster JAX can detect by itself (Cloud TPU VM with several workers, Slurm,
+     Open MPI) that reports more than one process. SML_JAX_DISTRIBUTED=off disables 2 and 3.
+
+Data: each host builds only the rows its devices hold, then assembles the global batch:
+
+    mine = host_slice(problems)                   # contiguous block of this host
+    batch = global_batch(local_batch, mesh)       # jax.Arrays sharded over ("data", "fsdp")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Sequence, TypeVar
+
+T = TypeVar("T")
+ENV_ADDRESS, ENV_NUM, ENV_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
+ENV_MODE = "SML_JAX_DISTRIBUTED"  # "auto" | "off" | unset
+
+
+def explicit_layout(coordinator_address: str | None = None, num_processes: int | None = None,
+                    process_id: int | None = None,
+                    environ: Mapping[str, str] | None = None) -> tuple[str, int, int] | None:
+  """(address, num_processes, process_id) from the arguments, else the env vars; None if neither
+  gives any. Raises ValueError when only some are given or they are inconsistent."""
+  env = os.environ if environ is None else environ
+  address = coordinator_address or env.get(ENV_ADDRESS) or None
+  num = num_processes if num_processes is not None else _int_env(env, ENV_NUM)
+  pid = process_id if process_id is not None else _int_env(env, ENV_ID)
+  given = {ENV_ADDRESS: address, ENV_NUM: num, ENV_ID: pid}
+  if all(v is None for v in given.values()):
+    return None
+  if num == 1 and pid in (None, 0):
+    return (address or "", 1, 0)
+  missing = [k for k, v in given.items() if v is None]
+  if missing:
+    raise ValueError(f"Multi-process JAX needs {ENV_ADDRESS}, {ENV_NUM} and {ENV_ID} (or the "
+                     f"matching arguments); missing: {', '.join(missing)}.")
+  if num < 1 or not 0 <= pid < num:
+    raise ValueError(f"Need {ENV_NUM} >= 1 and 0 <= {ENV_ID} < {ENV_NUM}, got {num} and {pid}.")
+  if ":" not in address:
+    raise ValueError(f"{ENV_ADDRESS} must be host:port, got {address!r}.")
+  return address, num, pid
+
+
+def _int_env(env: Mapping[str, str], key: str) -> int | None:
+  value = env.get(key)
+  if value in (None, ""):
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"{key} must be an integer, got {value!r}.") from None
+
+
+def _detected_cluster_processes() -> int:
+  """Process count of a cluster JAX detects itself (Cloud TPU VM, Slurm, MPI), else 1.
+
+  Uses JAX's own detectors (a private module, hence the broad fallback): on a machine that is not
+  a TPU VM the TPU detector only reads /sys, it does not query the metadata server.
+  """
+  try:
+    from jax._src import clusters  # pylint: disable=g-import-not-at-top
+    for env in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
+      if not env.opt_in_only_method and env.is_env_present():
+        return int(env.get_process_count())
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("Cluster auto-detection failed (%s); running single-process.", e)
+  return 1
+
+
+def maybe_initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None, *, environ: Mapping[str, str] | None = None,
+                     initialization_timeout: int = 300) -> bool:
+  """Initializes `jax.distributed` when this is one of several processes; see the module doc.
+
+  Returns True if the distributed runtime is (now or already) initialized, False for a single
+  process. Call it before any other JAX computation (JAX fixes its devices at first use).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.distributed.is_initialized():
+    return True
+  env = os.environ if environ is None else environ
+  layout = explicit_layout(coordinator_address, num_processes, process_id, env)
+  if layout is not None:
+    address, num, pid = layout
+    if num == 1:
+      return False
+    jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid,
+                               initialization_timeout=initialization_timeout)
+    return True
+  mode = env.get(ENV_MODE, "").strip().lower()
+  if mode not in ("", "auto", "off"):
+    raise ValueError(f"{ENV_MODE} must be 'auto', 'off' or unset, got {mode!r}.")
+  if mode == "off" or (mode == "" and _detected_cluster_processes() <= 1):
+    return False
+  jax.distributed.initialize(initialization_timeout=initialization_timeout)
+  return True
+
+
+def host_slice(items: Sequence[T], process_index: int | None = None,
+               process_count: int | None = None) -> Sequence[T]:
+  """This host's contiguous block of `items` (deterministic: depends only on len(items) and the
+  two integers; defaults: `jax.process_index()` / `jax.process_count()`).
+
+  Host p gets items[start_p : start_{p+1}] with the blocks of `np.array_split` (the first
+  len % count hosts get one extra). Contiguous blocks match how `global_batch` lays rows out:
+  `jax.devices()` lists each process's devices together, so the mesh's batch axes give host p
+  the p-th block of rows. For a batch that must be evenly split, pass a multiple of the count.
+
+      host_slice(range(10), 1, 4) -> range(3, 6)
+  """
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"host_slice needs 0 <= process_index < process_count, got {process_index} "
+                     f"and {process_count}.")
+  n = len(items)
+  base, extra = divmod(n, process_count)
+  start = process_index * base + min(process_index, extra)
+  stop = start + base + (process_index < extra)
+  return items[start:stop]
+
+
+def global_batch(local_batch: Mapping[str, Any], mesh) -> dict:
+  """Per-host numpy rows -> global jax.Arrays, batch dim sharded like `rules.batch_sharding`.
+
+  local_batch: {key: [B / process_count, ...]} (this host's `host_slice` of the global batch,
+  same shapes on every host). Returns {key: jax.Array [B, ...]}. On one process it is just a
+  sharded `device_put`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
+  return {k: jax.make_array_from_process_local_data(rules.batch_sharding(mesh, v.ndim), v)
+          for k, v in local_batch.items()}
+
+
+def sync(name: str) -> None:
+  """Barrier across hosts (no-op on one process), e.g. before reading files another host wrote."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
