@@ -27,7 +27,10 @@ def main(argv=None) -> int:
   try:
     with open(args.file, encoding="utf-8") as f:
       source = f.read()
-    stdin = open(args.stdin, "rb").read() if args.stdin else None
+    stdin = None
+    if args.stdin:
+      with open(args.stdin, "rb") as f:
+        stdin = f.read()
   except (OSError, UnicodeDecodeError) as e:
     parser.error(f"cannot read {e.filename or args.file}: {e}")
   try:

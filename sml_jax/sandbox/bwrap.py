@@ -3,8 +3,9 @@
 What the program sees (everything else of the host is absent, not merely unreadable):
 
     /usr/lib, /usr/lib64, /lib*   read-only: the C libraries the interpreter links
-    <python prefix>               read-only: the interpreter and its stdlib; its site-packages are
-                                  covered by an empty tmpfs (no third-party packages, no .pth hooks)
+    <python>, its stdlib, LIBDIR  read-only: the interpreter binary, its standard library and
+                                  libpython; site-packages dirs are covered by an empty tmpfs
+                                  (no third-party packages, no .pth hooks)
     /usr/bin/prlimit, setpriv     read-only: the two launchers below (no shell, no other binaries)
     /sandbox                      read-only: the program's private directory (the cwd)
     /tmp                          tmpfs with a size cap: the only writable place
@@ -32,6 +33,7 @@ import math
 import os
 import random
 import shutil
+import site
 import sys
 import sysconfig
 
@@ -83,30 +85,35 @@ def prlimit_args(limits: Limits, timeout: float, prlimit: str = "/usr/bin/prlimi
           f"--fsize={limits.file_bytes}", f"--nofile={limits.open_files}", "--"]
 
 
+def _base_paths(prefix: str) -> dict[str, str]:
+  return sysconfig.get_paths(vars={"base": prefix, "platbase": prefix, "installed_base": prefix,
+                                   "installed_platbase": prefix})
+
+
 def _ro_binds(exe: str, prefix: str) -> dict[str, str]:
-  """Read-only binds, destination -> source (same path inside and out)."""
+  """Read-only binds, destination -> source (same path inside and out): the C libraries, the
+  interpreter file, its stdlib and its LIBDIR (libpython) -- not its whole prefix, which for a
+  system python is /usr with every binary in /usr/bin."""
   binds = {}
-  for d in ("/usr/lib", "/usr/lib64", "/usr/lib32"):
-    if os.path.isdir(d) and not os.path.islink(d):
+  for d in ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32"):
+    if os.path.isdir(d) and not os.path.islink(d):  # merged-/usr: /lib* are symlinks (see command)
       binds[d] = d
-  for d in ("/lib", "/lib64", "/lib32"):  # merged-/usr systems make these symlinks (handled below)
-    if os.path.isdir(d) and not os.path.islink(d):
-      binds[d] = d
-  binds[prefix] = prefix
-  if not exe.startswith(prefix + os.sep):
-    binds[os.path.dirname(exe)] = os.path.dirname(exe)
+  binds[exe] = exe
+  paths = _base_paths(prefix)
+  for d in {paths["stdlib"], paths["platstdlib"], sysconfig.get_config_var("LIBDIR") or ""}:
+    if d and os.path.isdir(d):
+      binds[os.path.realpath(d)] = os.path.realpath(d)
   for tool in _LAUNCHERS:
-    path = os.path.realpath(shutil.which(tool) or f"/usr/bin/{tool}")
-    binds[f"/usr/bin/{tool}"] = path
+    binds[f"/usr/bin/{tool}"] = os.path.realpath(shutil.which(tool) or f"/usr/bin/{tool}")
   return binds
 
 
-def _hidden_dirs(prefix: str) -> list[str]:
-  """The interpreter's own site-packages (under its prefix): replaced by empty tmpfs."""
-  paths = sysconfig.get_paths(vars={"base": prefix, "platbase": prefix,
-                                    "installed_base": prefix, "installed_platbase": prefix})
-  return sorted({os.path.realpath(paths[k]) for k in ("purelib", "platlib")
-                 if os.path.isdir(paths[k])})
+def _hidden_dirs(prefix: str, bound: list[str]) -> list[str]:
+  """The interpreter's own site-packages that the binds expose: replaced by empty tmpfs."""
+  paths = _base_paths(prefix)
+  candidates = {paths["purelib"], paths["platlib"], *site.getsitepackages([prefix])}
+  return sorted({os.path.realpath(d) for d in candidates if os.path.isdir(d)
+                 and any(os.path.realpath(d).startswith(b + "/") for b in bound)})
 
 
 def _parents(path: str) -> list[str]:
@@ -141,7 +148,7 @@ def command(program_dir: str, filename: str, timeout: float, limits: Limits,
         dirs.add(parent)
     argv += ["--ro-bind", binds[dest], dest]
     bound.append(dest)
-  for hidden in _hidden_dirs(prefix):
+  for hidden in _hidden_dirs(prefix, bound):
     argv += ["--size", str(1 << 16), "--tmpfs", hidden, "--remount-ro", hidden]
   for link in ("/lib", "/lib64", "/lib32"):
     if os.path.islink(link):
