@@ -107,7 +107,8 @@ def run_eval(exp: Experiment, stage: str, student_params) -> dict[str, dict]:
   ev = exp.config.eval
   results = {}
   for task_name in [t.strip() for t in ev.tasks.split(",") if t.strip()]:
-    name = f"{stage}_{task_name}"
+    # eval_before / eval_after -> before_<task> / after_<task>: the report pairs them.
+    name = f"{stage.removeprefix('eval_')}_{task_name}"
     if (exp.workdir / "eval" / f"{name}.json").exists():
       print(f"[{stage}] {task_name}: already evaluated (resume), skipping", flush=True)
       continue

@@ -1,0 +1,168 @@
+"""The stage loop: one train state and one compiled train step through every stage.
+
+    run_stages(exp, [("eval_before", "eval"), ("qprime_sft", "qprime_sft"), ("rl", "rl"), ...],
+               run_eval=..., collect_examples=..., stage_seed=...)
+
+Per training iteration: roll out with the freshest params (on-policy) -> per-token weights
+(`rollouts.py`) -> batch -> the train step. SFT and RL share the step; the learning rate is an
+injected hyperparameter set from the stage's own warmup+cosine schedule, so switching stages does
+not recompile. Each training stage starts with fresh AdamW moments.
+
+Resume: a checkpoint holds the train state plus {"stage_index", "stage_step", "iteration"}. The
+problems and sampling seeds of an iteration depend only on (seed, stage, step), so a run killed at
+any point and restarted on the same workdir ends with the same params as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import optax
+
+from sml_jax.training import batching
+from sml_jax.training.checkpointing import Checkpointer
+from sml_jax.training.metrics import MetricsWriter
+from sml_jax.training.optimizer import OptimizerConfig, make_schedule
+from sml_jax.training.train_state import create_train_state, shard_train_state
+from sml_jax.training.train_step import TrainConfig, make_train_step
+
+
+def make_optimizer(opt_cfg) -> optax.GradientTransformation:
+  """AdamW (+ clipping) with the learning rate as an injected, per-step settable hyperparameter."""
+  def build(learning_rate):
+    adamw = optax.adamw(learning_rate, b1=opt_cfg.b1, b2=opt_cfg.b2,
+                        weight_decay=opt_cfg.weight_decay, mask=lambda p: _matrices(p))
+    return optax.chain(optax.clip_by_global_norm(opt_cfg.clip_norm), adamw) if opt_cfg.clip_norm else adamw
+  return optax.inject_hyperparams(build)(learning_rate=0.0)
+
+
+def _matrices(params):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def set_learning_rate(state, lr: float):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  hp = dict(state.opt_state.hyperparams)
+  hp["learning_rate"] = jnp.asarray(lr, hp["learning_rate"].dtype)
+  return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
+
+
+def stage_schedule(st) -> optax.Schedule:
+  return make_schedule(OptimizerConfig(learning_rate=st.learning_rate, warmup_steps=st.warmup_steps,
+                                       total_steps=max(1, st.steps)))
+
+
+def _conversation_stats(convs) -> dict[str, float]:
+  rewards = np.asarray([c.reward for c in convs], np.float32)
+  turns = [t for c in convs for t in c.turns if t.role == "student"]
+  return {
+      "reward_mean": float(rewards.mean()) if len(rewards) else 0.0,
+      "success_rate": float(np.mean([c.solved_turn is not None for c in convs])) if convs else 0.0,
+      "success_at_1": float(np.mean([c.solved_turn == 1 for c in convs])) if convs else 0.0,
+      "question_rate": float(np.mean([t.flags.get("question", False) for t in turns])) if turns else 0.0,
+      "mean_student_turns": float(np.mean([c.num_student_turns for c in convs])) if convs else 0.0,
+      "num_conversations": float(len(convs)),
+  }
+
+
+class _Steps:
+  """One `TrainStep` per micro-batch count (a static of the step); each compiles per [B, T]."""
+
+  def __init__(self, exp, tx, base_cfg: TrainConfig):
+    self.exp, self.tx, self.base_cfg, self.steps = exp, tx, base_cfg, {}
+
+  def __call__(self, state, batch):
+    micro = self.exp.config.train.micro_batch_size
+    num_micro = max(1, batch["tokens"].shape[0] // micro)
+    if num_micro not in self.steps:
+      import dataclasses  # pylint: disable=g-import-not-at-top
+      cfg = dataclasses.replace(self.base_cfg, num_micro_batches=num_micro)
+      self.steps[num_micro] = make_train_step(self.exp.model, self.tx, cfg, mesh=self.exp.mesh)
+    return self.steps[num_micro](state, batch)
+
+
+def run_stages(exp, stages, *, run_eval, collect_examples, stage_seed) -> None:
+  config, workdir = exp.config, exp.workdir
+  tx = make_optimizer(config.optimizer)
+  rl = config.rl
+  train_cfg = TrainConfig(loss="ppo" if rl.inner_steps > 1 else "nll", clip_eps=rl.clip_eps,
+                          kl_beta=rl.kl_beta, compute_dtype=config.compute_dtype)
+  if rl.kl_beta > 0:
+    raise NotImplementedError("config.rl.kl_beta > 0: reference log-probs are not wired into the "
+                              "stage loop yet; use 0 (the paper's default).")
+  state = shard_train_state(create_train_state(exp.model, exp.base_params, tx, seed=config.seed),
+                            exp.mesh)
+  ckpt = Checkpointer(workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints)
+  pos = {"stage_index": 0, "stage_step": 0, "iteration": 0}
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, pos = restored
+    print(f"[resume] from iteration {pos['iteration']} (stage {stages[pos['stage_index']][0]}, "
+          f"step {pos['stage_step']})", flush=True)
+  total = sum(config[k].steps for _, k in stages if k != "eval")
+  writer = MetricsWriter(workdir, total_steps=total, resume_step=pos["iteration"] if restored else None)
+  steps = _Steps(exp, tx, train_cfg)
+  ckpt.install_sigterm_handler()
+  try:
+    for si, (name, kind) in enumerate(stages):
+      if si < pos["stage_index"]:
+        continue
+      if kind == "eval":
+        run_eval(exp, name, exp.sampling_params(state))
+        pos = {"stage_index": si + 1, "stage_step": 0, "iteration": pos["iteration"]}
+        continue
+      st = config[kind]
+      schedule = stage_schedule(st)
+      if pos["stage_step"] == 0:
+        state = state.replace(opt_state=tx.init(state.params))  # Fresh moments per stage.
+      for step in range(pos["stage_step"], st.steps):
+        seed = stage_seed(si, step)
+        from sml_jax.tasks import registry as tasks  # pylint: disable=g-import-not-at-top
+        from sml_jax.runner import _curriculum  # pylint: disable=g-import-not-at-top
+        problems = tasks.sample_problems(_curriculum(config, st.curriculum), st.problems_per_step, seed)
+        t0 = time.time()
+        examples, convs = collect_examples(exp, kind, st, state, problems, seed)
+        t1 = time.time()
+        _save_rollouts(workdir, name, step, convs)
+        row = {"stage": name, **_conversation_stats(convs), "num_examples": float(len(examples)),
+               "time_sampling_s": t1 - t0}
+        state = set_learning_rate(state, float(schedule(step)))
+        row["learning_rate"] = float(schedule(step))
+        if examples:
+          batch = batching.make_batch(examples, max_len=config.train.max_len,
+                                      batch_multiple=config.train.micro_batch_size)
+          for _ in range(rl.inner_steps if kind == "rl" else 1):
+            state, m = steps(state, batch)
+          m = {k: float(v) for k, v in m.items()}
+          t2 = time.time()
+          n_tok = float(batch["input_mask"].sum())
+          row.update({"loss": m["loss"], "grad_norm": m["grad_norm"], "train_tokens": n_tok,
+                      "student_tokens": m["num_student_tokens"], "time_training_s": t2 - t1,
+                      "tokens_per_s": n_tok / max(t2 - t1, 1e-9)})
+        else:
+          row.update({"time_training_s": 0.0})  # No signal (e.g. all-equal rewards): no update.
+        pos = {"stage_index": si, "stage_step": step + 1, "iteration": pos["iteration"] + 1}
+        if step + 1 == st.steps:
+          pos = {"stage_index": si + 1, "stage_step": 0, "iteration": pos["iteration"]}
+        writer.write(pos["iteration"], row)
+        last = step + 1 == st.steps
+        if last:
+          ckpt.save(pos["iteration"], state, pos)
+        elif ckpt.maybe_save(pos["iteration"], state, pos):
+          print("[sigterm] checkpoint saved; exiting", flush=True)
+          return
+  finally:
+    writer.close()
+    ckpt.uninstall_sigterm_handler()
+    ckpt.close()
+
+
+def _save_rollouts(workdir, stage: str, step: int, convs) -> None:
+  out = workdir / "rollouts" / stage
+  out.mkdir(parents=True, exist_ok=True)
+  with open(out / f"step_{step:05d}.jsonl", "w") as f:
+    for c in convs:
+      f.write(json.dumps(c.to_json()) + "\n")
