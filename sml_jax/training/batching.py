@@ -1,0 +1,147 @@
+"""Pack dialogues (ids, roles, per-token weights) into the padded [B, T] arrays of the train step.
+
+    ex = Example(ids, roles, weight=advantage)          # one conversation, ids/roles from
+                                                        # chat_format.encode_dialogue
+    batch = make_batch([ex, ...], max_len=1024, batch_multiple=8)
+
+Right padding: real tokens first, PAD after. Positions are 0..len-1 then 0 on padding; the step
+builds the causal attention mask from `input_mask`, so padding is never attended to (and, being
+last, never attends to anything that matters: its weight is 0).
+
+Per-token arrays are aligned with the token they describe *as a target*: `weights[b, t]` is the
+weight of predicting `tokens[b, t]` from `tokens[b, :t]`, so `weights[:, 0]` must be 0 (nothing
+predicts the first token). Student tokens are `Role.MODEL` (`chat_format.loss_mask`); their
+weight is the example's `weight` (1 for SFT, the advantage for RL) unless `token_weights` is given.
+
+Batch keys (numpy):
+  tokens        int32 [B, T]
+  positions     int32 [B, T]
+  input_mask    bool  [B, T]    real (non-pad) tokens
+  mask          float32 [B, T]  1 on student tokens (normaliser, KL, metrics)
+  weights       float32 [B, T]  per-token loss weight
+  old_logprobs  float32 [B, T]  (only if every example has them) sampler log-probs, for PPO
+  ref_logprobs  float32 [B, T]  (only if every example has them) reference log-probs, for KL
+
+T is the smallest of `buckets` holding the longest example (so few shapes get compiled), capped
+at `max_len`; longer examples are truncated on the right (their tail loses its weight) and
+counted in `batch_stats`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from sml_jax.dialogue.chat_format import PAD_ID, Role, loss_mask
+
+DEFAULT_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One conversation. ids int32 [L], roles int8 [L] (`Role`), optional per-token [L] arrays."""
+  ids: np.ndarray
+  roles: np.ndarray
+  weight: float = 1.0
+  token_weights: np.ndarray | None = None
+  old_logprobs: np.ndarray | None = None
+  ref_logprobs: np.ndarray | None = None
+
+  def __post_init__(self):
+    n = len(self.ids)
+    for name in ("roles", "token_weights", "old_logprobs", "ref_logprobs"):
+      value = getattr(self, name)
+      if value is not None and len(value) != n:
+        raise ValueError(f"Example.{name} has length {len(value)}, but ids has length {n}.")
+    if n == 0:
+      raise ValueError("Example.ids is empty.")
+    if not np.isfinite(self.weight):
+      raise ValueError(f"Example.weight must be finite, got {self.weight}.")
+
+
+def bucket_length(length: int, buckets: Sequence[int] = DEFAULT_BUCKETS,
+                  max_len: int | None = None) -> int:
+  """The smallest bucket >= length (capped at max_len; beyond the last bucket: max_len or length)."""
+  fits = [b for b in sorted(buckets) if b >= length]
+  out = fits[0] if fits else (max_len or length)
+  return min(out, max_len) if max_len else out
+
+
+def round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
+               buckets: Sequence[int] = DEFAULT_BUCKETS, batch_multiple: int = 1,
+               pad_batch_to: int | None = None) -> dict[str, np.ndarray]:
+  """Examples -> the padded batch dict described in the module docstring.
+
+  batch_multiple: pad B with empty rows (all weights 0) up to a multiple of this (micro-batches
+    x data-parallel devices). pad_batch_to: pad B to exactly this many rows (fixed shapes).
+  """
+  if not examples:
+    raise ValueError("make_batch needs at least one example.")
+  if max_len is not None and max_len < 2:
+    raise ValueError(f"max_len must be >= 2, got {max_len}.")
+  if batch_multiple < 1:
+    raise ValueError(f"batch_multiple must be >= 1, got {batch_multiple}.")
+  longest = max(len(e.ids) for e in examples)
+  t = bucket_length(longest, buckets, max_len)
+  b = round_up(max(len(examples), pad_batch_to or 0), batch_multiple)
+  if pad_batch_to is not None and b != pad_batch_to:
+    raise ValueError(f"pad_batch_to={pad_batch_to} is smaller than the {len(examples)} examples "
+                     f"or not a multiple of batch_multiple={batch_multiple}.")
+
+  out = {
+      "tokens": np.full((b, t), PAD_ID, np.int32),
+      "positions": np.zeros((b, t), np.int32),
+      "input_mask": np.zeros((b, t), bool),
+      "mask": np.zeros((b, t), np.float32),
+      "weights": np.zeros((b, t), np.float32),
+  }
+  optional = [k for k in ("old_logprobs", "ref_logprobs")
+              if all(getattr(e, k) is not None for e in examples)]
+  for k in optional:
+    out[k] = np.zeros((b, t), np.float32)
+
+  for i, ex in enumerate(examples):
+    n = min(len(ex.ids), t)
+    out["tokens"][i, :n] = ex.ids[:n]
+    out["positions"][i, :n] = np.arange(n)
+    out["input_mask"][i, :n] = True
+    mask = loss_mask(ex.roles[:n])
+    mask[0] = 0.0  # Nothing predicts the first token.
+    out["mask"][i, :n] = mask
+    tw = (np.asarray(ex.token_weights[:n], np.float32) if ex.token_weights is not None
+          else np.float32(ex.weight))
+    out["weights"][i, :n] = mask * tw
+    for k in optional:
+      out[k][i, :n] = getattr(ex, k)[:n]
+  return out
+
+
+def batch_stats(examples: Sequence[Example], batch: dict[str, np.ndarray]) -> dict[str, float]:
+  """Host-side counts for metrics: sequences, real / student tokens, truncated examples, fill."""
+  t = batch["tokens"].shape[1]
+  return {
+      "num_sequences": float(len(examples)),
+      "num_tokens": float(batch["input_mask"].sum()),
+      "num_student_tokens": float(batch["mask"].sum()),
+      "num_truncated": float(sum(len(e.ids) > t for e in examples)),
+      "padding_fraction": float(1.0 - batch["input_mask"].mean()),
+  }
+
+
+def split_micro_batches(batch: dict[str, np.ndarray], num_micro: int) -> list[dict[str, np.ndarray]]:
+  """Host-side split into `num_micro` batches, strided the same way the train step splits them
+  (row i goes to micro-batch i % num_micro); for tests and debugging."""
+  b = batch["tokens"].shape[0]
+  if b % num_micro:
+    raise ValueError(f"Batch size {b} is not a multiple of num_micro_batches={num_micro}.")
+  return [{k: v[m::num_micro] for k, v in batch.items()} for m in range(num_micro)]
+
+
+__all__ = ["Example", "Role", "make_batch", "batch_stats", "bucket_length", "split_micro_batches",
+           "DEFAULT_BUCKETS"]

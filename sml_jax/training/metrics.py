@@ -1,0 +1,118 @@
+"""Per-step metrics: `workdir/metrics.jsonl`, TensorBoard events, and a console progress bar.
+
+    writer = MetricsWriter(workdir, total_steps=500, resume_step=restored_step)
+    writer.write(step, {"stage": "rl", "loss": 0.41, "reward_mean": 0.3, "tokens_per_s": 812.0,
+                        "time_sampling_s": 12.0, "time_training_s": 3.1})
+    writer.close()
+
+metrics.jsonl holds one JSON object per call: {"step": ..., "time": unix seconds, **metrics}.
+Numbers (python, numpy or jax scalars) are stored as floats, strings as strings; other values are
+rejected. TensorBoard (tensorboardX) gets every numeric metric as a scalar, tagged
+"<stage>/<name>" when a string `stage` is given. On resume (`resume_step`), lines written after
+that step by the interrupted run are dropped so the file matches the restored state.
+The progress bar (tqdm) shows the step, ETA and a few headline metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+HEADLINE = ("loss", "reward_mean", "success_rate", "tokens_per_s")
+
+
+def _to_json_value(name: str, value: Any):
+  if isinstance(value, str) or value is None:
+    return value
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  try:
+    arr = np.asarray(value)
+  except Exception as e:  # pylint: disable=broad-except
+    raise TypeError(f"Metric {name!r} is not a number or string: {type(value).__name__}") from e
+  if arr.size != 1 or arr.dtype.kind not in "biuf":
+    raise TypeError(f"Metric {name!r} must be a scalar number or a string, got shape "
+                    f"{arr.shape} dtype {arr.dtype}.")
+  v = float(arr.reshape(()))
+  return v if math.isfinite(v) else str(v)  # JSON has no NaN / inf.
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  path = os.path.join(os.fspath(workdir), METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_after(workdir: str | os.PathLike, step: int) -> int:
+  """Drops metrics.jsonl lines with step > `step`; returns how many were dropped."""
+  rows = read_metrics(workdir)
+  keep = [r for r in rows if r.get("step", -1) <= step]
+  if len(keep) != len(rows):
+    path = os.path.join(os.fspath(workdir), METRICS_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in keep)
+    os.replace(tmp, path)
+  return len(rows) - len(keep)
+
+
+class MetricsWriter:
+  def __init__(self, workdir: str | os.PathLike, *, total_steps: int | None = None,
+               resume_step: int | None = None, tensorboard: bool = True, progress: bool = True,
+               desc: str = "train"):
+    self.workdir = os.fspath(workdir)
+    os.makedirs(self.workdir, exist_ok=True)
+    if resume_step is not None:
+      truncate_after(self.workdir, resume_step)
+    self.path = os.path.join(self.workdir, METRICS_FILE)
+    self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+    self._bar = None
+    if progress:
+      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(total=total_steps, initial=resume_step or 0, desc=desc, dynamic_ncols=True)
+    self._last_step = resume_step
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> dict:
+    """Appends one line (flushed at once, so a killed run keeps every finished step)."""
+    row = {"step": int(step), "time": round(time.time(), 3)}
+    row.update({k: _to_json_value(k, v) for k, v in metrics.items()})
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    stage = row.get("stage") if isinstance(row.get("stage"), str) else None
+    if self._tb is not None:
+      for k, v in row.items():
+        if k not in ("step", "time") and isinstance(v, float):
+          self._tb.add_scalar(f"{stage}/{k}" if stage else k, v, int(step))
+    if self._bar is not None:
+      advance = int(step) - (self._last_step if self._last_step is not None else 0)
+      if stage:
+        self._bar.set_description(stage)
+      self._bar.set_postfix({k: f"{row[k]:.4g}" for k in HEADLINE if isinstance(row.get(k), float)})
+      self._bar.update(max(advance, 0))
+    self._last_step = int(step)
+    return row
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+    if self._bar is not None:
+      self._bar.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

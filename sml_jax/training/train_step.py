@@ -1,0 +1,285 @@
+"""THE train step: one jitted function for every stage (SFT, Q-priming SFT, GRPO).
+
+    cfg = TrainConfig(loss="nll", num_micro_batches=4)
+    step = make_train_step(model, make_optimizer(opt_cfg), cfg, mesh=mesh,
+                           schedule=make_schedule(opt_cfg))
+    state, metrics = step(state, batch)     # batch: `batching.make_batch(...)` dict (numpy ok)
+
+SFT and RL differ only in the batch's per-token `weights` (1 vs the advantage on student
+tokens) and, through the static `TrainConfig`, in the optional PPO ratio clip and KL terms; so
+one compiled function serves both (it recompiles only for a new [B, T] shape or config).
+
+Per micro-batch (B / num_micro_batches rows, rows m, m + M, m + 2M, ... for micro-batch m):
+
+    h = gemma trunk(tokens) in `compute_dtype` (bf16 copies of the f32 master params)
+    loss_sum = sum_t scale_t * [policy_loss(logp_t, w_t, old_t) + kl_beta * mask_t * kl(logp_t, ref_t)]
+    denominator = student tokens (or sequences), see `losses.py`
+
+gradients of loss_sum are summed over micro-batches (lax.scan, f32) and divided by the summed
+denominator, so 4 micro-batches give the gradient of one big batch exactly (up to float
+rounding). Token t's log-prob comes from h[t - 1]; `logprobs.fused_token_loss` computes it (and
+its gradient) chunk by chunk without [B, T, V] logits. The model's own logits output is unused
+and removed by XLA.
+
+With a `mesh`, state and batch are sharded by `sml_jax/parallel/rules.py` (batch rows over
+("data", "fsdp")); the state buffers are donated. Metrics (all float32 scalars): loss,
+grad_norm (before clipping), learning_rate, num_student_tokens, denominator, mean_logprob
+(student tokens), and with PPO / KL: clip_fraction, kl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sml_jax.dialogue.chat_format import PAD_ID
+from sml_jax.parallel import mesh as mesh_lib
+from sml_jax.parallel import rules
+from sml_jax.training import logprobs as logprobs_lib
+from sml_jax.training import losses
+from sml_jax.training.train_state import TrainState, merge_params
+
+Batch = dict[str, Any]
+REQUIRED_KEYS = ("tokens", "positions", "input_mask", "mask", "weights")
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Static step config (changing it recompiles). See `losses.py` for the formulas."""
+  loss: str = "nll"                  # "nll" (SFT / GRPO at ratio 1) or "ppo" (ratio clipping)
+  clip_eps: float = 0.2              # PPO ratio clip
+  kl_beta: float = 0.0               # weight of the k3 KL to ref_logprobs (0: no reference needed)
+  normaliser: str = "tokens"         # "tokens" or "sequences"
+  num_micro_batches: int = 1         # gradient accumulation inside the step
+  compute_dtype: str = "bfloat16"    # activations / matmuls; master params stay float32
+  logits_chunk_size: int = 1024      # tokens per unembedding chunk ([chunk, V] f32 logits live)
+
+  def __post_init__(self):
+    losses.get_policy_loss(self.loss)
+    losses.check_normaliser(self.normaliser)
+    if not 0 < self.clip_eps < 1:
+      raise ValueError(f"TrainConfig.clip_eps must be in (0, 1), got {self.clip_eps}.")
+    if self.kl_beta < 0:
+      raise ValueError(f"TrainConfig.kl_beta must be >= 0, got {self.kl_beta}.")
+    if self.num_micro_batches < 1:
+      raise ValueError(f"TrainConfig.num_micro_batches must be >= 1, got "
+                       f"{self.num_micro_batches}.")
+    if self.compute_dtype not in DTYPES:
+      raise ValueError(f"TrainConfig.compute_dtype must be one of {sorted(DTYPES)}, got "
+                       f"{self.compute_dtype!r}.")
+    if self.logits_chunk_size < 1:
+      raise ValueError(f"TrainConfig.logits_chunk_size must be >= 1, got "
+                       f"{self.logits_chunk_size}.")
+
+  @property
+  def needs_old_logprobs(self) -> bool:
+    return self.loss == "ppo"
+
+  @property
+  def needs_ref_logprobs(self) -> bool:
+    return self.kl_beta > 0
+
+
+def _shift_left(x: jax.Array, fill=0) -> jax.Array:
+  """[B, T] -> [B, T] with out[:, t] = x[:, t + 1] (the value for the token predicted at t)."""
+  return jnp.concatenate([x[:, 1:], jnp.full_like(x[:, :1], fill)], axis=1)
+
+
+def _token_loss(logp, aux, *, cfg: TrainConfig):
+  """Elementwise per-token loss (see `losses.py`); aux holds [C] arrays."""
+  policy = losses.get_policy_loss(cfg.loss)
+  out = policy(logp, aux["weights"], aux.get("old_logprobs"), clip_eps=cfg.clip_eps)
+  if cfg.kl_beta:
+    out = out + cfg.kl_beta * aux["mask"] * losses.kl_k3(logp, aux["ref_logprobs"])
+  return aux["scale"] * out
+
+
+def attention_mask(input_mask: jax.Array) -> jax.Array:
+  """input_mask bool [B, T] -> causal mask bool [B, T, T] over real (non-pad) keys."""
+  t = input_mask.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  return causal[None] & input_mask[:, None, :]
+
+
+def hidden_states(model, params, batch: Batch) -> jax.Array:
+  """The trunk's final-norm output h [B, T, D] (params already in the compute dtype)."""
+  out = model.apply({"params": params}, batch["tokens"], positions=batch["positions"],
+                    attention_mask=attention_mask(batch["input_mask"]),
+                    return_hidden_states=True)
+  return out.hidden_states
+
+
+def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig):
+  """-> (loss_sum, (denominator, metric sums)) for one micro-batch of [b, T] arrays."""
+  dtype = DTYPES[cfg.compute_dtype]
+  params = merge_params(trainable, frozen)
+  h = hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch)
+  b, t, d = h.shape
+  scale, denominator = losses.token_scale_and_denominator(batch["mask"], cfg.normaliser)
+  aux = {"weights": batch["weights"], "mask": batch["mask"], "scale": scale}
+  for key in ("old_logprobs", "ref_logprobs"):
+    if key in batch:
+      aux[key] = batch[key]
+  aux = {k: _shift_left(v.astype(jnp.float32)).reshape(-1) for k, v in aux.items()}
+  targets = _shift_left(batch["tokens"], PAD_ID).reshape(-1)
+  softcap = getattr(getattr(model, "config", None), "final_logit_softcap", None)
+  loss_sum, logp = logprobs_lib.fused_token_loss(
+      functools.partial(_token_loss, cfg=cfg), h.reshape(b * t, d),
+      params["embedder"]["input_embedding"], targets, aux,
+      chunk_size=cfg.logits_chunk_size, softcap=softcap, compute_dtype=dtype)
+  mask = aux["mask"]
+  sums = {"num_student_tokens": mask.sum(), "logprob_sum": (mask * logp).sum()}
+  if cfg.needs_old_logprobs:
+    sums["clip_sum"] = (mask * losses.ppo_clip_fraction(
+        logp, aux["old_logprobs"], aux["weights"], cfg.clip_eps)).sum()
+  if cfg.needs_ref_logprobs:
+    sums["kl_sum"] = (mask * losses.kl_k3(logp, aux["ref_logprobs"])).sum()
+  return loss_sum, (denominator, sums)
+
+
+def batch_logprobs(params, batch: Batch, *, model, cfg: TrainConfig) -> jax.Array:
+  """log p(tokens[:, t] | tokens[:, :t]) [B, T] float32 under `params` (full tree), aligned
+  like `weights`; 0 at t = 0 and on padding. For reference / old log-probs and evaluation."""
+  dtype = DTYPES[cfg.compute_dtype]
+  h = hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch)
+  b, t, d = h.shape
+  targets = _shift_left(batch["tokens"], PAD_ID).reshape(-1)
+  softcap = getattr(getattr(model, "config", None), "final_logit_softcap", None)
+  logp = logprobs_lib.token_logprobs(h.reshape(b * t, d), params["embedder"]["input_embedding"],
+                                     targets, chunk_size=cfg.logits_chunk_size, softcap=softcap,
+                                     compute_dtype=dtype).reshape(b, t)
+  logp = jnp.concatenate([jnp.zeros_like(logp[:, :1]), logp[:, :-1]], axis=1)
+  return jnp.where(batch["input_mask"], logp, 0.0)
+
+
+def make_logprob_fn(model, cfg: TrainConfig | None = None) -> Callable[[Any, Batch], jax.Array]:
+  """Jitted `(full_params, batch) -> logprobs [B, T]` (see `batch_logprobs`)."""
+  return jax.jit(functools.partial(batch_logprobs, model=model, cfg=cfg or TrainConfig()))
+
+
+def check_batch(batch: Batch, cfg: TrainConfig, data_parallel: int = 1) -> None:
+  """Clear errors for missing keys and shapes the step cannot split."""
+  missing = [k for k in REQUIRED_KEYS if k not in batch]
+  if cfg.needs_old_logprobs:
+    missing += [] if "old_logprobs" in batch else ["old_logprobs (loss='ppo')"]
+  if cfg.needs_ref_logprobs:
+    missing += [] if "ref_logprobs" in batch else ["ref_logprobs (kl_beta > 0)"]
+  if missing:
+    raise ValueError(f"Train batch is missing {', '.join(missing)}.")
+  shape = tuple(batch["tokens"].shape)
+  for k, v in batch.items():
+    if tuple(v.shape) != shape:
+      raise ValueError(f"Train batch '{k}' has shape {tuple(v.shape)}, expected {shape}.")
+  need = cfg.num_micro_batches * data_parallel
+  if len(shape) != 2 or shape[0] % need:
+    raise ValueError(f"Train batch size {shape[0] if shape else None} must be a multiple of "
+                     f"num_micro_batches ({cfg.num_micro_batches}) x data-parallel devices "
+                     f"({data_parallel}) = {need}; pad with make_batch(batch_multiple={need}).")
+
+
+def _split_micro(batch: Batch, m: int, mesh) -> Batch:
+  """[B, ...] -> [m, B / m, ...], micro-batch i = rows i, i + m, ... (keeps B's sharding)."""
+  def split(x):
+    x = x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
+    if mesh is not None:
+      spec = jax.sharding.PartitionSpec(None, mesh_lib.BATCH_AXES, *([None] * (x.ndim - 2)))
+      x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+    return x
+  return jax.tree.map(split, batch)
+
+
+def train_step(state: TrainState, batch: Batch, *, model, optimizer, cfg: TrainConfig,
+               schedule: Callable | None = None, mesh=None) -> tuple[TrainState, dict]:
+  """The un-jitted step; `make_train_step` jits it."""
+  grad_fn = jax.value_and_grad(
+      functools.partial(micro_batch_loss, model=model, cfg=cfg), has_aux=True)
+  if cfg.num_micro_batches == 1:
+    (loss_sum, (denominator, sums)), grads = grad_fn(state.params, state.frozen, batch)
+  else:
+    def body(carry, micro):
+      (loss_sum, (denominator, sums)), grads = grad_fn(state.params, state.frozen, micro)
+      new = (loss_sum, denominator, sums, jax.tree.map(lambda g: g.astype(jnp.float32), grads))
+      return jax.tree.map(jnp.add, carry, new), None
+    shapes = jax.eval_shape(grad_fn, state.params, state.frozen,
+                            jax.tree.map(lambda x: x[::cfg.num_micro_batches], batch))
+    (_, (_, sums0)), grads0 = shapes
+    zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), tree)
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros(sums0), zeros(grads0))
+    (loss_sum, denominator, sums, grads), _ = jax.lax.scan(
+        body, init, _split_micro(batch, cfg.num_micro_batches, mesh))
+
+  inv = 1.0 / jnp.maximum(denominator, 1e-6)  # No student tokens: zero loss and gradient.
+  grads = jax.tree.map(lambda g: g * inv, grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  n = jnp.maximum(sums["num_student_tokens"], 1.0)
+  metrics = {
+      "loss": loss_sum * inv,
+      "grad_norm": optax.global_norm(grads),
+      "num_student_tokens": sums["num_student_tokens"],
+      "denominator": denominator,
+      "mean_logprob": sums["logprob_sum"] / n,
+  }
+  if "clip_sum" in sums:
+    metrics["clip_fraction"] = sums["clip_sum"] / n
+  if "kl_sum" in sums:
+    metrics["kl"] = sums["kl_sum"] / n
+  if schedule is not None:
+    metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, metrics
+
+
+class TrainStep:
+  """Callable `(state, batch) -> (state, metrics)`; compiles once per batch shape.
+
+  With a mesh, the state must already be placed with `shard_train_state` (its buffers are
+  donated either way); numpy batches are put on the mesh with `rules.batch_sharding`.
+  """
+
+  def __init__(self, model, optimizer: optax.GradientTransformation, cfg: TrainConfig, *,
+               mesh=None, schedule: Callable | None = None):
+    self.cfg, self.mesh = cfg, mesh
+    self._fn = functools.partial(train_step, model=model, optimizer=optimizer, cfg=cfg,
+                                 schedule=schedule, mesh=mesh)
+    self._jitted = None
+    self.data_parallel = 1 if mesh is None else math.prod(mesh.shape[a] for a in mesh_lib.BATCH_AXES)
+
+  def _jit(self, state: TrainState, batch: Batch):
+    if self.mesh is None:
+      return jax.jit(self._fn, donate_argnums=0)
+    from sml_jax.training.train_state import state_shardings  # pylint: disable=g-import-not-at-top
+    s_sh = state_shardings(state, self.mesh)
+    b_sh = {k: rules.batch_sharding(self.mesh, v.ndim) for k, v in batch.items()}
+    return jax.jit(self._fn, in_shardings=(s_sh, b_sh), out_shardings=(s_sh, None),
+                   donate_argnums=0)
+
+  def put_batch(self, batch: Batch) -> Batch:
+    """Host batch -> device arrays (sharded over the batch axes with a mesh)."""
+    if self.mesh is None:
+      return jax.tree.map(jnp.asarray, dict(batch))
+    return {k: jax.device_put(v, rules.batch_sharding(self.mesh, v.ndim)) for k, v in batch.items()}
+
+  def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+    check_batch(batch, self.cfg, self.data_parallel)
+    batch = self.put_batch(batch)
+    if self._jitted is None:
+      self._jitted = self._jit(state, batch)
+    return self._jitted(state, batch)
+
+  def lower(self, state: TrainState, batch: Batch):
+    """jax `Lowered` for cost / memory analysis (does not run the step)."""
+    batch = self.put_batch(batch)
+    return (self._jitted or self._jit(state, batch)).lower(state, batch)
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation, cfg: TrainConfig | None = None,
+                    *, mesh=None, schedule: Callable | None = None) -> TrainStep:
+  return TrainStep(model, optimizer, cfg or TrainConfig(), mesh=mesh, schedule=schedule)
