@@ -1,0 +1,181 @@
+"""The jitted pieces of the sampler: append (prefill) tokens to a cache, and the decode loop.
+
+Both are module-level `jax.jit` functions whose static arguments are small hashable values
+(`Arch`, `Policy`, mesh, sizes), so every `Sampler` over the same model shares one compiled
+program per shape: student and teacher, and every RL step (params are a traced argument).
+
+The cache is always donated, so it is updated in place. Shapes that vary are bucketed by the
+caller (`sampler.py`): batch (padded to the data-parallel size), cache capacity C, prompt chunk
+length P, output buffer N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from sml_jax.sampling import forward as fwd
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """Static sampling choices (one compiled loop each). Temperature and top-p values are traced."""
+  greedy: bool
+  top_k: int | None = None
+  top_p: bool = False
+
+
+def prepare_params(arch: fwd.Arch, params, dtype):
+  """LoRA folded in, cast to the compute dtype (a no-op when already so)."""
+  params = fwd.merge_lora(arch, params)
+  return jax.tree.map(lambda x: x.astype(dtype), params)
+
+
+def _constrain(tree, mesh, rules_fn):
+  if mesh is None:
+    return tree
+  return jax.lax.with_sharding_constraint(tree, rules_fn(tree, mesh))
+
+
+def _cache_constraint(cache, mesh):
+  from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
+  return _constrain(cache, mesh, rules.cache_shardings)
+
+
+def choose_tokens(policy: Policy, logits, temperature, top_p, keys, round_dtype):
+  """Picks one token per row from float32 logits (B, V); returns (tokens, log-probs).
+
+  The log-prob is that of the chosen token under the distribution sampled from: logits /
+  temperature, restricted to the top-k and to the top-p nucleus. Greedy decoding reports the
+  log-prob under the model's own (temperature 1) distribution. Greedy ties are broken like
+  `gm.text.Sampler` does: argmax of the logits rounded to the model's compute dtype.
+  """
+  if policy.greedy:
+    tokens = jnp.argmax(logits.astype(round_dtype), axis=-1).astype(jnp.int32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+  else:
+    z = logits / temperature
+    if policy.top_k is not None:
+      kth = jax.lax.top_k(z, policy.top_k)[0][:, -1:]
+      z = jnp.where(z < kth, -jnp.inf, z)
+    if policy.top_p:
+      # Nucleus: keep the smallest set of top tokens whose probability reaches top_p.
+      sorted_z = jnp.sort(z, axis=-1, descending=True)
+      cum = jnp.cumsum(jax.nn.softmax(sorted_z, axis=-1), axis=-1)
+      cutoff = jnp.sum(cum < top_p, axis=-1, keepdims=True)
+      cutoff = jnp.minimum(cutoff, z.shape[-1] - 1)
+      z = jnp.where(z < jnp.take_along_axis(sorted_z, cutoff, axis=-1), -jnp.inf, z)
+    logp = jax.nn.log_softmax(z, axis=-1)
+    tokens = jax.vmap(jax.random.categorical)(keys, logp).astype(jnp.int32)
+  chosen = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+  return tokens, chosen
+
+
+@functools.partial(jax.jit, static_argnames=("arch", "dtype", "mesh"), donate_argnames=("cache",))
+def append(params, cache, tokens, counts, start_pos, index, *, arch: fwd.Arch, dtype, mesh=None):
+  """Writes `counts[b]` tokens of row b (tokens (B, P), right-padded) into cache slots from
+  `index`, at RoPE positions start_pos[b] + 0, 1, ...; marks them valid. Returns the cache."""
+  params = prepare_params(arch, params, dtype)
+  cache = _cache_constraint(cache, mesh)
+  p = tokens.shape[1]
+  capacity = cache["valid"].shape[1]
+  rel = jnp.arange(capacity)[None, :] - index                       # (1, C)
+  new = (rel >= 0) & (rel < counts[:, None])                         # (B, C)
+  causal = rel[:, None, :] <= jnp.arange(p)[None, :, None]           # (1, P, C)
+  mask = cache["valid"][:, None, :] | (new[:, None, :] & causal)     # (B, P, C)
+  positions = start_pos[:, None] + jnp.arange(p, dtype=jnp.int32)[None, :]
+  _, cache = fwd.forward(arch, params, tokens, positions, cache, index, mask)
+  cache["valid"] = cache["valid"] | new
+  return _cache_constraint(cache, mesh)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("arch", "dtype", "policy", "buffer", "mesh"),
+    donate_argnames=("cache",))
+def decode(params, cache, pending, positions, active, index, max_new, temperature, top_p,
+           row_keys, stop_tokens, *, arch: fwd.Arch, dtype, policy: Policy, buffer: int,
+           mesh=None):
+  """Autoregressive decoding until every active row hit a stop token or `max_new` tokens.
+
+  pending (B,): each row's last context token, not yet in the cache (fed first); positions (B,):
+  its RoPE position. Step s writes at slot index + s for every row (rows that are not running
+  write a masked, invalid slot). Returns a dict with the new cache, tokens (B, buffer),
+  logprobs (B, buffer), counts (B,), stopped (B,) and steps (slots used).
+  """
+  params = prepare_params(arch, params, dtype)
+  batch = pending.shape[0]
+  state = {
+      "step": jnp.zeros((), jnp.int32),
+      "cache": _cache_constraint(cache, mesh),
+      "pending": pending, "positions": positions, "running": active,
+      "stopped": jnp.zeros((batch,), jnp.bool_),
+      "counts": jnp.zeros((batch,), jnp.int32),
+      "tokens": jnp.zeros((batch, buffer), jnp.int32),
+      "logprobs": jnp.zeros((batch, buffer), jnp.float32),
+  }
+
+  def cond(s):
+    return (s["step"] < max_new) & jnp.any(s["running"])
+
+  def body(s):
+    step, running = s["step"], s["running"]
+    slot = index + step
+    cache = dict(s["cache"])
+    cache["valid"] = jax.lax.dynamic_update_slice(cache["valid"], running[:, None], (0, slot))
+    hidden, cache = fwd.forward(arch, params, s["pending"][:, None], s["positions"][:, None],
+                                cache, slot, cache["valid"][:, None, :])
+    logits = fwd.logits_from_hidden(arch, params, hidden[:, 0])
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
+    tokens, logprobs = choose_tokens(policy, logits, temperature, top_p, keys, dtype)
+    is_stop = jnp.isin(tokens, stop_tokens)
+    column = lambda buf, val: jax.lax.dynamic_update_slice(buf, val[:, None], (0, step))
+    return {
+        "step": step + 1,
+        "cache": _cache_constraint(cache, mesh),
+        "pending": jnp.where(running, tokens, s["pending"]),
+        "positions": s["positions"] + running,
+        "running": running & ~is_stop,
+        "stopped": s["stopped"] | (running & is_stop),
+        "counts": s["counts"] + running,
+        "tokens": column(s["tokens"], jnp.where(running, tokens, 0)),
+        "logprobs": column(s["logprobs"], jnp.where(running, logprobs, 0.0)),
+    }
+
+  s = jax.lax.while_loop(cond, body, state)
+  return {"cache": s["cache"], "tokens": s["tokens"], "logprobs": s["logprobs"],
+          "counts": s["counts"], "stopped": s["stopped"], "steps": s["step"]}
+
+
+@functools.partial(jax.jit, static_argnames=("capacity", "mesh"), donate_argnames=("cache",))
+def resize(cache, *, capacity: int, mesh=None):
+  """Grows (zero-pads) or shrinks the slot axis of a cache to `capacity`."""
+  def fit(x):
+    c = x.shape[1]
+    if capacity >= c:
+      return jnp.pad(x, [(0, 0), (0, capacity - c)] + [(0, 0)] * (x.ndim - 2))
+    return x[:, :capacity]
+  return _cache_constraint(jax.tree.map(fit, cache), mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",), donate_argnames=("cache",))
+def compact(cache, *, mesh=None):
+  """Moves each row's valid slots to the front (order kept): frees the padding slots that rows
+  of different lengths leave behind. K/V carry their RoPE already, so slots can move."""
+  order = jnp.argsort(~cache["valid"], axis=1, stable=True)          # valid slots first
+
+  def gather(x):
+    idx = order.reshape(order.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=1)
+  return _cache_constraint(jax.tree.map(gather, cache), mesh)
+
+
+def init_cache(arch: fwd.Arch, batch: int, capacity: int, dtype, mesh=None) -> dict[str, Any]:
+  cache = fwd.init_cache(arch, batch, capacity, dtype)
+  if mesh is not None:
+    from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
+    cache = jax.device_put(cache, rules.cache_shardings(cache, mesh))
+  return cache

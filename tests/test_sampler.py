@@ -1,0 +1,236 @@
+"""The multi-turn sampler on the `tiny` model (float32): reference equality, multi-turn, log-probs,
+sampling options, errors. The real 270M is in test_sampler_270m.py, sharding in
+test_sampler_sharding.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sml_jax.sampling import ChatState, Sampler, TurnOutput
+from sml_jax.sampling import decode
+
+STOPS = (1, 106, 50)  # gm.text.Sampler's end tokens: <eos>, <end_of_turn>, tool response.
+TEXTS = ["def fibonacci(n):", "The Eiffel Tower is in", "Hi", "1, 2, 3, 4, 5, 6, 7, 8, 9"]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny, tokenizer):
+  model, params = tiny
+  prompts = [list(tokenizer.encode(t, add_bos=True)) for t in TEXTS]
+  return model, params, prompts
+
+
+def reference_tokens(model, params, tokenizer, texts, n, cache_length=256):
+  from gemma import gm
+  ref = gm.text.Sampler(model=model, params=params, tokenizer=tokenizer,
+                        cache_length=cache_length)
+  out = ref.sample(texts, max_new_tokens=n, return_state=True)
+  return np.asarray(out.state.predicted_tokens)[:, :n]
+
+
+def forward_logprobs(model, params, context, generated, temperature=1.0):
+  """Teacher-forced log-probs of `generated` after `context` (gemma's own forward pass)."""
+  seq = jnp.asarray([list(context) + list(generated)])
+  logits = model.apply({"params": params}, tokens=seq).logits[0].astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits / temperature, axis=-1)
+  pos = np.arange(len(context) - 1, len(context) + len(generated) - 1)
+  return np.asarray(logp[pos, np.asarray(generated)])
+
+
+def test_greedy_matches_gm_sampler(setup, tokenizer):
+  model, params, prompts = setup
+  sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=STOPS)
+  out = sampler.generate(params, prompts, max_new_tokens=10)
+  assert isinstance(out, TurnOutput)
+  ref = reference_tokens(model, params, tokenizer, TEXTS, 10)
+  for i in range(len(TEXTS)):
+    assert out.tokens[i].tolist() == ref[i, :len(out.tokens[i])].tolist()
+    assert len(out.tokens[i]) == 10 and not out.stopped[i]
+  one = sampler.generate(params, prompts[:1], max_new_tokens=10)
+  ref1 = reference_tokens(model, params, tokenizer, TEXTS[:1], 10)
+  assert one.tokens[0].tolist() == ref1[0].tolist()
+
+
+def test_multi_turn_equals_fresh_prefill(setup):
+  model, params, prompts = setup
+  sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=STOPS)
+  state = sampler.start(params, prompts)
+  assert isinstance(state, ChatState)
+  np.testing.assert_array_equal(state.lengths, [len(p) for p in prompts])
+  state, first = sampler.sample(params, state, max_new_tokens=6)
+  segments = [[106, 107, 105, 2364, 107], [], [9, 8, 7], [106]]
+  state = sampler.append(params, state, segments)
+  state, second = sampler.sample(params, state, max_new_tokens=6)
+  histories = [p + first.tokens[i].tolist() + segments[i] for i, p in enumerate(prompts)]
+  fresh = sampler.generate(params, histories, max_new_tokens=6)
+  for i in range(len(prompts)):
+    assert second.tokens[i].tolist() == fresh.tokens[i].tolist()
+    np.testing.assert_allclose(second.logprobs[i], fresh.logprobs[i], atol=1e-4)
+    assert state.tokens(i).tolist() == histories[i] + second.tokens[i].tolist()
+
+
+def test_inactive_rows_generate_nothing(setup):
+  model, params, prompts = setup
+  sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=STOPS)
+  state = sampler.start(params, prompts)
+  before = state.lengths.copy()
+  state, out = sampler.sample(params, state, max_new_tokens=5,
+                              active=np.array([True, False, True, False]))
+  assert [len(t) for t in out.tokens] == [5, 0, 5, 0]
+  assert [len(t) for t in out.logprobs] == [5, 0, 5, 0]
+  np.testing.assert_array_equal(state.lengths, before + [5, 0, 5, 0])
+  # The skipped rows continue exactly as if the turn had not happened.
+  state, later = sampler.sample(params, state, max_new_tokens=5)
+  alone = sampler.generate(params, [prompts[1], prompts[3]], max_new_tokens=5)
+  assert later.tokens[1].tolist() == alone.tokens[0].tolist()
+  assert later.tokens[3].tolist() == alone.tokens[1].tolist()
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, None, None), (0.7, None, None),
+                                                     (0.0, None, None)])
+def test_logprobs_match_teacher_forcing(setup, temperature, top_k, top_p):
+  model, params, prompts = setup
+  sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=())
+  out = sampler.generate(params, prompts[:2], max_new_tokens=8, temperature=temperature,
+                         top_k=top_k, top_p=top_p, seed=3)
+  for i in range(2):
+    expected = forward_logprobs(model, params, prompts[i], out.tokens[i].tolist(),
+                                temperature=temperature or 1.0)
+    np.testing.assert_allclose(out.logprobs[i], expected, atol=2e-3)
+
+
+def test_top_k_top_p_restrict_the_distribution(setup):
+  model, params, prompts = setup
+  sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=())
+  greedy = sampler.generate(params, prompts, max_new_tokens=6)
+  top1 = sampler.generate(params, prompts, max_new_tokens=6, temperature=1.0, top_k=1, seed=5)
+  tiny_p = sampler.generate(params, prompts, max_new_tokens=6, temperature=1.0, top_p=1e-6)
+  for i in range(len(prompts)):
+    assert top1.tokens[i].tolist() == greedy.tokens[i].tolist()
+    assert tiny_p.tokens[i].tolist() == greedy.tokens[i].tolist()
+    np.testing.assert_allclose(top1.logprobs[i], 0.0, atol=1e-5)   # a point mass
+  k4 = sampler.generate(params, prompts[:1], max_new_tokens=6, temperature=1.0, top_k=4, seed=2)
+  assert np.all(k4.logprobs[0] >= np.log(1 / 4) - 0.5)   # near-uniform tiny model over 4 tokens
+
+
+def test_sampling_is_per_row_and_seeded(setup):
+  model, params, prompts = setup
+  sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=())
+  a = sampler.generate(params, prompts, max_new_tokens=6, temperature=1.0, seed=11)
+  b = sampler.generate(params, prompts, max_new_tokens=6, temperature=1.0, seed=11)
+  c = sampler.generate(params, prompts, max_new_tokens=6, temperature=1.0, seed=12)
+  assert all(x.tolist() == y.tolist() for x, y in zip(a.tokens, b.tokens))
+  assert any(x.tolist() != y.tolist() for x, y in zip(a.tokens, c.tokens))
+  # Row 0's draw does not depend on which other rows share the batch.
+  alone = sampler.generate(params, prompts[:1], max_new_tokens=6, temperature=1.0, seed=11)
+  assert alone.tokens[0].tolist() == a.tokens[0].tolist()
+
+
+def test_stop_tokens_end_rows(setup):
+  model, params, prompts = setup
+  plain = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=())
+  greedy = plain.generate(params, prompts, max_new_tokens=6)
+  stop = int(greedy.tokens[0][2])
+  sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=(stop,))
+  out = sampler.generate(params, prompts, max_new_tokens=6)
+  assert out.tokens[0].tolist() == greedy.tokens[0][:3].tolist()   # includes the stop token
+  assert out.stopped[0]
+  for i in range(1, len(prompts)):
+    g = greedy.tokens[i].tolist()
+    expected = g[:g.index(stop) + 1] if stop in g else g
+    assert out.tokens[i].tolist() == expected
+    assert out.stopped[i] == (stop in g)
+
+
+def test_compaction_when_shared_pointer_runs_out(setup):
+  """Rows of very different lengths waste shared slots; a small cache forces compaction."""
+  model, params, prompts = setup
+  sampler = Sampler(model, cache_length=64, dtype=jnp.float32, stop_tokens=())
+  rows = [prompts[2], prompts[3]]
+  state = sampler.start(params, rows)
+  history = [list(r) for r in rows]
+  for turn in range(4):
+    state, out = sampler.sample(params, state, max_new_tokens=4, active=[True, turn % 2 == 0])
+    segment = [[5, 6, 7, 8, 9, 10, 11][: 2 + turn], []]
+    for i in range(2):
+      history[i] += out.tokens[i].tolist() + segment[i]
+    state = sampler.append(params, state, segment)
+  assert [state.tokens(i).tolist() for i in range(2)] == history
+  state, last = sampler.sample(params, state, max_new_tokens=4)
+  fresh = sampler.generate(params, history, max_new_tokens=4)
+  for i in range(2):
+    assert last.tokens[i].tolist() == fresh.tokens[i].tolist()
+
+
+def test_lora_params(tiny, setup):
+  from sml_jax import models
+  model, params, prompts = setup
+  lora_model = models.build_model("tiny", lora_rank=4)
+  lora_params = lora_model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  rng = np.random.default_rng(0)   # non-zero factors (LoRA's b starts at zero)
+  lora_params = jax.tree_util.tree_map_with_path(
+      lambda p, x: jnp.asarray(rng.normal(0, 0.2, x.shape), jnp.float32)
+      if "lora" in jax.tree_util.keystr(p) else None, lora_params)
+  lora_params = _merge_trees(params, lora_params)
+  lora_params = jax.tree.map(lambda x: x.astype(jnp.float32), lora_params)
+  sampler = Sampler(lora_model, cache_length=256, dtype=jnp.float32, stop_tokens=())
+  out = sampler.generate(lora_params, prompts[:2], max_new_tokens=5, temperature=1.0, seed=1)
+  for i in range(2):
+    expected = forward_logprobs(lora_model, lora_params, prompts[i], out.tokens[i].tolist())
+    np.testing.assert_allclose(out.logprobs[i], expected, atol=2e-3)
+
+
+def _merge_trees(base, extra):
+  if not isinstance(extra, dict):
+    return base if extra is None else extra
+  out = dict(base) if isinstance(base, dict) else {}
+  for k, v in extra.items():
+    merged = _merge_trees(out.get(k), v)
+    if merged is not None:
+      out[k] = merged
+  return out
+
+
+def test_new_params_do_not_recompile(setup):
+  model, params, prompts = setup
+  sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=())
+  sampler.generate(params, prompts, max_new_tokens=4)
+  size = decode.decode._cache_size()
+  params2 = jax.tree.map(lambda x: x * 1.01, params)
+  sampler.generate(params2, prompts, max_new_tokens=4)
+  other = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=())   # e.g. teacher
+  other.generate(params2, prompts, max_new_tokens=3)
+  assert decode.decode._cache_size() == size
+
+
+def test_errors(setup):
+  model, params, prompts = setup
+  sampler = Sampler(model, cache_length=32, dtype=jnp.float32, stop_tokens=STOPS)
+  with pytest.raises(ValueError, match="empty"):
+    sampler.generate(params, [prompts[0], []], max_new_tokens=4)
+  with pytest.raises(ValueError, match="non-empty"):
+    sampler.generate(params, [], max_new_tokens=4)
+  with pytest.raises(ValueError, match="cache_length"):
+    sampler.generate(params, [list(range(2, 40))], max_new_tokens=4)
+  with pytest.raises(ValueError, match="cache_length"):
+    sampler.generate(params, [prompts[0]], max_new_tokens=30)
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    sampler.generate(params, [prompts[0]], max_new_tokens=-1)
+  with pytest.raises(ValueError, match="temperature"):
+    sampler.generate(params, [prompts[0]], max_new_tokens=2, temperature=-1.0)
+  with pytest.raises(ValueError, match="top_p"):
+    sampler.generate(params, [prompts[0]], max_new_tokens=2, temperature=1.0, top_p=1.5)
+  empty = sampler.generate(params, prompts, max_new_tokens=0)
+  assert [len(t) for t in empty.tokens] == [0] * len(prompts) and not empty.stopped.any()
+  state = sampler.start(params, [prompts[0]])
+  with pytest.raises(ValueError, match="overflow"):
+    sampler.append(params, state, [list(range(2, 40))])
+  with pytest.raises(ValueError, match="overflow"):
+    sampler.sample(params, state, max_new_tokens=40)
+  with pytest.raises(ValueError, match="segments"):
+    sampler.append(params, state, [[1], [2]])
+  state2, _ = sampler.sample(params, state, max_new_tokens=2)
+  with pytest.raises(ValueError, match="consumed"):
+    sampler.sample(params, state, max_new_tokens=2)
+  assert state2.lengths[0] == len(prompts[0]) + 2
