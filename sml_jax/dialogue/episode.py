@@ -100,8 +100,10 @@ class EpisodeRunner:
           repeats: int = 1) -> list[Conversation]:
     """Rolls out `repeats` conversations per problem (GRPO groups are consecutive rows)."""
     cfg = self.cfg
-    if cfg.teacher == "llm" and teacher_params is None:
-      teacher_params = student_params  # A frozen copy of the student (the caller must not update it).
+    if teacher_params is None:
+      # The LLM teacher / question writer defaults to the student's own weights (the caller
+      # passes a frozen copy when the student is being trained).
+      teacher_params = student_params
     rng = np.random.default_rng(seed)
     convs = [Conversation(p, cfg.teacher, cfg.max_turns, repeat=r) for p in problems
              for r in range(repeats)]

@@ -1,0 +1,170 @@
+"""Episode-loop mechanics on the `tiny` model: contexts, masks, rewards, early stop, leaks, Q-priming.
+
+The tiny model writes random text, so these tests use small test-only tasks whose verdicts are a
+fixed function of the problem (the real verifiers have their own tests); everything else — the
+sampler, its KV cache across turns, the chat template, the loop — is the real thing.
+"""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sml_jax.dialogue import chat_format as cf
+from sml_jax.dialogue import prompts
+from sml_jax.dialogue.conversation import turn_reward
+from sml_jax.dialogue.episode import DialogueConfig, EpisodeRunner, redact
+from sml_jax.sampling import Sampler
+from sml_jax.tasks.base import Problem, Verdict
+
+SECRET = "SECRET-REFERENCE-42"
+
+
+@dataclasses.dataclass
+class FixedVerdictTask:
+  """Correct at student turn `problem.meta['solve_at']` (never if 0); every turn is an attempt."""
+  name: str = "fixed"
+  domain: str = "math"
+  leak_all: bool = False
+
+  def __post_init__(self):
+    self.turn = {}
+
+  def verify_batch(self, problems, texts):
+    out = []
+    for p, _ in zip(problems, texts):
+      self.turn[p.id] = self.turn.get(p.id, 0) + 1
+      solve_at = p.meta["solve_at"]
+      out.append(Verdict(attempted=True, correct=self.turn[p.id] == solve_at, extracted="7",
+                         feedback="wrong"))
+    return out
+
+  def verify(self, problem, text):
+    return self.verify_batch([problem], [text])[0]
+
+  def leaked(self, problem, text):
+    return self.leak_all
+
+
+def _problem(i, solve_at):
+  return Problem(id=f"p{i}", task="fixed", domain="math", statement=f"What is {i} + 3?",
+                 privileged=f"{i} + 3 = {i + 3}. {SECRET}", answer=str(i + 3), meta={"solve_at": solve_at})
+
+
+@pytest.fixture(scope="module")
+def sampler(tiny):
+  model, _ = tiny
+  return Sampler(model, cache_length=512, dtype=jnp.float32)
+
+
+def _runner(sampler, tokenizer, task, **cfg):
+  base = dict(max_turns=3, student_max_tokens=6, teacher_max_tokens=6, temperature=0.0,
+              teacher="scripted")
+  base.update(cfg)
+  return EpisodeRunner(sampler, tokenizer, lambda name: task, DialogueConfig(**base),
+                       classify_turn=lambda text, attempted: "attempt" if attempted else "other")
+
+
+def test_rewards_early_stop_and_contexts(sampler, tokenizer, tiny):
+  _, params = tiny
+  task = FixedVerdictTask()
+  problems = [_problem(0, 1), _problem(1, 2), _problem(2, 0), _problem(3, 3)]
+  convs = _runner(sampler, tokenizer, task).run(problems, params)
+  solved = [c.solved_turn for c in convs]
+  assert solved == [1, 2, None, 3]
+  assert [c.num_student_turns for c in convs] == [1, 2, 3, 3]  # Early stop when correct.
+  np.testing.assert_allclose([c.reward for c in convs], [1.0, 0.7, 0.0, 0.49])
+  for c in convs:
+    roles = [t.role for t in c.turns]
+    assert roles[0] == "user" and roles[1::2] == ["student"] * c.num_student_turns
+    assert all(r == "teacher" for r in roles[2::2])
+    ids, r, logp = c.training_arrays()
+    # The public (student) context never holds privileged text.
+    assert SECRET not in tokenizer.decode(ids.tolist())
+    # Student tokens = exactly the sampled turns, each closed by <end_of_turn>.
+    student_ids = ids[r == cf.Role.MODEL].tolist()
+    assert student_ids.count(cf.END_OF_TURN_ID) <= c.num_student_turns
+    assert np.all(logp[r != cf.Role.MODEL] == 0.0)
+    assert np.all(logp[r == cf.Role.MODEL] <= 0.0)
+
+
+def test_kv_cache_context_matches_history(sampler, tokenizer, tiny):
+  """The sampler's multi-turn context equals the loop's token history (no drift across turns)."""
+  _, params = tiny
+  task = FixedVerdictTask()
+  runner = _runner(sampler, tokenizer, task, max_turns=2)
+  convs = runner.run([_problem(0, 0), _problem(1, 0)], params)
+  # Rebuild: a fresh prefill of each full history + one greedy token must equal continuing.
+  out = sampler.generate(params, [c.student.ids for c in convs], max_new_tokens=1)
+  assert all(len(t) == 1 for t in out.tokens)
+
+
+def test_scripted_teacher_uses_verifier_only(sampler, tokenizer, tiny):
+  _, params = tiny
+  conv = _runner(sampler, tokenizer, FixedVerdictTask(), max_turns=2).run([_problem(5, 0)], params)[0]
+  teacher_turns = [t.text for t in conv.turns if t.role == "teacher"]
+  assert teacher_turns == [prompts.scripted_feedback(conv.problem, Verdict(True, False, "7", "wrong"))]
+
+
+def test_llm_teacher_leaks_are_counted_and_redacted(sampler, tokenizer, tiny):
+  _, params = tiny
+  task = FixedVerdictTask(leak_all=True)
+  runner = _runner(sampler, tokenizer, task, teacher="llm", leak_policy="redact", max_turns=2)
+  convs = runner.run([_problem(0, 0), _problem(1, 0)], params)
+  teacher_turns = [t for c in convs for t in c.turns if t.role == "teacher"]
+  assert teacher_turns and all(t.flags["leak"] for t in teacher_turns)
+  assert runner.stats["teacher_leaks"] == runner.stats["teacher_turns"] == len(teacher_turns)
+  # The teacher's own context carries the briefing with the privileged text; the student's does not.
+  for c in convs:
+    assert SECRET in tokenizer.decode(c.teacher.ids)
+    assert SECRET not in tokenizer.decode(c.student.ids)
+
+
+def test_redact_removes_answers_and_code():
+  p = _problem(4, 0)
+  assert redact("It is 7, so 17 is wrong", p) == "It is [redacted], so 17 is wrong"
+  code = Problem(id="c", task="mbpp", domain="code", statement="", privileged="")
+  assert "def" not in redact("Try:\n```python\ndef f(): pass\n```", code)
+
+
+def test_qpriming_replaces_failed_attempts_by_questions(sampler, tokenizer, tiny):
+  _, params = tiny
+  runner = _runner(sampler, tokenizer, FixedVerdictTask(), qprime_q=1.0, max_turns=3)
+  convs = runner.run([_problem(0, 0), _problem(1, 0)], params)
+  for c in convs:
+    student = [t for t in c.turns if t.role == "student"]
+    # q ** t = 1: every failed attempt but the last turn's becomes a question.
+    assert [t.flags["qprime"] for t in student] == [True, True, False]
+    assert all(t.flags["question"] and not t.flags["attempt"] for t in student[:2])
+    ids, roles, _ = c.training_arrays()
+    text = tokenizer.decode(ids.tolist())
+    for t in student[:2]:
+      assert t.text in text  # The question, not the failed attempt, is in the student's context.
+    assert SECRET not in text
+  assert runner.stats["qprimed"] == 4
+
+
+def test_underspecified_reveals_shards_and_flags_premature(sampler, tokenizer, tiny):
+  _, params = tiny
+  p = dataclasses.replace(_problem(0, 0), shards=("How many apples?", "Ann has 3.", "Bob gives 4."))
+  conv = _runner(sampler, tokenizer, FixedVerdictTask(), max_turns=3).run([p], params)[0]
+  student = [t for t in conv.turns if t.role == "student"]
+  assert [t.flags["premature"] for t in student] == [True, True, False]
+  teacher = [t for t in conv.turns if t.role == "teacher"]
+  assert [t.flags["shard"] for t in teacher] == [True, True]
+  assert "Ann has 3." in teacher[0].text and "Bob gives 4." in teacher[1].text
+  assert conv.to_json()["underspecified"] is True
+
+
+def test_turn_reward():
+  assert turn_reward(None, 0.7) == 0.0
+  assert turn_reward(1, 0.7) == 1.0
+  assert turn_reward(3, 0.5) == 0.25
+
+
+def test_bad_dialogue_config_names_the_field():
+  with pytest.raises(ValueError, match="dialogue.teacher"):
+    DialogueConfig(teacher="oracle")
+  with pytest.raises(ValueError, match="dialogue.gamma"):
+    DialogueConfig(gamma=0.0)
