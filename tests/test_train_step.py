@@ -113,10 +113,11 @@ def test_four_micro_batches_equal_one_big_batch(tiny, normaliser, loss):
   grad_1 = jax.tree.map(jnp.subtract, params, s1.params)
   grad_4 = jax.tree.map(jnp.subtract, params, s4.params)
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grad_1))
-  assert scale > 1e-3 and _max_diff(grad_1, grad_4) < 1e-5 * scale
+  assert scale > 1e-5 and _max_diff(grad_1, grad_4) < 1e-5 * scale
 
 
 def test_ppo_at_ratio_one_equals_nll_and_kl_is_zero_against_itself(tiny):
+  """On-policy (old = current log-probs, ref = current): PPO + KL gives the GRPO/SFT update."""
   model, params, tok = tiny
   batch = batching.make_batch(_examples(tok, weights=[1.0, -1.0, 0.5, -0.5]), buckets=(64,))
   logp = tstep.make_logprob_fn(model, tstep.TrainConfig(**F32))(params, batch)
@@ -124,13 +125,17 @@ def test_ppo_at_ratio_one_equals_nll_and_kl_is_zero_against_itself(tiny):
   assert (np.asarray(logp)[batch["mask"] > 0] < 0).all()
   batch["old_logprobs"] = np.asarray(logp)
   batch["ref_logprobs"] = np.asarray(logp)
-  g_nll = _grads(model, params, batch)
-  g_ppo = _grads(model, params, batch, tstep.TrainConfig(loss="ppo", kl_beta=0.5, **F32))
-  assert _max_diff(g_nll, g_ppo) < 1e-5
-  tx = opt.make_optimizer(opt.OptimizerConfig(learning_rate=1e-3))
-  step = tstep.make_train_step(model, tx, tstep.TrainConfig(loss="ppo", kl_beta=0.5, **F32))
-  _, m = step(ts.create_train_state(model, params, tx), batch)
-  assert abs(float(m["kl"])) < 1e-5 and float(m["clip_fraction"]) == 0.0
+  tx = optax.sgd(1.0)
+  out = {}
+  for cfg in (tstep.TrainConfig(**F32), tstep.TrainConfig(loss="ppo", kl_beta=0.5, **F32)):
+    step = tstep.make_train_step(model, tx, cfg)
+    out[cfg.loss] = step(ts.create_train_state(model, params, tx), batch)
+  (s_nll, m_nll), (s_ppo, m_ppo) = out["nll"], out["ppo"]
+  assert _max_diff(s_nll.params, s_ppo.params) < 1e-5
+  np.testing.assert_allclose(m_ppo["grad_norm"], m_nll["grad_norm"], rtol=1e-5)
+  np.testing.assert_allclose(m_nll["mean_logprob"], (logp * batch["mask"]).sum() /
+                             batch["mask"].sum(), rtol=1e-5)
+  assert abs(float(m_ppo["kl"])) < 1e-5 and float(m_ppo["clip_fraction"]) == 0.0
 
 
 def test_lora_trains_only_adapters(tiny):
@@ -144,6 +149,11 @@ def test_lora_trains_only_adapters(tiny):
              jax.tree_util.tree_leaves_with_path(state.params))
   step = tstep.make_train_step(model, tx, tstep.TrainConfig())
   batch = batching.make_batch(_examples(tok), buckets=(64,))
+  # LoRA starts as the base model (B = 0): its log-probs are the base model's.
+  logp_fn = tstep.make_logprob_fn(model)
+  np.testing.assert_allclose(logp_fn(state.full_params(), batch),
+                             tstep.make_logprob_fn(registry.build_model("tiny"))(params, batch),
+                             atol=1e-5)
   losses = []
   for _ in range(3):
     state, m = step(state, batch)
@@ -151,10 +161,6 @@ def test_lora_trains_only_adapters(tiny):
   assert _max_diff(state.frozen, frozen_before) == 0.0
   assert _max_diff(state.params, lora_before) > 0.0
   assert losses[-1] < losses[0]
-  # LoRA starts as the base model (B = 0): same first loss as a full finetune step.
-  full = tstep.make_train_step(registry.build_model("tiny"), tx, tstep.TrainConfig())
-  _, m_full = full(ts.create_train_state(registry.build_model("tiny"), params, tx), batch)
-  np.testing.assert_allclose(losses[0], float(m_full["loss"]), rtol=1e-3)
 
 
 def test_bad_batches_and_configs(tiny):
@@ -213,7 +219,8 @@ _SHARDED_SCRIPT = textwrap.dedent("""
       d = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(rp)))
       print("mesh", shape, "micro", micro, "max param diff", d, "loss", m["loss"], rm["loss"],
             "sharding", emb.sharding.spec)
-      assert d < 2e-6, d
+      # Adam moves near-zero gradients by ~lr * sign(g): allow 2% of one step's lr (1e-3).
+      assert d < 2e-5, d
       for k in rm:
         assert abs(m[k] - rm[k]) <= 1e-5 * max(1.0, abs(rm[k])), (k, m[k], rm[k])
     print("OK")

@@ -4,8 +4,10 @@
 
 Times `sml_jax.training.train_step` (the step every stage uses: bf16 compute, f32 master params
 and AdamW state, fused chunked unembedding) on random tokens, every token a student token.
-MFU = model FLOP/s / measured bf16 matmul peak (a jitted 2048^3 bf16 `jnp.dot`, best of 5,
-measured in this process just before). Model FLOPs per token (PaLM appendix B convention):
+MFU = model FLOP/s / measured bf16 matmul peak (a jitted 2048^3 bf16 `jnp.dot`; `peak_flops` is
+the best measured in this run: before the variants and around every timed step). On a shared
+machine `mfu_vs_concurrent_peak` (each step against the peak measured right around it) is the
+steadier figure. Model FLOPs per token (PaLM appendix B convention):
 
     full finetune: 6 N + 12 L H Dh T        (N = all params, the tied embedding counted once)
     LoRA:          4 N + 6 N_lora + 12 L H Dh T   (no weight gradients for the frozen base)
@@ -115,13 +117,15 @@ def run_variant(variant: str, args, params) -> dict:
   state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   first = time.perf_counter() - t0
-  times, losses = [], [float(metrics["loss"])]
+  times, losses, peaks = [], [float(metrics["loss"])], []
   for _ in range(args.steps):
+    before = measure_matmul_peak(args.peak_size, "bfloat16", repeats=2)
     t0 = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
     losses.append(float(metrics["loss"]))
+    peaks.append(max(before, measure_matmul_peak(args.peak_size, "bfloat16", repeats=2)))
   del state
 
   tokens = args.batch * args.seq
@@ -130,6 +134,9 @@ def run_variant(variant: str, args, params) -> dict:
   flops = model_flops_per_token(mcfg, ts.count_params(params), args.seq, n_lora, lora) * tokens
   step_s = statistics.median(times)
   return {
+      # On a shared machine: each step's FLOP/s against the peak measured around that step.
+      "mfu_vs_concurrent_peak": statistics.median(flops / t / p for t, p in zip(times, peaks)),
+      "concurrent_peaks": peaks,
       "step_s": step_s, "step_s_min": min(times), "first_step_s": first,
       "tokens_per_step": tokens, "tokens_per_s": tokens / step_s,
       "model_flops_per_step": flops, "achieved_flops": flops / step_s,
@@ -152,13 +159,16 @@ def main(argv=None) -> dict:
   results = {}
   for variant in args.variants:
     r = run_variant(variant, args, params)
-    r["mfu"] = r["achieved_flops"] / peak
+    peak = max([peak] + r["concurrent_peaks"])  # The machine's best, over the whole run.
     results[variant] = r
+  for variant, r in results.items():
+    r["mfu"] = r["achieved_flops"] / peak
     print(f"{variant:>5}: {args.batch}x{args.seq} tokens, step {r['step_s']:.2f} s "
           f"(first {r['first_step_s']:.1f} s incl. compile), {r['tokens_per_s']:.1f} tokens/s, "
-          f"{r['achieved_flops'] / 1e9:.1f} GFLOP/s, MFU {100 * r['mfu']:.1f}% of bf16 peak, "
-          f"peak RSS {r['peak_rss_gb']:.1f} GB, loss {r['loss_first']:.3f} -> "
-          f"{r['loss_last']:.3f}", flush=True)
+          f"{r['achieved_flops'] / 1e9:.1f} GFLOP/s, MFU {100 * r['mfu']:.1f}% of the bf16 peak "
+          f"({peak / 1e9:.1f} GFLOP/s; {100 * r['mfu_vs_concurrent_peak']:.1f}% of the peak "
+          f"measured around each step), peak RSS {r['peak_rss_gb']:.1f} GB, loss "
+          f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}", flush=True)
     if not all(map(lambda x: x == x, (r["loss_first"], r["loss_last"]))):  # NaN check
       raise RuntimeError(f"{variant}: the loss is NaN.")
   out = {
@@ -167,6 +177,7 @@ def main(argv=None) -> dict:
       "peak_flops": peak, "peak_flops_f32": peak_f32,
       "tokens_per_s": {v: r["tokens_per_s"] for v, r in results.items()},
       "mfu": {v: r["mfu"] for v, r in results.items()},
+      "mfu_vs_concurrent_peak": {v: r["mfu_vs_concurrent_peak"] for v, r in results.items()},
       "achieved_flops": {v: r["achieved_flops"] for v, r in results.items()},
       "variants": results,
   }

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m sml_jax.bench {sampler,train} [--json]`."""
