@@ -27,9 +27,12 @@ PARAM_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     (r"lora", ()),                                                 # LoRA factors: small, replicated
     (r".*", ()),                                                   # norms, scalars: replicated
 )
-# KV cache per layer: k, v (B, L, K, D); end_index (B,); positions (B, L).
+# KV caches. gemma's layout per layer: layer_i/{k, v} (B, L, K, D), end_index (B,), positions
+# (B, L); the sampler's (`sampling/forward.py`): layer_i/{keys, values} (B, K, C, D), pos and
+# valid (B, C).
 CACHE_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
-    (r"/(k|v)$", (BATCH_AXES, None, "tensor", None)),
+    (r"(^|/)(k|v)(/\d+)?$", (BATCH_AXES, None, "tensor", None)),
+    (r"(^|/)(keys|values)$", (BATCH_AXES, "tensor", None, None)),  # sampler: (B, K, C, D)
     (r".*", (BATCH_AXES,)),
 )
 

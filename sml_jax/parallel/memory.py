@@ -1,0 +1,303 @@
+"""Bytes per device of one SML run: params, AdamW state, train-step activations, KV caches.
+
+Estimates from shapes only (`jax.eval_shape` of the model init, no weights), divided over the
+mesh by the one rules table (`rules.py`): a leaf's bytes are split by the mesh axes its
+PartitionSpec names. Batch-like arrays are split over the data-parallel axes (data x fsdp) and
+their head / MLP / vocab dims over `tensor` (what GSPMD propagates from the weights' specs).
+`plan.py` prints them; `tests/test_plan.py` checks them against XLA's `memory_analysis()`.
+
+Assumptions (all per device; cb = bytes of the compute dtype, N = tokens of one micro-batch on
+this device = ceil(micro_batch_size / dp) x max_len, dp = data x fsdp, tp = tensor):
+
+  train state     trainable params in param_dtype (f32) + AdamW mu, nu (f32, like the params)
+                  + frozen params (LoRA base) in bf16 (`train_state.create_train_state`)
+  grads           f32, like the trainable params (accumulated over micro-batches)
+  compute copy    the weights cast to the compute dtype inside the step (none if equal)
+  fsdp gather     with fsdp > 1, one layer's weights gathered (compute dtype, / tp)
+  activations     what autodiff saves for the backward pass, no rematerialisation. Per layer
+                  and token: 6 E-vectors (block input, pre-attention norm out, attention out,
+                  residual, pre-MLP norm out, MLP out), q before and after norm+RoPE, k the
+                  same, v, the attention mix (3 H D + 3 K D), the MLP's gate and up (2 F),
+                  gelu(gate) and its product with up (2 F); per layer and row the attention
+                  probabilities H x T x T (compute dtype) and the T x T mask (bool); outside the
+                  layers: the embeddings, final-norm input and output (cb each) and the loss's
+                  d/dh (f32) per token.
+  loss head       `logprobs.fused_token_loss`: one [C, V] f32 logits chunk (+ its gradient
+                  in the compute dtype when that is not f32), C = tokens per chunk; with more
+                  than one chunk, the embedding gradient's running sum and one chunk's
+                  contribution (f32, sharded like the embedding) when the embedding trains.
+  sampler         per party: params in the compute dtype (LoRA: merged inside the sampler's
+                  jit), KV cache from `forward.init_cache` (k, v: B x C x K x D per layer,
+                  plus positions and validity), and the larger of
+                  decode: 2 to 6 [B, V] f32 buffers (see `logits_copies`) + one copy of the KV
+                    cache (XLA CPU copies the cache carried through the decode while-loop;
+                    measured: +1.05x the cache; an upper bound where XLA updates in place),
+                  prefill of a P-token prompt chunk, one layer at a time: the attention
+                    logits B x P x H x C (f32; XLA fuses the mask and softmax into it) plus
+                    the MLP's 3 F and 4 E-vectors per token in f32.
+  phases          rollout = state + student sampling copy + teacher params + both caches +
+                  one party's temporaries; train = state + teacher params + step temporaries.
+                  The peak is the larger; "fits" leaves 10% of HBM for XLA / runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AbstractMesh
+
+from sml_jax.parallel import rules
+from sml_jax.parallel.mesh import AXES, BATCH_AXES
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+HEADROOM = 0.9  # Fraction of HBM a plan may use and still "fit".
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+  """The transformer sizes the formulas need (from the gemma config)."""
+  layers: int
+  embed: int
+  hidden: int
+  heads: int
+  kv_heads: int
+  head_dim: int
+  vocab: int
+
+  @classmethod
+  def from_model(cls, model) -> "Dims":
+    c = getattr(model, "model", model).config  # gm.nn.LoRA wraps the transformer.
+    return cls(layers=c.num_layers, embed=c.embed_dim, hidden=c.hidden_dim, heads=c.num_heads,
+               kv_heads=c.num_kv_heads, head_dim=c.head_dim, vocab=c.num_embed)
+
+
+def abstract_mesh(data: int, fsdp: int, tensor: int) -> AbstractMesh:
+  return AbstractMesh((data, fsdp, tensor), AXES)
+
+
+def _size(mesh, axes) -> int:
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def _split(n: int, parts: int) -> float:
+  """Per-device share of a dim of n split `parts` ways (replicated if it does not divide,
+  like the rules table)."""
+  return n / parts if n % parts == 0 else n
+
+
+def tree_bytes(tree, mesh, table=rules.PARAM_RULES, dtype=None) -> int:
+  """Per-device bytes of a tree of arrays / ShapeDtypeStructs sharded by `table` on `mesh`
+  (each leaf counted in `dtype` if given)."""
+  total = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    spec = rules.spec_for(rules._path_str(path), tuple(leaf.shape), mesh, table)  # pylint: disable=protected-access
+    shards = math.prod(_size(mesh, a if isinstance(a, tuple) else (a,)) for a in spec if a)
+    itemsize = np.dtype(dtype or leaf.dtype).itemsize
+    total += math.ceil(math.prod(leaf.shape) * itemsize / shards)
+  return total
+
+
+def model_shapes(model) -> dict[str, Any]:
+  """ShapeDtypeStruct params of `model` (a `gm.nn` module, LoRA or not); nothing allocated.
+
+  Text only: the 4B/12B/27B inits include a SigLIP vision encoder, which `load_params` leaves
+  out (text_only=True), so it is dropped here too.
+  """
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+                          ["params"])
+  return {k: v for k, v in shapes.items() if k != "vision_encoder"}
+
+
+def split_trainable(model, shapes) -> tuple[dict, dict]:
+  """-> (trainable, frozen) like `train_state.create_train_state`: LoRA trains its factors."""
+  from sml_jax.training import train_state  # pylint: disable=g-import-not-at-top
+  if train_state.is_lora(model):
+    base, lora = train_state.split_params(shapes)
+    return lora, base
+  return shapes, {}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainShape:
+  micro_batch_size: int     # global rows per micro-batch
+  max_len: int              # tokens per row
+  compute_dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+  frozen_dtype: str = "bfloat16"
+  logits_chunk_size: int = 1024
+
+
+def _cb(name: str) -> int:
+  return np.dtype(DTYPES[name]).itemsize
+
+
+def train_state_bytes(trainable, frozen, mesh, ts: TrainShape) -> dict[str, int]:
+  p = tree_bytes(trainable, mesh, dtype=DTYPES[ts.param_dtype])
+  return {
+      "params (trainable)": p,
+      "params (frozen)": tree_bytes(frozen, mesh, dtype=DTYPES[ts.frozen_dtype]) if frozen else 0,
+      "optimizer (AdamW mu, nu)": 2 * tree_bytes(trainable, mesh, dtype=jnp.float32),
+  }
+
+
+def _layer_param_count(shapes) -> int:
+  layers = [v for k, v in shapes.items() if k.startswith("layer_")]
+  return max((sum(math.prod(x.shape) for x in jax.tree.leaves(l)) for l in layers), default=0)
+
+
+def activation_bytes(d: Dims, mesh, ts: TrainShape) -> int:
+  """Saved-for-backward bytes of one micro-batch (see the module docstring)."""
+  dp, tp = _size(mesh, BATCH_AXES), mesh.shape["tensor"]
+  rows = math.ceil(ts.micro_batch_size / dp)
+  t, n, cb = ts.max_len, math.ceil(ts.micro_batch_size / dp) * ts.max_len, _cb(ts.compute_dtype)
+  heads, kv = _split(d.heads, tp), _split(d.kv_heads, tp)
+  per_token = (6 * d.embed + 3 * (heads + kv) * d.head_dim + 4 * _split(d.hidden, tp)) * cb
+  per_row = heads * t * t * cb + t * t  # attention probabilities + bool mask
+  outside = n * d.embed * (3 * cb + 4)
+  return int(d.layers * (n * per_token + rows * per_row) + outside)
+
+
+def loss_head_bytes(d: Dims, mesh, ts: TrainShape, embedding_trains: bool) -> int:
+  from sml_jax.training.logprobs import num_chunks  # pylint: disable=g-import-not-at-top
+  dp, tp = _size(mesh, BATCH_AXES), mesh.shape["tensor"]
+  n = ts.micro_batch_size * ts.max_len
+  k = num_chunks(n, ts.logits_chunk_size)
+  chunk = math.ceil(n / k) / dp
+  cb = _cb(ts.compute_dtype)
+  per_logit = 4 + (cb if cb != 4 else 0)
+  out = chunk * _split(d.vocab, tp) * per_logit
+  if k > 1 and embedding_trains:
+    emb = {"embedder": {"input_embedding": jax.ShapeDtypeStruct((d.vocab, d.embed), jnp.float32)}}
+    out += 2 * tree_bytes(emb, mesh)
+  return int(out)
+
+
+def train_step_bytes(model, shapes, mesh, ts: TrainShape) -> dict[str, int]:
+  """Temporaries of one train step (on top of the train state)."""
+  trainable, frozen = split_trainable(model, shapes)
+  d = Dims.from_model(model)
+  out = {"gradients (f32)": tree_bytes(trainable, mesh, dtype=jnp.float32)}
+  copy = 0
+  if ts.compute_dtype != ts.param_dtype:
+    copy += tree_bytes(trainable, mesh, dtype=DTYPES[ts.compute_dtype])
+  if frozen and ts.compute_dtype != ts.frozen_dtype:
+    copy += tree_bytes(frozen, mesh, dtype=DTYPES[ts.compute_dtype])
+  out["weights in compute dtype"] = copy
+  if mesh.shape["fsdp"] > 1:
+    base = frozen or trainable
+    out["fsdp: one layer gathered"] = int(_layer_param_count(base) * _cb(ts.compute_dtype)
+                                          / mesh.shape["tensor"])
+  out["activations (saved for backward)"] = activation_bytes(d, mesh, ts)
+  embedding_trains = "embedder" in trainable
+  out["loss head (logits chunk)"] = loss_head_bytes(d, mesh, ts, embedding_trains)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleShape:
+  batch: int                # conversations sampled together (global)
+  cache_length: int         # KV cache slots per conversation
+  prompt_chunk: int = 512   # tokens prefilled at once
+  dtype: str = "bfloat16"
+  logits_copies: int = 4    # [B, V] f32 temporaries per decode step: see `logits_copies`
+
+
+def logits_copies(temperature: float, top_p: float | None) -> int:
+  """[B, V] f32 buffers a decode step keeps live (XLA CPU, `decode.choose_tokens`): greedy 2
+  (logits, log-softmax), sampling 4 (+ scaled logits, categorical noise), top-p 6 (+ the sort and
+  its cumulative sum)."""
+  if temperature == 0:
+    return 2
+  return 6 if top_p is not None and top_p < 1 else 4
+
+
+def cache_shapes(model, ss: SampleShape):
+  """The sampler's cache pytree at full capacity as ShapeDtypeStructs (`forward.init_cache`)."""
+  from sml_jax.sampling import forward  # pylint: disable=g-import-not-at-top
+  arch = forward.Arch.from_model(model)
+  return jax.eval_shape(lambda: forward.init_cache(arch, ss.batch, ss.cache_length,
+                                                   DTYPES[ss.dtype]))
+
+
+def kv_cache_bytes(model, mesh, ss: SampleShape) -> int:
+  return tree_bytes(cache_shapes(model, ss), mesh, rules.CACHE_RULES)
+
+
+def sampler_temp_bytes(d: Dims, mesh, ss: SampleShape, cache_bytes: int) -> dict[str, int]:
+  """The sampler's jit temporaries: decode loop and prefill (see the module docstring)."""
+  dp, tp = _size(mesh, BATCH_AXES), mesh.shape["tensor"]
+  rows = math.ceil(ss.batch / dp)
+  heads, hidden = _split(d.heads, tp), _split(d.hidden, tp)
+  decode = ss.logits_copies * rows * _split(d.vocab, tp) * 4 + cache_bytes
+  tokens = rows * min(ss.prompt_chunk, ss.cache_length)
+  prefill = tokens * (heads * ss.cache_length + 3 * hidden + 4 * d.embed) * 4
+  return {"decode (logits + cache copy)": int(decode), "prefill (one layer)": int(prefill)}
+
+
+def party_bytes(model, shapes, mesh, ss: SampleShape) -> dict[str, int]:
+  """One party (student or teacher) of the sampler: params, cache, temporaries."""
+  from sml_jax.training import train_state  # pylint: disable=g-import-not-at-top
+  base = train_state.split_params(shapes)[0] if train_state.is_lora(model) else shapes
+  cache = kv_cache_bytes(model, mesh, ss)
+  temps = sampler_temp_bytes(Dims.from_model(model), mesh, ss, cache)
+  return {"params (compute dtype)": tree_bytes(base, mesh, dtype=DTYPES[ss.dtype]),
+          "KV cache": cache, **temps}
+
+
+@dataclasses.dataclass
+class Plan:
+  """Per-device bytes by phase; `peak` the larger phase."""
+  mesh: dict[str, int]
+  rollout: dict[str, int]
+  train: dict[str, int]
+  hbm_bytes: int | None
+  warnings: list[str] = dataclasses.field(default_factory=list)
+
+  @property
+  def peak(self) -> int:
+    return max(sum(self.rollout.values()), sum(self.train.values()))
+
+  @property
+  def fits(self) -> bool | None:
+    return None if self.hbm_bytes is None else self.peak <= HEADROOM * self.hbm_bytes
+
+
+def make_plan(student, teacher, mesh, ts: TrainShape, ss: SampleShape,
+              hbm_bytes: int | None = None, shapes: tuple | None = None) -> Plan:
+  """student / teacher: gm modules (the student maybe LoRA-wrapped); shapes: their
+  `model_shapes` if already known (they cost a trace of the init)."""
+  s_shapes, t_shapes = shapes or (model_shapes(student), model_shapes(teacher))
+  trainable, frozen = split_trainable(student, s_shapes)
+  state = train_state_bytes(trainable, frozen, mesh, ts)
+  student_party = party_bytes(student, s_shapes, mesh, ss)
+  teacher_party = party_bytes(teacher, t_shapes, mesh, ss)
+  rollout = dict(state)
+  rollout["student params (sampling copy)"] = student_party["params (compute dtype)"]
+  rollout["teacher params"] = teacher_party["params (compute dtype)"]
+  rollout["student KV cache"] = student_party["KV cache"]
+  rollout["teacher KV cache"] = teacher_party["KV cache"]
+  temps = [v for party in (student_party, teacher_party) for k, v in party.items()
+           if k.startswith(("decode", "prefill"))]
+  rollout["sampler temporaries"] = max(temps)
+  train = dict(state)
+  train["teacher params"] = teacher_party["params (compute dtype)"]
+  train.update(train_step_bytes(student, s_shapes, mesh, ts))
+  return Plan(mesh=dict(mesh.shape), rollout=rollout, train=train, hbm_bytes=hbm_bytes,
+              warnings=warnings(mesh, ts, ss))
+
+
+def warnings(mesh, ts: TrainShape, ss: SampleShape) -> list[str]:
+  """Shape constraints of the real step / sampler that the formulas would paper over."""
+  dp = _size(mesh, BATCH_AXES)
+  out = []
+  if ts.micro_batch_size % dp:
+    out.append(f"train.micro_batch_size={ts.micro_batch_size} is not a multiple of the "
+               f"data-parallel devices (data x fsdp = {dp}): the train step rejects such batches.")
+  if ss.batch % dp:
+    out.append(f"the sampler pads its {ss.batch} conversations to a multiple of {dp} rows.")
+  return out
