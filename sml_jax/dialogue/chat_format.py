@@ -32,6 +32,7 @@ class Role(enum.IntEnum):
   TEMPLATE = 1
   USER = 2
   MODEL = 3
+  DEMO = 4  # model-side text of in-context demonstrations: part of the prompt, never trained
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -64,15 +65,19 @@ def encode_turn(tokenizer, role: str, text: str | None = None, *, text_ids: Sequ
 
 
 def encode_dialogue(tokenizer, turns: Iterable[tuple[str, str]], *, add_bos: bool = True,
-                    add_generation_prompt: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    add_generation_prompt: bool = False, num_demo_turns: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray]:
   """A list of (role, text) turns -> (ids [T] int32, roles [T] int8).
 
   `add_generation_prompt` appends `<start_of_turn>model\\n` so the model writes the next turn.
+  The first `num_demo_turns` turns are in-context demonstrations: their model text is Role.DEMO.
   """
   ids, roles = ([BOS_ID], [Role.TEMPLATE]) if add_bos else ([], [])
   parts_ids, parts_roles = [np.asarray(ids, np.int32)], [np.asarray(roles, np.int8)]
-  for role, text in turns:
+  for k, (role, text) in enumerate(turns):
     t_ids, t_roles = encode_turn(tokenizer, role, text)
+    if k < num_demo_turns:
+      t_roles = np.where(t_roles == Role.MODEL, Role.DEMO, t_roles).astype(np.int8)
     parts_ids.append(t_ids)
     parts_roles.append(t_roles)
   if add_generation_prompt:

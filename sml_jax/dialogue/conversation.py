@@ -61,6 +61,7 @@ class Conversation:
   shards_revealed: int = 1       # underspecified: shards shown so far (shard 0 is in the opening)
   reward: float = 0.0
   teacher_stopped: bool = True   # the teacher's last turn ended on <end_of_turn>
+  student_turn_start: int = 0    # index in `student` where the latest student turn starts
 
   @property
   def num_student_turns(self) -> int:
@@ -97,9 +98,10 @@ def turn_reward(solved_turn: int | None, gamma: float) -> float:
   return 0.0 if solved_turn is None else float(gamma ** (solved_turn - 1))
 
 
-def opening_segment(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
-  """<bos> user[text] <start_of_turn>model\\n: the first prompt of a context."""
-  return cf.encode_dialogue(tokenizer, [("user", text)], add_generation_prompt=True)
+def opening_segment(tokenizer, text: str, demos=()) -> tuple[np.ndarray, np.ndarray]:
+  """<bos> [demonstration turns] user[text] <start_of_turn>model\\n: the first prompt of a context."""
+  return cf.encode_dialogue(tokenizer, [*demos, ("user", text)], add_generation_prompt=True,
+                            num_demo_turns=len(demos))
 
 
 def reply_segment(tokenizer, text: str | None = None, text_ids=None, close_previous: bool = False):

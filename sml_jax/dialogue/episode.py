@@ -24,6 +24,7 @@ import numpy as np
 
 from sml_jax.dialogue import chat_format as cf
 from sml_jax.dialogue import prompts
+from sml_jax.dialogue import turn_end
 from sml_jax.dialogue.conversation import (Conversation, Turn, opening_segment, reply_segment,
                                            turn_reward)
 from sml_jax.tasks.base import Problem, Task, Verdict
@@ -46,6 +47,8 @@ class DialogueConfig:
   leak_policy: str = "redact"      # what to do with a teacher turn that states the answer
   qprime_q: float = 0.0            # Q-priming: replace a failed attempt at turn t w.p. q ** t
   qprime_max_tokens: int = 64
+  fewshot: bool = True             # in-context demonstrations of the dialogue format (Role.DEMO)
+  cut_turns: bool = True           # end turns where their text ends (see turn_end.py)
 
   def __post_init__(self):
     if self.max_turns < 1:
@@ -109,7 +112,7 @@ class EpisodeRunner:
              for r in range(repeats)]
     for c in convs:
       text = prompts.student_opening(c.problem)
-      c.student.extend(*opening_segment(self.tok, text))
+      c.student.extend(*opening_segment(self.tok, text, prompts.student_demos(c.problem, cfg.fewshot)))
       c.turns.append(Turn("user", text, {}))
     s_state = self.sampler.start(student_params, [c.student.ids for c in convs])
     t_state = None
@@ -123,36 +126,52 @@ class EpisodeRunner:
           temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
           seed=seed * 1000 + 2 * t, active=active)
       rows = np.flatnonzero(active)
-      stopped = {}
+      keep = s_state.lengths.copy()
       for i in rows:
-        c = convs[i]
-        c.student.extend(out.tokens[i], [cf.Role.MODEL] * len(out.tokens[i]), out.logprobs[i])
-        c.turns.append(Turn("student", _decode(self.tok, out.tokens[i]), {}))
-        stopped[i] = bool(out.stopped[i])
+        toks, lps = self._end_student_turn(convs[i], out.tokens[i], out.logprobs[i], out.stopped[i])
+        keep[i] -= len(out.tokens[i]) - len(toks)
+      if np.any(keep != s_state.lengths):
+        s_state = self.sampler.truncate(s_state, keep)
       verdicts = self._verify([convs[i] for i in rows])
-      rewrite = self._score_student_turns([convs[i] for i in rows], verdicts, t, rng, stopped, rows,
-                                          teacher_params)
+      rewrite = self._score_student_turns([convs[i] for i in rows], verdicts, t, rng, teacher_params)
       # Teacher turn for every conversation that goes on.
       go_on = [i for i in rows if not convs[i].done]
       replies = self._teacher_replies([convs[i] for i in go_on], dict(zip(rows, verdicts)), go_on,
                                       teacher_params, t_state, seed * 1000 + 2 * t + 1)
       t_state = replies.pop("_state")
-      segments = [[] for _ in convs]
       for i in go_on:
-        text = replies[i]
-        c = convs[i]
-        ids, roles = reply_segment(self.tok, text, close_previous=not stopped.get(i, True))
-        c.student.extend(ids, roles)
-        segments[i] = ids.tolist()
+        convs[i].student.extend(*reply_segment(self.tok, replies[i]))
       if rewrite:
         s_state = self.sampler.start(student_params, [c.student.ids for c in convs])
       elif go_on:
-        s_state = self.sampler.append(student_params, s_state, segments)
+        # The sampler catches up with the token contexts (the closing <end_of_turn> + reply).
+        s_state = self.sampler.append(
+            student_params, s_state, [c.student.ids[n:] for c, n in zip(convs, s_state.lengths)])
     for c in convs:
       c.reward = turn_reward(c.solved_turn, cfg.gamma)
     return convs
 
   # --- student side ----------------------------------------------------------------------------
+
+  def _end_student_turn(self, c: Conversation, toks, lps, stopped: bool):
+    """Adds a sampled student turn to `c`, cut at its natural end (`turn_end`) and closed with
+    <end_of_turn>: trained (Role.MODEL) when the model emitted it or the text ended the turn,
+    TEMPLATE when the turn only ran out of budget. Returns the kept (tokens, logprobs)."""
+    toks, lps = np.asarray(toks), np.asarray(lps)
+    close_role = None if stopped else cf.Role.TEMPLATE
+    body = _strip_stop(toks)
+    if self.cfg.cut_turns:
+      cut = turn_end.student_cut(self.tok.decode(body), c.problem.domain)
+      if cut is not None:
+        k = turn_end.tokens_within(self.tok, body, cut)
+        if k < len(body) or not stopped:
+          toks, lps, close_role = toks[:k], lps[:k], cf.Role.MODEL
+    c.student_turn_start = len(c.student.ids)
+    c.student.extend(toks, [cf.Role.MODEL] * len(toks), lps)
+    if close_role is not None or (len(toks) and toks[-1] != cf.END_OF_TURN_ID):
+      c.student.extend([cf.END_OF_TURN_ID], [close_role or cf.Role.TEMPLATE], [0.0])
+    c.turns.append(Turn("student", _decode(self.tok, toks), {}))
+    return toks, lps
 
   def _verify(self, convs: list[Conversation]) -> list[Verdict]:
     verdicts: list[Verdict | None] = [None] * len(convs)
@@ -166,7 +185,7 @@ class EpisodeRunner:
         verdicts[j] = v
     return verdicts  # type: ignore[return-value]
 
-  def _score_student_turns(self, convs, verdicts, t, rng, stopped, rows, teacher_params) -> bool:
+  def _score_student_turns(self, convs, verdicts, t, rng, teacher_params) -> bool:
     """Sets flags / solved_turn; applies Q-priming. Returns True if a student turn was rewritten."""
     qprime_rows = []
     for j, (c, v) in enumerate(zip(convs, verdicts)):
@@ -184,8 +203,6 @@ class EpisodeRunner:
     if not qprime_rows:
       return False
     self._qprime([convs[j] for j in qprime_rows], teacher_params, seed=int(rng.integers(1 << 30)))
-    for j in qprime_rows:
-      stopped[rows[j]] = True  # The question ends with <end_of_turn>.
     return True
 
   def _qprime(self, convs, teacher_params, seed) -> None:
@@ -197,22 +214,13 @@ class EpisodeRunner:
     for c, toks in zip(convs, out.tokens):
       question = _decode(self.tok, toks).split("\n")[0].strip() or "Could you give me a hint?"
       # Drop the failed attempt from the student's context and put the question in its place.
-      n_old = len(c.student.ids) - self._last_turn_start(c)
-      del c.student.ids[-n_old:], c.student.roles[-n_old:], c.student.logprobs[-n_old:]
+      k = c.student_turn_start
+      del c.student.ids[k:], c.student.roles[k:], c.student.logprobs[k:]
       q_ids = list(self.tok.encode(question)) + [cf.END_OF_TURN_ID]
       c.student.extend(q_ids, [cf.Role.MODEL] * len(q_ids))
       c.turns[-1] = Turn("student", question, {"attempt": False, "question": True, "correct": False,
                                                "premature": False, "qprime": True})
       self.stats["qprimed"] += 1
-
-  @staticmethod
-  def _last_turn_start(c: Conversation) -> int:
-    """Index where the student's latest turn starts (right after the last template token)."""
-    roles = c.student.roles
-    k = len(roles)
-    while k > 0 and roles[k - 1] == cf.Role.MODEL:
-      k -= 1
-    return k
 
   # --- teacher side ----------------------------------------------------------------------------
 
@@ -246,6 +254,22 @@ class EpisodeRunner:
       replies[i] = text
     return replies
 
+  def _cut_teacher_turns(self, out, rows, index):
+    """Cuts teacher turns (in place) at their first paragraph (`turn_end.teacher_cut`). Returns
+    {row: sampled length} so the caller can drop the cut tails from the KV cache."""
+    sampled = {i: len(out.tokens[index[i]]) for i in rows}
+    if not self.cfg.cut_turns:
+      return sampled
+    for i in rows:
+      k = index[i]
+      body = _strip_stop(out.tokens[k])
+      cut = turn_end.teacher_cut(self.tok.decode(body))
+      if cut is not None:
+        n = turn_end.tokens_within(self.tok, body, cut)
+        out.tokens[k], out.logprobs[k] = out.tokens[k][:n], out.logprobs[k][:n]
+        out.stopped[k] = False  # The next reply segment closes the turn with <end_of_turn>.
+    return sampled
+
   def _llm_teacher(self, convs, verdict_of, rows, teacher_params, t_state, seed):
     """One LLM teacher turn for `rows`; the teacher's cache covers every conversation."""
     segs = {}
@@ -253,7 +277,7 @@ class EpisodeRunner:
       student_text = c.turns[-1].text + prompts.verifier_note(verdict_of[i])
       if not c.teacher.ids:
         first = (prompts.teacher_briefing(c.problem) + "\n\nThe student said:\n" + student_text)
-        c.teacher.extend(*opening_segment(self.tok, first))
+        c.teacher.extend(*opening_segment(self.tok, first, prompts.teacher_demos(self.cfg.fewshot)))
         segs[i] = None
       else:
         ids, roles = reply_segment(self.tok, student_text, close_previous=not c.teacher_stopped)
@@ -275,6 +299,12 @@ class EpisodeRunner:
     active[[index[i] for i in rows]] = True
     t_state, out = self.teacher_sampler.sample(teacher_params, t_state, max_new_tokens=self.cfg.teacher_max_tokens,
                                        temperature=self.cfg.teacher_temperature, seed=seed, active=active)
+    sampled = self._cut_teacher_turns(out, rows, index)
+    if any(len(out.tokens[index[i]]) < n for i, n in sampled.items()):
+      keep = t_state.lengths.copy()
+      for i, n in sampled.items():
+        keep[index[i]] -= n - len(out.tokens[index[i]])
+      t_state = self.teacher_sampler.truncate(t_state, keep)
     texts = {i: _decode(self.tok, out.tokens[index[i]]) for i in rows}
     if self.cfg.leak_policy == "resample":
       leaked = [(i, c) for i, c in zip(rows, convs)
@@ -287,9 +317,10 @@ class EpisodeRunner:
             teacher_params, [c.teacher.ids for _, c in leaked],
             max_new_tokens=self.cfg.teacher_max_tokens, temperature=max(self.cfg.teacher_temperature, 0.7),
             seed=seed + 7919)
-        for (i, _), toks in zip(leaked, retry.tokens):
-          out.tokens[index[i]], out.stopped[index[i]] = toks, bool(len(toks) and toks[-1] in (106, 1))
-          texts[i] = _decode(self.tok, toks)
+        self._cut_teacher_turns(retry, [i for i, _ in leaked], {i: k for k, (i, _) in enumerate(leaked)})
+        for k, (i, _) in enumerate(leaked):
+          out.tokens[index[i]], out.stopped[index[i]] = retry.tokens[k], retry.stopped[k]
+          texts[i] = _decode(self.tok, retry.tokens[k])
         self._teacher_rebuild = True  # The cache holds the leaked draw: rebuild it next turn.
     for i, c in zip(rows, convs):
       toks = out.tokens[index[i]]

@@ -32,6 +32,46 @@ QPRIME_PROMPT = (
     "Reply with the question only.")
 
 
+# In-context demonstrations of the dialogue format (answer format, using feedback, asking when
+# information is missing). Base models need them to follow the turn template at all; they are
+# part of the prompt (Role.DEMO), never trained on, and the same before and after training.
+STUDENT_DEMOS = {
+    "math": (
+        ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nWhat is 6 + 7?"),
+        ("model", "6 + 7 = 12. Final answer: 12"),
+        ("user", "Not quite. Count up from 6 by 7 again."),
+        ("model", "6 + 7 = 13. Final answer: 13"),
+        ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nTom has some apples and buys 2 more. How many "
+         "apples does he have now?"),
+        ("model", "How many apples did Tom have at the start?"),
+        ("user", "He had 3 apples."),
+        ("model", "3 + 2 = 5. Final answer: 5"),
+    ),
+    "code": (
+        ("user", STUDENT_INSTRUCTIONS["code"] + "\n\nWrite a function add(a, b) that returns the sum "
+         "of a and b.\nYour code should pass: assert add(1, 2) == 3"),
+        ("model", "```python\ndef add(a, b):\n    return a - b\n```"),
+        ("user", "Your program is not correct. The tests report:\nassert add(1, 2) == 3 failed: "
+         "add(1, 2) evaluated to -1\nPlease fix it."),
+        ("model", "```python\ndef add(a, b):\n    return a + b\n```"),
+    ),
+}
+TEACHER_DEMOS = (
+    ("user", TEACHER_BRIEFING.format(statement="What is 6 + 7?", privileged="6 + 7 = 13")
+     + "\n\nThe student said:\n6 + 7 = 12. Final answer: 12"
+     + VERIFIER_NOTE.format(note="the student's answer (12) is wrong.")),
+    ("model", "Not quite. Count up from 6 by 7 again."),
+)
+
+
+def student_demos(problem: Problem, enabled: bool = True) -> tuple[tuple[str, str], ...]:
+  return STUDENT_DEMOS[problem.domain] if enabled else ()
+
+
+def teacher_demos(enabled: bool = True) -> tuple[tuple[str, str], ...]:
+  return TEACHER_DEMOS if enabled else ()
+
+
 def student_opening(problem: Problem) -> str:
   """First user turn of the public conversation."""
   body = problem.shards[0] if problem.underspecified else problem.statement

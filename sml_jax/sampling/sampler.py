@@ -23,6 +23,7 @@ A `ChatState` is consumed by `sample` / `append` (its cache is donated); use the
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -198,6 +199,27 @@ class Sampler:
     return new_state, TurnOutput(tokens=result_tokens, logprobs=result_lps,
                                  stopped=np.asarray(stopped[:b], bool) & active)
 
+  def truncate(self, state: ChatState, lengths: Sequence[int]) -> ChatState:
+    """Cuts row i back to its first `lengths[i]` tokens (>= 1), e.g. to end a turn where the
+    text says it ended. Cheap: the dropped slots are only marked invalid (compaction reclaims
+    them), nothing is recomputed."""
+    lengths = np.asarray(lengths, np.int64).reshape(-1)
+    if lengths.shape != (state.batch_size,):
+      raise ValueError(f"truncate got {lengths.shape[0]} lengths for {state.batch_size} rows.")
+    current = state.lengths
+    if np.any(lengths < 1) or np.any(lengths > current):
+      raise ValueError(f"truncate lengths must be in [1, current length]; got {lengths.tolist()} "
+                       f"for rows of {current.tolist()} tokens.")
+    history = [h[:int(n)] for h, n in zip(state.history, lengths)]
+    if np.array_equal(lengths, current):
+      return ChatState(cache=state._take(), history=history, pointer=state.pointer,
+                       padded_batch=state.padded_batch)
+    keep = np.full(state.padded_batch, np.iinfo(np.int32).max, np.int32)
+    keep[:state.batch_size] = lengths - 1   # The cache holds every token but the pending last one.
+    cache = _drop_tail(state._take(), self._rows(keep))
+    return ChatState(cache=cache, history=history, pointer=state.pointer,
+                     padded_batch=state.padded_batch)
+
   # ---------------------------------------------------------------- internals
 
   def _extend(self, params, state: ChatState, segments, *, fresh: bool) -> ChatState:
@@ -306,6 +328,12 @@ class Sampler:
         raise ValueError(f"Prompt {i} has {len(p)} tokens, more than cache_length="
                          f"{self.cache_length}.")
     return out
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _drop_tail(cache, keep):
+  """Invalidates each row's cache slots at positions >= keep[row]."""
+  return {**cache, "valid": cache["valid"] & (cache["pos"] < keep[:, None])}
 
 
 def _empty_output(b: int) -> TurnOutput:

@@ -1,0 +1,57 @@
+"""Where a party's turn ends when the model does not say so itself.
+
+Base (not instruction-tuned) models rarely emit `<end_of_turn>`: after "Final answer: 10" the
+270M goes on with junk and invented follow-up questions, which would corrupt answer extraction
+and the next turns. The dialogue cuts each sampled turn at its natural end:
+
+  student, math:  right after the first "Final answer: <number>", else after the first question
+                  mark (a question turn), else the whole turn
+  student, code:  right after the first complete ``` fenced block ```, else after the first
+                  question mark, else the whole turn
+  teacher:        at the end of the first non-empty paragraph (the briefing asks for 1-3 sentences)
+
+The cut is made on tokens (the longest prefix whose text stays within the cut), the tokens after
+it are removed from the KV cache (`Sampler.truncate`), and the turn is closed with an
+`<end_of_turn>` the student is trained on: the dialogue teaches the model where its turn ends.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+_MATH_ANSWER = re.compile(r"final answer\s*[:=]?\s*\$?\s*-?[\d,]*\.?\d+(?:/\d+)?", re.I)
+_CODE_BLOCK = re.compile(r"```[a-zA-Z0-9_+-]*\n.*?```", re.S)
+_PARAGRAPH_END = re.compile(r"\S.*?(?=\n\s*\n|\n|$)", re.S)
+
+
+def student_cut(text: str, domain: str) -> int | None:
+  """Character offset where a student turn should end, or None to keep it whole."""
+  pattern = _MATH_ANSWER if domain == "math" else _CODE_BLOCK
+  m = pattern.search(text)
+  q = text.find("?")
+  if m and (q < 0 or m.start() < q):
+    return m.end()
+  if q >= 0:
+    return q + 1
+  return None
+
+
+def teacher_cut(text: str) -> int | None:
+  m = _PARAGRAPH_END.search(text)
+  if m is None or m.end() >= len(text.rstrip()):
+    return None
+  return m.end()
+
+
+def tokens_within(tokenizer, ids: Sequence[int], cut: int) -> int:
+  """The number of leading tokens whose decoded text reaches `cut` characters (at least 1)."""
+  ids = list(ids)
+  lo, hi = 1, len(ids)
+  while lo < hi:  # Smallest k with len(decode(ids[:k])) >= cut; decode length grows with k.
+    mid = (lo + hi) // 2
+    if len(tokenizer.decode(ids[:mid])) >= cut:
+      hi = mid
+    else:
+      lo = mid + 1
+  return lo
