@@ -1,1 +1,16 @@
-"""sml_jax.training"""
+"""sml_jax.training: the one compiled train step and everything around it (import-light).
+
+    batching.make_batch(examples, max_len, batch_multiple=M)   Example(ids, roles, weight, ...)
+        -> {tokens, positions, input_mask, mask, weights[, old_logprobs, ref_logprobs]} [B, T]
+    advantages.grpo_advantages(rewards, group_size, eps)       GRPO, normalised per group
+    optimizer.make_optimizer(OptimizerConfig(...))             AdamW, warmup + cosine, clipping
+    train_state.create_train_state(model, params, tx, seed)    full finetune or LoRA (split)
+    train_step.make_train_step(model, tx, TrainConfig(...), mesh=...)
+        -> step(state, batch) -> (state, metrics)              SFT and GRPO, one jitted step
+    train_step.make_logprob_fn(model, cfg)(params, batch)      reference / old log-probs [B, T]
+    checkpointing.Checkpointer(workdir, every, keep)           orbax: save / restore_latest, SIGTERM
+    metrics.MetricsWriter(workdir, total_steps, resume_step)   metrics.jsonl + TensorBoard + tqdm
+
+Formulas: `losses.py` (per-token losses, normalisers), `logprobs.py` (fused unembedding).
+Stages (rollouts -> weights -> step) live in `loop.py` / `rollouts.py`.
+"""
