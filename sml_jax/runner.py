@@ -113,7 +113,8 @@ def run_eval(exp: Experiment, stage: str, student_params) -> dict[str, dict]:
       print(f"[{stage}] {task_name}: already evaluated (resume), skipping", flush=True)
       continue
     problems = exp.task(task_name).problems(ev.split, limit=ev.num_problems, seed=exp.config.seed)
-    runner = exp.episodes(max_turns=ev.max_turns, teacher=ev.teacher, temperature=ev.temperature)
+    runner = exp.episodes(max_turns=ev.max_turns, teacher=ev.teacher, temperature=ev.temperature,
+                          qprime_q=0.0)
     t0 = time.time()
     convs = []
     bs = max(1, int(ev.get("batch_size", 32)))
@@ -144,7 +145,8 @@ def collect_examples(exp: Experiment, kind: str, st, state, problems, seed: int)
   from sml_jax.training import rollouts  # pylint: disable=g-import-not-at-top
   params = exp.sampling_params(state)
   if kind == "rl":
-    convs = exp.episodes().run(problems, params, exp.teacher_params, seed=seed, repeats=st.group_size)
+    convs = exp.episodes(qprime_q=0.0).run(problems, params, exp.teacher_params, seed=seed,
+                                           repeats=st.group_size)
     examples, _ = rollouts.rl_examples(convs, st.group_size, st.eps,
                                        with_logprobs=st.get("inner_steps", 1) > 1)
   elif kind == "offline_sml":

@@ -207,12 +207,15 @@ class EpisodeRunner:
 
   def _qprime(self, convs, teacher_params, seed) -> None:
     """Replaces each failed attempt by a question the model writes from the privileged info."""
-    qprompts = [opening_segment(self.tok, prompts.qprime_prompt(c.problem, c.turns[-1].text))[0].tolist()
+    demos = prompts.qprime_demos(self.cfg.fewshot)
+    qprompts = [opening_segment(self.tok, prompts.qprime_prompt(c.problem, c.turns[-1].text), demos)[0].tolist()
                 for c in convs]
     out = self.teacher_sampler.generate(teacher_params, qprompts, max_new_tokens=self.cfg.qprime_max_tokens,
                                 temperature=self.cfg.teacher_temperature, seed=seed)
     for c, toks in zip(convs, out.tokens):
-      question = _decode(self.tok, toks).split("\n")[0].strip() or "Could you give me a hint?"
+      text = _decode(self.tok, toks)
+      cut = turn_end.student_cut(text, "math") if "?" in text else None
+      question = (text[:cut] if cut else text).split("\n")[0].strip() or "Could you give me a hint?"
       # Drop the failed attempt from the student's context and put the question in its place.
       k = c.student_turn_start
       del c.student.ids[k:], c.student.roles[k:], c.student.logprobs[k:]

@@ -64,12 +64,24 @@ TEACHER_DEMOS = (
 )
 
 
+QPRIME_DEMOS = (
+    ("user", QPRIME_PROMPT.format(statement="Tom has some apples and buys 2 more. How many apples "
+                                  "does he have now?", privileged="Tom had 3 apples. 3 + 2 = 5.",
+                                  attempt="2 + 2 = 4. Final answer: 4")),
+    ("model", "How many apples did Tom have at the start?"),
+)
+
+
 def student_demos(problem: Problem, enabled: bool = True) -> tuple[tuple[str, str], ...]:
   return STUDENT_DEMOS[problem.domain] if enabled else ()
 
 
 def teacher_demos(enabled: bool = True) -> tuple[tuple[str, str], ...]:
   return TEACHER_DEMOS if enabled else ()
+
+
+def qprime_demos(enabled: bool = True) -> tuple[tuple[str, str], ...]:
+  return QPRIME_DEMOS if enabled else ()
 
 
 def student_opening(problem: Problem) -> str:

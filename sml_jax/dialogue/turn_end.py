@@ -8,7 +8,7 @@ and the next turns. The dialogue cuts each sampled turn at its natural end:
                   mark (a question turn), else the whole turn
   student, code:  right after the first complete ``` fenced block ```, else after the first
                   question mark, else the whole turn
-  teacher:        at the end of the first non-empty paragraph (the briefing asks for 1-3 sentences)
+  teacher:        at the last sentence end of its first line (the briefing asks for 1-3 sentences)
 
 The cut is made on tokens (the longest prefix whose text stays within the cut), the tokens after
 it are removed from the KV cache (`Sampler.truncate`), and the turn is closed with an
@@ -38,10 +38,19 @@ def student_cut(text: str, domain: str) -> int | None:
 
 
 def teacher_cut(text: str) -> int | None:
+  """End of the first line's last complete sentence (the junk a base model writes where it
+  should stop sits on the same line), else the end of the first line."""
   m = _PARAGRAPH_END.search(text)
-  if m is None or m.end() >= len(text.rstrip()):
+  if m is None:
     return None
-  return m.end()
+  end = m.end()
+  line = text[:end]
+  last = max(line.rfind(". "), line.rfind("? "), line.rfind("! "))
+  if line.rstrip()[-1:] in ".?!":
+    end = len(line.rstrip())
+  elif last >= 0:
+    end = last + 1
+  return None if end >= len(text.rstrip()) else end
 
 
 def tokens_within(tokenizer, ids: Sequence[int], cut: int) -> int:
