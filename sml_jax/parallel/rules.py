@@ -28,11 +28,11 @@ PARAM_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     (r".*", ()),                                                   # norms, scalars: replicated
 )
 # KV caches. gemma's layout per layer: layer_i/{k, v} (B, L, K, D), end_index (B,), positions
-# (B, L); the sampler's (`sampling/forward.py`): layer_i/{keys, values} (B, K, C, D), pos and
+# (B, L); the sampler's (`sampling/forward.py`): layer_i/{keys, values} (B*K, C, D), pos and
 # valid (B, C).
 CACHE_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     (r"(^|/)(k|v)(/\d+)?$", (BATCH_AXES, None, "tensor", None)),
-    (r"(^|/)(keys|values)$", (BATCH_AXES, "tensor", None, None)),  # sampler: (B, K, C, D)
+    (r"(^|/)(keys|values)$", (BATCH_AXES, None, None)),  # sampler: (B*K, C, D), row b*K + k
     (r".*", (BATCH_AXES,)),
 )
 

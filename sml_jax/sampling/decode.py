@@ -30,9 +30,10 @@ class Policy:
 
 
 def prepare_params(arch: fwd.Arch, params, dtype):
-  """LoRA folded in, cast to the compute dtype (a no-op when already so)."""
+  """LoRA folded in, cast to the compute dtype (a no-op when already so), decode layout."""
   params = fwd.merge_lora(arch, params)
-  return jax.tree.map(lambda x: x.astype(dtype), params)
+  params = jax.tree.map(lambda x: x.astype(dtype), params)
+  return fwd.decode_layout(arch, params)
 
 
 def _constrain(tree, mesh, rules_fn):
@@ -70,9 +71,36 @@ def choose_tokens(policy: Policy, logits, temperature, top_p, keys, round_dtype)
       cutoff = jnp.minimum(cutoff, z.shape[-1] - 1)
       z = jnp.where(z < jnp.take_along_axis(sorted_z, cutoff, axis=-1), -jnp.inf, z)
     logp = jax.nn.log_softmax(z, axis=-1)
-    tokens = jax.vmap(jax.random.categorical)(keys, logp).astype(jnp.int32)
+    tokens = inverse_cdf_sample(logp, jax.vmap(jax.random.uniform)(keys))
   chosen = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
   return tokens, chosen
+
+
+def inverse_cdf_sample(logp, u, block: int = 512):
+  """One draw per row from exp(logp) (B, V) given uniforms u (B,) in [0, 1).
+
+  Two-level inverse CDF (block sums, then within the chosen block): one uniform per row and a
+  few cheap passes, instead of V Gumbel draws per row (which cost more than the whole
+  unembedding on CPU)."""
+  b, v = logp.shape
+  nb = -(-v // block)
+  probs = jnp.exp(logp)
+  probs = jnp.pad(probs, ((0, 0), (0, nb * block - v))).reshape(b, nb, block)
+  mass = probs.sum(-1)                                           # (B, nb)
+  cum = jnp.cumsum(mass, axis=-1)
+  target = u * cum[:, -1]
+  # First block whose cumulative mass exceeds the target (it has mass); rounding past the end
+  # falls back to the last block with mass, and likewise within the block.
+  chosen = jnp.sum(cum <= target[:, None], axis=-1)   # cum is non-decreasing
+  last_nonempty = nb - 1 - jnp.argmax((mass > 0)[:, ::-1], axis=-1)
+  chosen = jnp.minimum(chosen, last_nonempty)
+  inner = jnp.take_along_axis(probs, chosen[:, None, None], axis=1)[:, 0]   # (B, block)
+  before = jnp.take_along_axis(cum - mass, chosen[:, None], axis=1)[:, 0]
+  inner_cum = before[:, None] + jnp.cumsum(inner, axis=-1)
+  within = jnp.sum(inner_cum <= target[:, None], axis=-1)
+  last_positive = block - 1 - jnp.argmax((inner > 0)[:, ::-1], axis=-1)
+  within = jnp.minimum(within, last_positive)
+  return (chosen * block + within).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "dtype", "mesh"), donate_argnames=("cache",))
@@ -168,7 +196,8 @@ def compact(cache, *, mesh=None):
   order = jnp.argsort(~cache["valid"], axis=1, stable=True)          # valid slots first
 
   def gather(x):
-    idx = order.reshape(order.shape + (1,) * (x.ndim - 2))
+    idx = jnp.repeat(order, x.shape[0] // order.shape[0], axis=0)     # K/V rows are b*K + k
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
     return jnp.take_along_axis(x, idx, axis=1)
   return _cache_constraint(jax.tree.map(gather, cache), mesh)
 

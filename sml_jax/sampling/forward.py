@@ -4,7 +4,7 @@ It follows the gemma library's math op for op (`gemma/gm/nn/_modules.py`: RMSNor
 `x * rsqrt(mean(x^2) + 1e-6) * (1 + scale)`, RoPE, QK-norm, GQA, sliding windows, GELU-gated MLP)
 so greedy tokens match `gm.text.Sampler`, but it owns the KV cache layout:
 
-    cache = {"layer_i": {"k": (B, C, K, D), "v": (B, C, K, D)} for each layer i,
+    cache = {"layer_i": {"keys": (B*K, C, D), "values": (B*K, C, D)} for each layer i,
              "pos": (B, C) int32 RoPE position of each slot, "valid": (B, C) bool}
 
 One write pointer `index` (a scalar, shared by all rows) says where the next T tokens go; the
@@ -84,8 +84,8 @@ def apply_rope(x, positions, *, base_frequency: int, scale_factor: float = 1.0):
 
 
 def init_cache(arch: Arch, batch: int, capacity: int, dtype) -> dict[str, Any]:
-  shape = (batch, capacity, arch.num_kv_heads, arch.head_dim)
-  cache = {f"layer_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+  shape = (batch * arch.num_kv_heads, capacity, arch.head_dim)
+  cache = {f"layer_{i}": {"keys": jnp.zeros(shape, dtype), "values": jnp.zeros(shape, dtype)}
            for i in range(arch.num_layers)}
   return {
       **cache,
@@ -94,23 +94,71 @@ def init_cache(arch: Arch, batch: int, capacity: int, dtype) -> dict[str, Any]:
   }
 
 
+def decode_layout(arch: Arch, params):
+  """gemma params -> the matmul layout the forward pass uses: every projection a 2-D matrix,
+  used as `x @ w.T` ("t", (out, in)) or `x @ w` ("n", (in, out)).
+
+  Only q and kv (small) are transposed; the MLP and output projections are free reshapes of
+  gemma's arrays. Done once per call, outside the decode loop; values are unchanged.
+  """
+  n, k, h, e = arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.embed_dim
+  out = {"embedder": params["embedder"], "final_norm": params["final_norm"]}
+  for i in range(arch.num_layers):
+    p = params[f"layer_{i}"]
+    attn, mlp = p["attn"], p["mlp"]
+    if arch.transpose_gating:                  # (2, F, E) -> (2F, E), used as x @ w.T
+      gating = ("t", mlp["gating_einsum"].reshape(-1, e))
+    else:                                       # (2, E, F) -> (E, 2F), used as x @ w
+      gating = ("n", jnp.transpose(mlp["gating_einsum"], (1, 0, 2)).reshape(e, -1))
+    layer = {
+        "wq": jnp.transpose(attn["q_einsum"]["w"], (1, 0, 2)).reshape(e, n * h),      # n
+        "wkv": jnp.transpose(attn["kv_einsum"]["w"], (2, 0, 1, 3)).reshape(e, -1),   # n
+        "wo": attn["attn_vec_einsum"]["w"].reshape(n * h, e),                          # n
+        "wg": gating[1],
+        "wl": mlp["linear"],                                                           # n
+    }
+    for name in ("pre_attention_norm", "post_attention_norm", "pre_ffw_norm", "post_ffw_norm"):
+      if name in p:
+        layer[name] = p[name]["scale"]
+    if arch.use_qk_norm:
+      layer["q_norm"] = attn["_query_norm"]["scale"]
+      layer["k_norm"] = attn["_key_norm"]["scale"]
+    out[f"layer_{i}"] = layer
+  return out
+
+
+def _proj(x, w):
+  return jnp.einsum("...i,io->...o", x, w)
+
+
+def _proj_t(x, w):
+  return jnp.einsum("...i,oi->...o", x, w)
+
+
 def _attention(arch: Arch, i: int, p, x, positions, k_cache, v_cache, cache_pos, mask, index):
-  """One attention layer: writes this step's K/V at `index`, attends over the cache."""
+  """One attention layer: writes this step's K/V at slot `index`, attends over the cache.
+
+  Cache (B*K, C, H): one leading batch dim (rows b*K + k), so both attention products are
+  plain batched matmuls over the cache as stored. (A 4-D (B, K, C, H) cache makes XLA:CPU copy
+  every cache array several times per decode step; 3-D it is updated in place.)"""
   b, t, _ = x.shape
-  q = jnp.einsum("BTD,NDH->BTNH", x, p["q_einsum"]["w"])
-  k, v = jnp.einsum("BSD,CKDH->CBSKH", x, p["kv_einsum"]["w"])
+  nh, kh, hd = arch.num_heads, arch.num_kv_heads, arch.head_dim
+  g = nh // kh
+  q = _proj(x, p["wq"]).reshape(b, t, nh, hd)
+  kv = _proj(x, p["wkv"]).reshape(b, t, 2, kh, hd)
+  k, v = kv[:, :, 0], kv[:, :, 1]
   if arch.use_qk_norm:
-    q = rms_norm(q, p["_query_norm"]["scale"])
-    k = rms_norm(k, p["_key_norm"]["scale"])
+    q = rms_norm(q, p["q_norm"])
+    k = rms_norm(k, p["k_norm"])
   q = apply_rope(q, positions, base_frequency=arch.rope_base[i], scale_factor=arch.rope_scale[i])
   q = q * arch.query_scale
   k = apply_rope(k, positions, base_frequency=arch.rope_base[i], scale_factor=arch.rope_scale[i])
-  k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-  v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
-  kh = arch.num_kv_heads
-  qg = q.reshape(b, t, kh, arch.num_heads // kh, arch.head_dim)
-  logits = jnp.einsum("BTKGH,BSKH->BTKGS", qg, k_cache)
-  logits = logits.reshape(b, t, arch.num_heads, -1)
+  k = jnp.swapaxes(k, 1, 2).reshape(b * kh, t, hd).astype(k_cache.dtype)   # (B*K, T, H)
+  v = jnp.swapaxes(v, 1, 2).reshape(b * kh, t, hd).astype(v_cache.dtype)
+  k_cache = jax.lax.dynamic_update_slice(k_cache, k, (0, index, 0))
+  v_cache = jax.lax.dynamic_update_slice(v_cache, v, (0, index, 0))
+  q = q.reshape(b, t, kh, g, hd).transpose(0, 2, 1, 3, 4).reshape(b * kh, t * g, hd)
+  logits = jnp.einsum("xqh,xsh->xqs", q, k_cache).reshape(b, kh, t, g, -1)
   if arch.attn_softcap is not None:
     logits = jnp.tanh(logits / arch.attn_softcap) * arch.attn_softcap
   if arch.local[i]:
@@ -118,26 +166,26 @@ def _attention(arch: Arch, i: int, p, x, positions, k_cache, v_cache, cache_pos,
     qpos = positions[:, :, None]
     kpos = cache_pos[:, None, :]
     mask = mask & (kpos > qpos - w) & (kpos < qpos + w)
-  logits = jnp.where(mask[:, :, None, :], logits, K_MASK)
-  probs = jax.nn.softmax(logits, axis=-1).astype(k_cache.dtype)
-  probs = probs.reshape(b, t, kh, arch.num_heads // kh, -1)
-  enc = jnp.einsum("BTKGS,BSKH->BTKGH", probs, v_cache).reshape(b, t, arch.num_heads, -1)
-  out = jnp.einsum("BTNH,NHD->BTD", enc, p["attn_vec_einsum"]["w"])
-  return out, k_cache, v_cache
+  logits = jnp.where(mask[:, None, :, None, :], logits, K_MASK)
+  probs = jax.nn.softmax(logits, axis=-1).astype(k_cache.dtype).reshape(b * kh, t * g, -1)
+  enc = jnp.einsum("xqs,xsh->xqh", probs, v_cache).reshape(b, kh, t, g, hd)
+  enc = enc.transpose(0, 2, 1, 3, 4).reshape(b, t, nh * hd)
+  return _proj(enc, p["wo"]), k_cache, v_cache
 
 
 def _mlp(arch: Arch, p, x):
-  eq = "...F,NHF->...NH" if arch.transpose_gating else "...F,NFH->...NH"
-  gate = jnp.einsum(eq, x, p["gating_einsum"])
+  gate = _proj_t(x, p["wg"]) if arch.transpose_gating else _proj(x, p["wg"])
+  gate = gate.reshape(gate.shape[:-1] + (2, -1))
   act = jax.nn.gelu(gate[..., 0, :]) * gate[..., 1, :]
-  return jnp.einsum("...H,HF->...F", act, p["linear"])
+  return _proj(act, p["wl"])
 
 
 def forward(arch: Arch, params, tokens, positions, cache, index, mask):
   """Runs T new tokens per row through the model, writing their K/V at slots [index, index+T).
 
-  tokens, positions: (B, T) int32; mask: (B, T, C) bool, which cache slots each query may see
-  (already including the new slots). Returns (final-normed hidden states (B, T, D), new cache).
+  params: in `decode_layout`. tokens, positions: (B, T) int32; mask: (B, T, C) bool, which cache
+  slots each query may see (already including the new slots). Returns (final-normed hidden
+  states (B, T, D), new cache).
   """
   emb = params["embedder"]["input_embedding"]
   x = emb[(tokens,)]
@@ -147,17 +195,17 @@ def forward(arch: Arch, params, tokens, positions, cache, index, mask):
   for i in range(arch.num_layers):
     name = f"layer_{i}"
     p = params[name]
-    h = rms_norm(x, p["pre_attention_norm"]["scale"])
-    a, k_i, v_i = _attention(arch, i, p["attn"], h, positions, cache[name]["k"],
-                             cache[name]["v"], cache_pos, mask, index)
-    new_cache[name] = {"k": k_i, "v": v_i}
+    h = rms_norm(x, p["pre_attention_norm"])
+    a, k_i, v_i = _attention(arch, i, p, h, positions, cache[name]["keys"],
+                             cache[name]["values"], cache_pos, mask, index)
+    new_cache[name] = {"keys": k_i, "values": v_i}
     if arch.use_post_attn_norm:
-      a = rms_norm(a, p["post_attention_norm"]["scale"])
+      a = rms_norm(a, p["post_attention_norm"])
     a = a + x
-    h = rms_norm(a, p["pre_ffw_norm"]["scale"])
-    h = _mlp(arch, p["mlp"], h)
+    h = rms_norm(a, p["pre_ffw_norm"])
+    h = _mlp(arch, p, h)
     if arch.use_post_ffw_norm:
-      h = rms_norm(h, p["post_ffw_norm"]["scale"])
+      h = rms_norm(h, p["post_ffw_norm"])
     x = h + a
   x = rms_norm(x, params["final_norm"]["scale"])
   return x, new_cache
