@@ -15,12 +15,46 @@ import ml_collections
 STAGE_KINDS = ("sft", "offline_sml", "qprime_sft", "rl", "eval")
 
 
-def curriculum(*items: tuple[str, float, dict] | tuple[str, float]) -> list[dict]:
-  """[("arithmetic", 1.0, {"difficulty": 0})] -> [{"task", "weight", "kwargs"}]."""
-  out = []
+def curriculum(*items: tuple[str, float, dict] | tuple[str, float]) -> str:
+  """("arithmetic", 1.0, {"difficulty": 0}), ... -> "arithmetic:1.0:difficulty=0,..." (a string,
+  so that `--config.curricula.math=gsm8k:0.5,mbpp:0.5` overrides it on the command line)."""
+  parts = []
   for it in items:
-    name, weight, kwargs = (it + ({},))[:3] if len(it) == 2 else it
-    out.append({"task": name, "weight": float(weight), "kwargs": dict(kwargs)})
+    name, weight, kwargs = (*it, {}) if len(it) == 2 else it
+    kw = ";".join(f"{k}={v}" for k, v in dict(kwargs).items())
+    parts.append(f"{name}:{float(weight)}" + (f":{kw}" if kw else ""))
+  return ",".join(parts)
+
+
+def _value(text: str):
+  for cast in (int, float):
+    try:
+      return cast(text)
+    except ValueError:
+      pass
+  return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_curriculum(spec: str, field: str = "curriculum") -> list[tuple[str, float, dict]]:
+  """"gsm8k:0.5,arithmetic:0.5:difficulty=1;..." -> [(task, weight, kwargs), ...]."""
+  out = []
+  for part in [p.strip() for p in str(spec).split(",") if p.strip()]:
+    bits = part.split(":")
+    if len(bits) > 3:
+      raise ValueError(f"config.{field}: bad entry {part!r}; expected task[:weight[:k=v;k=v]]")
+    try:
+      weight = float(bits[1]) if len(bits) > 1 and bits[1] else 1.0
+    except ValueError:
+      raise ValueError(f"config.{field}: weight of {bits[0]!r} is not a number: {bits[1]!r}") from None
+    kwargs = {}
+    for kv in (bits[2].split(";") if len(bits) > 2 and bits[2] else []):
+      if "=" not in kv:
+        raise ValueError(f"config.{field}: bad task argument {kv!r} in {part!r}; expected key=value")
+      k, v = kv.split("=", 1)
+      kwargs[k.strip()] = _value(v.strip())
+    out.append((bits[0].strip(), weight, kwargs))
+  if not out:
+    raise ValueError(f"config.{field} is empty.")
   return out
 
 
@@ -127,9 +161,11 @@ def validate(config) -> None:
     need(st.learning_rate > 0, f"{kind}.learning_rate", f"must be positive, got {st.learning_rate}")
     need(st.curriculum in config.curricula, f"{kind}.curriculum",
          f"unknown curriculum {st.curriculum!r}; defined: {', '.join(config.curricula.keys())}")
-    for item in config.curricula[st.curriculum]:
-      need(item["task"] in task_registry.TASK_NAMES, f"curricula.{st.curriculum}",
-           f"unknown task {item['task']!r}; known: {', '.join(task_registry.TASK_NAMES)}")
+    for task, weight, _ in parse_curriculum(config.curricula[st.curriculum],
+                                            f"curricula.{st.curriculum}"):
+      need(task in task_registry.TASK_NAMES, f"curricula.{st.curriculum}",
+           f"unknown task {task!r}; known: {', '.join(task_registry.TASK_NAMES)}")
+      need(weight >= 0, f"curricula.{st.curriculum}", f"weight of {task!r} must be >= 0")
     if kind == "rl":
       need(st.group_size >= 2, "rl.group_size",
            f"GRPO needs a group of at least 2 conversations per problem, got {st.group_size}")

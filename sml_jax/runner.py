@@ -32,7 +32,7 @@ def _dtype(name: str):
 
 
 def _curriculum(config, name: str) -> list[tuple[str, float, dict]]:
-  return [(e["task"], float(e["weight"]), dict(e.get("kwargs") or {})) for e in config.curricula[name]]
+  return config_lib.parse_curriculum(config.curricula[name], f"curricula.{name}")
 
 
 class Experiment:

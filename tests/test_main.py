@@ -1,0 +1,89 @@
+"""The `python -m sml_jax.main` entry point: config errors, the tiny pipeline, SIGKILL + resume."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _main(workdir, *overrides, config="configs/tiny_test.py", timeout=900):
+  cmd = [sys.executable, "-m", "sml_jax.main", f"--config={config}", f"--workdir={workdir}", *overrides]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.stages=eval,warmup", "config.stages: unknown stage 'warmup'"),
+    ("--config.rl.group_size=1", "config.rl.group_size"),
+    ("--config.rl.learning_rate=-0.1", "config.rl.learning_rate"),
+    ("--config.model=gemma9", "config.model"),
+    ("--config.curricula.math=algebra:1.0", "config.curricula.math: unknown task 'algebra'"),
+    ("--config.curricula.math=gsm8k:lots", "config.curricula.math: weight of 'gsm8k' is not a number"),
+    ("--config.rl.stepz=3", "stepz"),
+])
+def test_bad_config_fails_at_start_naming_the_field(tmp_path, override, message):
+  proc = _main(tmp_path / "wd", override, timeout=120)
+  assert proc.returncode != 0
+  if message:
+    assert message in proc.stderr, proc.stderr[-2000:]
+  assert not (tmp_path / "wd" / "checkpoints").exists()  # Nothing started.
+
+
+def test_unknown_task_in_curriculum_is_named(tmp_path):
+  cfg = tmp_path / "cfg.py"
+  cfg.write_text("from configs.tiny_test import get_config as base\n"
+                 "from sml_jax.config import curriculum\n"
+                 "def get_config():\n  c = base()\n  c.curricula.math = curriculum(('algebra', 1.0))\n"
+                 "  return c\n")
+  proc = _main(tmp_path / "wd", config=str(cfg), timeout=120)
+  assert proc.returncode != 0
+  assert "config.curricula.math: unknown task 'algebra'" in proc.stderr, proc.stderr[-2000:]
+
+
+def _final_params(workdir):
+  import orbax.checkpoint as ocp
+  ckpts = pathlib.Path(workdir) / "checkpoints"
+  last = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+  state = ocp.StandardCheckpointer().restore(ckpts / str(last) / "state")
+  return last, state["params"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stage_then_resume_matches_uninterrupted(tmp_path):
+  args = ["--config.stages=rl", "--config.rl.steps=4", "--config.train.checkpoint_every=1"]
+  ref = _main(tmp_path / "ref", *args)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+
+  wd = tmp_path / "killed"
+  cmd = [sys.executable, "-m", "sml_jax.main", "--config=configs/tiny_test.py", f"--workdir={wd}", *args]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics = wd / "metrics.jsonl"
+  deadline = time.time() + 600
+  while time.time() < deadline:  # Kill once two iterations are logged (and checkpointed).
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+      break
+    if proc.poll() is not None:
+      pytest.fail("the run ended before it could be killed")
+    time.sleep(0.2)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert len(metrics.read_text().splitlines()) < 4
+
+  resumed = _main(wd, *args)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "[resume]" in resumed.stdout
+  step_ref, params_ref = _final_params(tmp_path / "ref")
+  step_res, params_res = _final_params(wd)
+  assert step_ref == step_res == 4
+  import jax
+  for a, b in zip(jax.tree.leaves(params_ref), jax.tree.leaves(params_res)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]  # Lines of the killed attempt were replaced.
