@@ -29,9 +29,9 @@ this device = ceil(micro_batch_size / dp) x max_len, dp = data x fsdp, tp = tens
   sampler         per party: params in the compute dtype (LoRA: merged inside the sampler's
                   jit), KV cache from `forward.init_cache` (k, v: B x C x K x D per layer,
                   plus positions and validity), and the larger of
-                  decode: 2 to 6 [B, V] f32 buffers (see `logits_copies`) + one copy of the KV
-                    cache (XLA CPU copies the cache carried through the decode while-loop;
-                    measured: +1.05x the cache; an upper bound where XLA updates in place),
+                  decode: 2 (4 with top-p) [B, V] f32 buffers (see `logits_copies`) + the
+                    q and kv projections in the decode layout (`forward.decode_layout`
+                    transposes those two per call),
                   prefill of a P-token prompt chunk, one layer at a time: the attention
                     logits B x P x H x C (f32; XLA fuses the mask and softmax into it) plus
                     the MLP's 3 F and 4 E-vectors per token in f32.
@@ -204,16 +204,15 @@ class SampleShape:
   cache_length: int         # KV cache slots per conversation
   prompt_chunk: int = 512   # tokens prefilled at once
   dtype: str = "bfloat16"
-  logits_copies: int = 4    # [B, V] f32 temporaries per decode step: see `logits_copies`
+  logits_copies: int = 2    # [B, V] f32 temporaries per decode step: see `logits_copies`
 
 
 def logits_copies(temperature: float, top_p: float | None) -> int:
-  """[B, V] f32 buffers a decode step keeps live (XLA CPU, `decode.choose_tokens`): greedy 2
-  (logits, log-softmax), sampling 4 (+ scaled logits, categorical noise), top-p 6 (+ the sort and
-  its cumulative sum)."""
-  if temperature == 0:
-    return 2
-  return 6 if top_p is not None and top_p < 1 else 4
+  """[B, V] f32 buffers a decode step keeps live (measured with XLA CPU on
+  `decode.choose_tokens`): 2 (logits, log-probs) greedy or sampled (inverse-CDF sampling needs
+  no [B, V] noise), 4 with top-p (+ the sort and its cumulative sum)."""
+  del temperature  # Greedy and sampled decoding keep the same buffers.
+  return 4 if top_p is not None and top_p < 1 else 2
 
 
 def cache_shapes(model, ss: SampleShape):
@@ -228,15 +227,23 @@ def kv_cache_bytes(model, mesh, ss: SampleShape) -> int:
   return tree_bytes(cache_shapes(model, ss), mesh, rules.CACHE_RULES)
 
 
-def sampler_temp_bytes(d: Dims, mesh, ss: SampleShape, cache_bytes: int) -> dict[str, int]:
+def _qkv_bytes(params, mesh, dtype) -> int:
+  """The q and kv projection weights (what `forward.decode_layout` transposes)."""
+  qkv = {k: v for k, v in params.items() if k.startswith("layer_")}
+  qkv = {k: {"attn": {n: v["attn"][n] for n in ("q_einsum", "kv_einsum") if n in v["attn"]}}
+         for k, v in qkv.items()}
+  return tree_bytes(qkv, mesh, dtype=dtype)
+
+
+def sampler_temp_bytes(d: Dims, mesh, ss: SampleShape, qkv_bytes: int) -> dict[str, int]:
   """The sampler's jit temporaries: decode loop and prefill (see the module docstring)."""
   dp, tp = _size(mesh, BATCH_AXES), mesh.shape["tensor"]
   rows = math.ceil(ss.batch / dp)
   heads, hidden = _split(d.heads, tp), _split(d.hidden, tp)
-  decode = ss.logits_copies * rows * _split(d.vocab, tp) * 4 + cache_bytes
+  decode = ss.logits_copies * rows * _split(d.vocab, tp) * 4 + qkv_bytes
   tokens = rows * min(ss.prompt_chunk, ss.cache_length)
   prefill = tokens * (heads * ss.cache_length + 3 * hidden + 4 * d.embed) * 4
-  return {"decode (logits + cache copy)": int(decode), "prefill (one layer)": int(prefill)}
+  return {"decode (logits, q/kv layout)": int(decode), "prefill (one layer)": int(prefill)}
 
 
 def party_bytes(model, shapes, mesh, ss: SampleShape) -> dict[str, int]:
@@ -244,7 +251,8 @@ def party_bytes(model, shapes, mesh, ss: SampleShape) -> dict[str, int]:
   from sml_jax.training import train_state  # pylint: disable=g-import-not-at-top
   base = train_state.split_params(shapes)[0] if train_state.is_lora(model) else shapes
   cache = kv_cache_bytes(model, mesh, ss)
-  temps = sampler_temp_bytes(Dims.from_model(model), mesh, ss, cache)
+  temps = sampler_temp_bytes(Dims.from_model(model), mesh, ss,
+                             _qkv_bytes(base, mesh, DTYPES[ss.dtype]))
   return {"params (compute dtype)": tree_bytes(base, mesh, dtype=DTYPES[ss.dtype]),
           "KV cache": cache, **temps}
 
