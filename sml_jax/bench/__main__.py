@@ -1,0 +1,31 @@
+"""`python -m sml_jax.bench {sampler,train} [options]`: dispatches to the benchmark's `main(argv)`.
+
+    python -m sml_jax.bench sampler [--json] [--batches=1,8]
+    python -m sml_jax.bench train [--json] ...
+"""
+
+import sys
+
+USAGE = "usage: python -m sml_jax.bench {sampler,train} [--json] [options; --help per benchmark]"
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if not argv or argv[0] in ("-h", "--help"):
+    print(USAGE)
+    return 0 if argv else 2
+  name, rest = argv[0], argv[1:]
+  if name == "sampler":
+    from sml_jax.bench import sampler_bench  # pylint: disable=g-import-not-at-top
+    sampler_bench.main(rest)
+  elif name == "train":
+    from sml_jax.bench import train_bench  # pylint: disable=g-import-not-at-top
+    train_bench.main(rest)
+  else:
+    print(f"unknown benchmark {name!r}\n{USAGE}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,210 @@
+"""Sampler benchmark: ours vs `gm.text.Sampler` on the embedded Gemma 3 270M, plus a multi-turn
+student/teacher case and the hardware roofline.
+
+    python -m sml_jax.bench sampler [--json] [--batches=1,8] [--skip_reference_default]
+
+Single turn: greedy, `--max_new_tokens` (64) new tokens per row, at each batch size; tokens/s =
+batch * max_new_tokens / wall time of one whole call (prefill included), best of `--repeats`
+after a warm-up call (compilation excluded). Ours runs without stop tokens, so every row
+generates the full budget; the reference keeps its built-in end tokens (it rarely stops early
+on these prompts; its counts are reported).
+
+Multi-turn (ours): `--mt_batch` conversations x `--turns` student turns of `--student_tokens`
+and teacher turns of `--teacher_tokens`, two caches (student; teacher = privileged prefix +
+the same conversation) advanced in lockstep, each side appending the other's turn.
+
+Roofline: per decode step at batch B and context T: FLOPs = 2 B (params) + 4 B T L H D (attention),
+bytes = all weights once + the KV cache read; time = max(FLOPs / peak matmul FLOP/s, bytes /
+read bandwidth), both measured here. Fraction = ours tok/s / (B / that time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+PROMPTS = [
+    "def fibonacci(n):",
+    "The Eiffel Tower is in",
+    "Once upon a time, in a small village by the sea, there lived",
+    "Question: What is 12 times 7? Answer:",
+    "import numpy as np\n\ndef softmax(x):",
+    "The three primary colors are",
+    "In 1969, the first humans to walk on the Moon were",
+    "Photosynthesis is the process by which plants",
+]
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(prog="python -m sml_jax.bench sampler", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--batches", default="1,8,32", help="Comma-separated batch sizes.")
+  p.add_argument("--max_new_tokens", type=int, default=64)
+  p.add_argument("--cache_length", type=int, default=512,
+                 help="Cache length of ours and of the same-cache reference.")
+  p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--skip_reference", action="store_true", help="No gm.text.Sampler runs.")
+  p.add_argument("--skip_reference_default", action="store_true",
+                 help="No gm.text.Sampler run at its default 4096-token cache (the slowest).")
+  p.add_argument("--skip_multi_turn", action="store_true")
+  p.add_argument("--mt_batch", type=int, default=32)
+  p.add_argument("--turns", type=int, default=4)
+  p.add_argument("--student_tokens", type=int, default=64)
+  p.add_argument("--teacher_tokens", type=int, default=48)
+  p.add_argument("--mt_cache_length", type=int, default=1024)
+  p.add_argument("--json", action="store_true", help="Last line: one JSON object.")
+  return p.parse_args(argv)
+
+
+def _best(fn, repeats):
+  fn()                                   # warm-up: compiles
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def decode_step_cost(arch, n_params: int, batch: int, context: float, dtype_bytes: int):
+  """(FLOPs, bytes) of one decode step of `batch` rows attending to `context` tokens."""
+  kv_width = arch.num_kv_heads * arch.head_dim
+  flops = 2.0 * batch * n_params + 4.0 * batch * context * arch.num_layers * (
+      arch.num_heads * arch.head_dim)
+  kv_bytes = batch * context * 2 * kv_width * arch.num_layers * dtype_bytes
+  return flops, n_params * dtype_bytes + kv_bytes
+
+
+def run(args) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from gemma import gm
+  from sml_jax import models
+  from sml_jax.bench import hardware
+  from sml_jax.sampling import Sampler
+  from sml_jax.sampling import forward as fwd
+
+  dtype = jnp.dtype(args.dtype)
+  batches = [int(b) for b in args.batches.split(",") if b]
+  n = args.max_new_tokens
+  print("measuring hardware ...", flush=True)
+  hw = hardware.measure()
+  print("  " + hardware.describe(hw), flush=True)
+  tokenizer = models.load_tokenizer("gemma3_270m")
+  model = models.build_model("gemma3_270m", dtype=dtype)
+  params = models.load_params("gemma3_270m", dtype=dtype)
+  arch = fwd.Arch.from_model(model)
+  n_params = sum(int(x.size) for x in jax.tree.leaves(params))
+  results = {"ours_tok_s": {}, "reference_tok_s": {}, "reference_default_tok_s": {},
+             "roofline_fraction": {}, "ceiling_tok_s": {}, "reference_tokens_generated": {},
+             "dtype": args.dtype, "max_new_tokens": n, "cache_length": args.cache_length,
+             "hardware": hw, "n_params": n_params}
+
+  ours = Sampler(model, cache_length=args.cache_length, dtype=dtype, stop_tokens=())
+  for b in batches:
+    texts = [PROMPTS[i % len(PROMPTS)] for i in range(b)]
+    ids = [list(tokenizer.encode(t, add_bos=True)) for t in texts]
+    t = _best(lambda: ours.generate(params, ids, max_new_tokens=n), args.repeats)
+    results["ours_tok_s"][str(b)] = b * n / t
+    context = float(np.mean([len(x) for x in ids])) + n / 2
+    flops, nbytes = decode_step_cost(arch, n_params, b, context, dtype.itemsize)
+    ceiling = b / hardware.roofline_seconds(flops, nbytes, hw)
+    results["ceiling_tok_s"][str(b)] = ceiling
+    results["roofline_fraction"][str(b)] = results["ours_tok_s"][str(b)] / ceiling
+    print(f"batch {b:3d}: ours {b * n / t:8.1f} tok/s ({t:.2f} s)  ceiling {ceiling:8.1f} tok/s"
+          f"  -> {results['roofline_fraction'][str(b)]:.0%} of roofline", flush=True)
+    refs = [] if args.skip_reference else [("reference_tok_s", args.cache_length)]
+    if not (args.skip_reference or args.skip_reference_default):
+      refs.append(("reference_default_tok_s", None))
+    for key, cache_length in refs:
+      kwargs = {} if cache_length is None else {"cache_length": cache_length}
+      ref = gm.text.Sampler(model=model, params=params, tokenizer=tokenizer, **kwargs)
+      holder = {}
+
+      def call():
+        holder["out"] = ref.sample(texts, max_new_tokens=n, return_state=True)
+      t = _best(call, args.repeats if cache_length else 1)
+      results[key][str(b)] = b * n / t
+      generated = int(np.sum(np.asarray(holder["out"].state.predicted_tokens)[:, :n] != 0))
+      results["reference_tokens_generated"][f"{b}@{cache_length or 'default'}"] = generated
+      print(f"           gm.text.Sampler (cache {cache_length or 'default 4096'}): "
+            f"{b * n / t:8.1f} tok/s ({t:.2f} s, {generated} tokens generated)  "
+            f"ours is {results['ours_tok_s'][str(b)] / (b * n / t):.1f}x", flush=True)
+
+  if not args.skip_multi_turn:
+    results["multi_turn"] = multi_turn(args, model, params, tokenizer, arch, n_params, hw)
+  return results
+
+
+def multi_turn(args, model, params, tokenizer, arch, n_params, hw) -> dict:
+  import jax.numpy as jnp
+  import numpy as np
+  from sml_jax.bench import hardware
+  from sml_jax.sampling import Sampler
+
+  dtype = jnp.dtype(args.dtype)
+  b = args.mt_batch
+  sampler = Sampler(model, cache_length=args.mt_cache_length, dtype=dtype, stop_tokens=())
+  head = lambda role: [105] + list(tokenizer.encode(f"{role}\n"))
+  tail = [106] + list(tokenizer.encode("\n"))
+  problems = [PROMPTS[i % len(PROMPTS)] for i in range(b)]
+  student = [[2] + head("user") + list(tokenizer.encode(p)) + tail + head("model")
+             for p in problems]
+  secret = list(tokenizer.encode("You are the teacher. The reference answer is 42. Guide the "
+                                 "student without revealing it.\n\n"))
+  teacher = [[2] + secret + s[1:] for s in student]
+  stats = {}
+
+  def dialogue():
+    s_state = sampler.start(params, student)
+    t_state = sampler.start(params, teacher)
+    tokens = 0
+    for turn in range(args.turns):
+      s_state, s_out = sampler.sample(params, s_state, max_new_tokens=args.student_tokens,
+                                      seed=turn)
+      t_state = sampler.append(params, t_state, [list(x) + tail + head("user")
+                                                 for x in s_out.tokens])
+      t_state, t_out = sampler.sample(params, t_state, max_new_tokens=args.teacher_tokens,
+                                      seed=100 + turn)
+      s_state = sampler.append(params, s_state, [tail + head("user") + list(x) + tail
+                                                 + head("model") for x in t_out.tokens])
+      tokens += sum(len(x) for x in s_out.tokens) + sum(len(x) for x in t_out.tokens)
+    stats["tokens"] = tokens
+    stats["final_lengths"] = [int(s_state.lengths.max()), int(t_state.lengths.max())]
+
+  start = time.perf_counter()
+  dialogue()
+  cold = time.perf_counter() - start
+  start = time.perf_counter()
+  dialogue()
+  warm = time.perf_counter() - start
+  # Roofline: every decode step of both parties at its mean context.
+  s_len, t_len = np.mean([len(x) for x in student]), np.mean([len(x) for x in teacher])
+  floor = 0.0
+  per_turn = args.student_tokens + args.teacher_tokens + 2 * (len(tail) + 3)
+  for turn in range(args.turns):
+    for steps, base in ((args.student_tokens, s_len), (args.teacher_tokens, t_len)):
+      context = base + turn * per_turn + steps / 2
+      flops, nbytes = decode_step_cost(arch, n_params, b, context, dtype.itemsize)
+      floor += steps * hardware.roofline_seconds(flops, nbytes, hw)
+  out = {"conversations": b, "turns": args.turns, "tokens": stats["tokens"],
+         "seconds": warm, "seconds_with_compile": cold, "tok_s": stats["tokens"] / warm,
+         "ceiling_tok_s": stats["tokens"] / floor, "roofline_fraction": floor / warm,
+         "final_context_lengths": stats["final_lengths"]}
+  print(f"multi-turn: {b} conversations x {args.turns} turns (student {args.student_tokens} + "
+        f"teacher {args.teacher_tokens} tokens): {out['tok_s']:.1f} tok/s ({warm:.1f} s; "
+        f"{cold:.1f} s with compilation), {out['roofline_fraction']:.0%} of roofline",
+        flush=True)
+  return out
+
+
+def main(argv=None) -> dict:
+  import sys
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  results = run(args)
+  if args.json:
+    print(json.dumps(results))
+  return results

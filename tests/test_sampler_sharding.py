@@ -1,0 +1,51 @@
+"""Sharded sampling on 8 fake CPU devices gives the same tokens as one device."""
+
+import json
+
+import pytest
+
+CODE = r"""
+import json, os
+import jax, jax.numpy as jnp, numpy as np
+assert len(jax.devices()) == 8
+from sml_jax import models
+from sml_jax.parallel.mesh import make_mesh
+from sml_jax.sampling import Sampler
+
+model, params = models.build_model("tiny"), models.load_params("tiny")
+tok = models.load_tokenizer("tiny")
+texts = ["def fibonacci(n):", "The Eiffel Tower is in", "Hi", "1, 2, 3, 4, 5, 6", "Once upon"]
+prompts = [list(tok.encode(t, add_bos=True)) for t in texts]
+
+def run(mesh):
+  s = Sampler(model, cache_length=128, mesh=mesh, dtype=jnp.float32, stop_tokens=(1, 106))
+  greedy = s.generate(params, prompts, max_new_tokens=6)
+  state = s.start(params, prompts)
+  state, a = s.sample(params, state, max_new_tokens=5, temperature=1.0, seed=3,
+                      active=np.array([True, False, True, True, True]))
+  state = s.append(params, state, [[9, 8], [], [7], [6, 5, 4], []])
+  state, b = s.sample(params, state, max_new_tokens=5, temperature=0.8, top_k=20, seed=4)
+  sharding = jax.tree.leaves(state.cache)[0].sharding
+  return {"greedy": [t.tolist() for t in greedy.tokens], "a": [t.tolist() for t in a.tokens],
+          "b": [t.tolist() for t in b.tokens],
+          "lp": [float(np.sum(x)) for x in b.logprobs], "spec": str(getattr(sharding, "spec", ""))}
+
+out = {"single": run(None)}
+for shape in [(8, 1, 1), (2, 2, 2), (2, 4, 1)]:
+  out[str(shape)] = run(make_mesh(*shape))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_sharded_sampling_matches_one_device(fake_devices):
+  out = json.loads(fake_devices(CODE, num_devices=8, timeout=1500).strip().splitlines()[-1])
+  single = out.pop("single")
+  assert len(out) == 3
+  for shape, got in out.items():
+    assert got["greedy"] == single["greedy"], shape
+    assert got["a"] == single["a"], shape
+    assert got["b"] == single["b"], shape
+    for x, y in zip(got["lp"], single["lp"]):
+      assert abs(x - y) < 1e-3, shape
+    assert "data" in got["spec"] or "fsdp" in got["spec"], (shape, got["spec"])
