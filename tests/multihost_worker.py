@@ -5,8 +5,8 @@
 
 Each process has one CPU device; the mesh is (data=1, fsdp=2, tensor=1) over both, so the params
 and AdamW moments are split across the two processes (and so is every step's batch). Each process builds only its `host_slice`
-of the batch (`distributed.global_batch` assembles the global arrays), runs 3 steps of the
-project's train step on the `tiny` model, checks them against the same 3 steps run unsharded on
+of the batch (`distributed.global_batch` assembles the global arrays), runs 2 steps of the
+project's train step on the `tiny` model, checks them against the same 2 steps run unsharded on
 one local device with the full batch, saves an orbax checkpoint (the project's `Checkpointer`,
 each process writing its own shards), restores it into a fresh state and checks every local
 shard is bit-equal to what was saved. Prints one JSON line: {"process", "losses", "ref_losses",
@@ -38,7 +38,7 @@ from sml_jax.training import train_state as ts
 from sml_jax.training import train_step as tstep
 from sml_jax.training.checkpointing import Checkpointer
 
-STEPS = 3
+STEPS = 2
 DIALOGUES = [
     [("user", "What is 2+3?"), ("model", "Is it 6?"), ("user", "No, count again."),
      ("model", "It is 5.")],
