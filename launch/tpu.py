@@ -266,6 +266,9 @@ def execute(spec: Spec) -> None:
   _print(describe)
   found = subprocess.run(describe.argv, capture_output=True, text=True)
   state = found.stdout.strip() if found.returncode == 0 else None
+  if state is None and "not found" not in found.stderr.lower().replace("_", " "):
+    raise RuntimeError(f"'{describe.shell()}' failed (not a missing VM: auth? project? zone?):\n"
+                       f"{found.stderr.strip()}")
   if state is None:
     _run(create)
   elif state == "STOPPED":

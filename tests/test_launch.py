@@ -111,7 +111,8 @@ FAKE_GCLOUD = textwrap.dedent("""\
     # Records its argv (one call per line) and answers `describe` with $FAKE_TPU_STATE.
     printf '%q ' "$@" >> "$FAKE_GCLOUD_LOG"; echo >> "$FAKE_GCLOUD_LOG"
     if [ "$4" = describe ]; then
-      [ -n "$FAKE_TPU_STATE" ] || { echo "NOT_FOUND" >&2; exit 1; }
+      [ "$FAKE_TPU_STATE" = AUTH ] && { echo "ERROR: (gcloud) You do not currently have an active account" >&2; exit 1; }
+      [ -n "$FAKE_TPU_STATE" ] || { echo "ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: Resource not found" >&2; exit 1; }
       echo "$FAKE_TPU_STATE"
     fi
     """)
@@ -161,6 +162,8 @@ def test_execute_reuses_existing_vm(tmp_path, state, expected):
 def test_execute_refuses_a_preempted_vm_and_dry_run_calls_nothing(tmp_path):
   proc, verbs, _ = _run_with_fake_gcloud(tmp_path, state="PREEMPTED")
   assert proc.returncode == 1 and "PREEMPTED" in proc.stderr and verbs == ["describe"]
+  proc, verbs, _ = _run_with_fake_gcloud(tmp_path, state="AUTH")  # not "missing": no create
+  assert proc.returncode == 1 and "active account" in proc.stderr and verbs == ["describe"]
   proc, verbs, _ = _run_with_fake_gcloud(tmp_path, state="", dry_run=True)
   assert proc.returncode == 0 and verbs == []
 
