@@ -121,7 +121,8 @@ def code_steps(spec: Spec) -> list[Step]:
     steps = [Step(f"clone {spec.git_url} at {spec.git_ref} on every worker", _ssh_all(spec, clone))]
   else:
     pack = (f"git -C {shlex.quote(REPO)} ls-files -z --cached --others --exclude-standard"
-            f" | tar -C {shlex.quote(REPO)} --null -T - -czf {shlex.quote(spec.tarball)}")
+            f" | tar -C {shlex.quote(REPO)} --ignore-failed-read --null -T - -czf "
+            f"{shlex.quote(spec.tarball)}")  # ignore-failed-read: tracked files deleted locally
     unpack = (f"rm -rf {REMOTE_CODE} && mkdir -p {REMOTE_CODE}"
               f" && tar -xzf {REMOTE_CODE}.tgz -C {REMOTE_CODE}")
     steps = [
