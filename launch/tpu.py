@@ -34,7 +34,8 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from sml_jax.parallel import topology as topology_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+from sml_jax.parallel import topology as topology_lib
 
 REMOTE_CODE = "sml_jax"            # on each worker, relative to $HOME (replaced on every launch)
 REMOTE_VENV = "sml_jax_venv"       # kept across launches (reinstalled when the lock changes)
@@ -227,7 +228,8 @@ def make_spec(args: argparse.Namespace, extra: list[str]) -> Spec:
                      "the repo, e.g. configs/sml_math_rl.py).")
   if topology.hosts > 1 and not re.match(r"^[a-z][a-z0-9]*://", args.workdir):
     raise ValueError(f"--workdir={args.workdir}: a {topology.hosts}-host slice needs a shared "
-                     "workdir such as gs://bucket/path (orbax writes one checkpoint from all hosts).")
+                     "workdir such as gs://bucket/path (orbax writes one checkpoint from all "
+                     "hosts).")
   bad = [e for e in extra if not e.startswith("--config.")]
   if bad:
     raise ValueError(f"After '--' only --config.<field>=<value> overrides are allowed, got {bad}.")
@@ -277,9 +279,9 @@ def execute(spec: Spec) -> None:
   elif state == "READY":
     print(f"# reusing {spec.name} (READY)")
   else:
-    raise RuntimeError(f"TPU VM {spec.name} is {state}; wait, or delete it "
-                       f"('{spec.gcloud} compute tpus tpu-vm delete {spec.name} --zone={spec.zone}') "
-                       "and launch again.")
+    delete = shlex.join(_gcloud(spec, "delete", spec.name))
+    raise RuntimeError(f"TPU VM {spec.name} is {state}; wait, or delete it ('{delete}') and "
+                       "launch again.")
   for step in rest:
     _run(step)
   print(watch_hint(spec))

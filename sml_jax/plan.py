@@ -30,7 +30,8 @@ _TOPOLOGY = flags.DEFINE_string("topology", "cpu", "TPU type (v5p-64, v5e-16, v6
 _SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", 0, "Conversations sampled at once "
                                      "(0: the largest a configured stage uses).")
 _PROMPT_CHUNK = flags.DEFINE_integer("prompt_chunk", 512, "Tokens prefilled at once.")
-_SUGGEST = flags.DEFINE_integer("suggest", 5, "When it does not fit, list this many meshes that do.")
+_SUGGEST = flags.DEFINE_integer("suggest", 5,
+                                "When it does not fit, list this many meshes that do.")
 
 GiB = 1 << 30
 _SHAPES: dict = {}  # (student, lora, teacher) -> model_shapes, traced once per process

@@ -4,13 +4,13 @@
         python tests/multihost_worker.py WORKDIR
 
 Each process has one CPU device; the mesh is (data=1, fsdp=2, tensor=1) over both, so the params
-and AdamW moments are split across the two processes (and so is every step's batch). Each process builds only its `host_slice`
-of the batch (`distributed.global_batch` assembles the global arrays), runs 2 steps of the
-project's train step on the `tiny` model, checks them against the same 2 steps run unsharded on
-one local device with the full batch, saves an orbax checkpoint (the project's `Checkpointer`,
-each process writing its own shards), restores it into a fresh state and checks every local
-shard is bit-equal to what was saved. Prints one JSON line: {"process", "losses", "ref_losses",
-"max_param_diff", "param_sums" (per leaf, of the gathered params), "restored_equal"}.
+and AdamW moments are split across the two processes (and so is every step's batch). Each
+process builds only its `host_slice` of the batch (`distributed.global_batch` assembles the
+global arrays), runs 2 steps of the project's train step on the `tiny` model, checks them
+against the same 2 steps run unsharded on one local device with the full batch, saves an orbax
+checkpoint (the project's `Checkpointer`, each process writing its own shards), restores it into
+a fresh state and checks every local shard is bit-equal to what was saved. Prints one JSON line:
+{"process", "losses", "ref_losses", "max_param_diff", "param_sums" (per leaf, of the gathered params), "restored_equal"}.
 """
 
 import json

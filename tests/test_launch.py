@@ -111,8 +111,13 @@ FAKE_GCLOUD = textwrap.dedent("""\
     # Records its argv (one call per line) and answers `describe` with $FAKE_TPU_STATE.
     printf '%q ' "$@" >> "$FAKE_GCLOUD_LOG"; echo >> "$FAKE_GCLOUD_LOG"
     if [ "$4" = describe ]; then
-      [ "$FAKE_TPU_STATE" = AUTH ] && { echo "ERROR: (gcloud) You do not currently have an active account" >&2; exit 1; }
-      [ -n "$FAKE_TPU_STATE" ] || { echo "ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: Resource not found" >&2; exit 1; }
+      if [ "$FAKE_TPU_STATE" = AUTH ]; then
+        echo "ERROR: (gcloud) You do not currently have an active account" >&2; exit 1
+      fi
+      if [ -z "$FAKE_TPU_STATE" ]; then
+        echo "ERROR: (gcloud.compute.tpus.tpu-vm.describe) NOT_FOUND: Resource not found" >&2
+        exit 1
+      fi
       echo "$FAKE_TPU_STATE"
     fi
     """)

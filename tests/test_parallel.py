@@ -96,8 +96,8 @@ emb = sharded.params["embedder"]["input_embedding"]
 out["emb_spec"] = str(emb.sharding.spec)
 out["devices"] = len(emb.sharding.device_set)
 out["losses"], out["ref_losses"] = losses, ref_losses
-out["max_param_diff"] = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
-                            for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(ref.params)))
+out["max_param_diff"] = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
+                            zip(jax.tree.leaves(sharded.params), jax.tree.leaves(ref.params)))
 
 # The plan's per-device bytes against what the rules table puts on device 0.
 def on_device0(tree):

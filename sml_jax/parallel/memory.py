@@ -95,7 +95,8 @@ def tree_bytes(tree, mesh, table=rules.PARAM_RULES, dtype=None) -> int:
   (each leaf counted in `dtype` if given)."""
   total = 0
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    spec = rules.spec_for(rules._path_str(path), tuple(leaf.shape), mesh, table)  # pylint: disable=protected-access
+    name = rules._path_str(path)  # pylint: disable=protected-access
+    spec = rules.spec_for(name, tuple(leaf.shape), mesh, table)
     shards = math.prod(_size(mesh, a if isinstance(a, tuple) else (a,)) for a in spec if a)
     itemsize = np.dtype(dtype or leaf.dtype).itemsize
     total += math.ceil(math.prod(leaf.shape) * itemsize / shards)

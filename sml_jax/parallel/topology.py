@@ -71,7 +71,7 @@ def _generation(prefix: str) -> str | None:
 
 
 def get_topology(name: str) -> Topology:
-  """"v5p-64" / "v5e-16" / "v5litepod-16" / "v6e-8" / "v4-32" -> Topology (ValueError if unknown)."""
+  """"v5p-64" / "v5e-16" / "v5litepod-16" / "v6e-8" / "v4-32" -> Topology (else ValueError)."""
   m = re.fullmatch(r"(v\d+[a-z]*(?:pod)?)-(\d+)", name.strip().lower())
   gen_name = _generation(m.group(1)) if m else None
   if gen_name is None:
