@@ -10,7 +10,8 @@ global arrays), runs 2 steps of the project's train step on the `tiny` model, ch
 against the same 2 steps run unsharded on one local device with the full batch, saves an orbax
 checkpoint (the project's `Checkpointer`, each process writing its own shards), restores it into
 a fresh state and checks every local shard is bit-equal to what was saved. Prints one JSON line:
-{"process", "losses", "ref_losses", "max_param_diff", "param_sums" (per leaf, of the gathered params), "restored_equal"}.
+{"process", "losses", "ref_losses", "max_param_diff", "param_sums" (per leaf, of the gathered
+params), "restored_equal"}.
 """
 
 import json
