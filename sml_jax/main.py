@@ -31,6 +31,8 @@ def main(argv):
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  from sml_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
+  distributed.maybe_initialize()  # Multi-host (e.g. TPU pod workers); a no-op on one process.
   from sml_jax import runner  # pylint: disable=g-import-not-at-top
   runner.run(config, _WORKDIR.value)
 
