@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(PY) -m sml_jax.main --config=configs/demo.py --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	XLA_FLAGS="$${XLA_FLAGS:-}" $(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 --nbmake tests colabs $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m sml_jax.bench sampler
