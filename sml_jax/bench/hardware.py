@@ -34,6 +34,11 @@ def matmul_flops(dtype=jnp.bfloat16, n: int = 2048, repeats: int = 5) -> float:
   return 2.0 * n ** 3 / _best_seconds(f, a, b, repeats=repeats)
 
 
+def matmul_peak_flops(n: int = 2048, dtype="bfloat16", repeats: int = 5) -> float:
+  """`matmul_flops` with the dtype by name (what the train benchmark calls)."""
+  return matmul_flops(jnp.dtype(dtype), n=n, repeats=repeats)
+
+
 def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> dict[str, float]:
   """Bytes/s: `read` (a sum over a large array: what streaming weights costs) and `copy`
   (read + write of a large array)."""

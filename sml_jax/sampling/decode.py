@@ -57,35 +57,54 @@ def choose_tokens(policy: Policy, logits, temperature, top_p, keys, round_dtype)
   """
   if policy.greedy:
     tokens = jnp.argmax(logits.astype(round_dtype), axis=-1).astype(jnp.int32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
+    z = logits
+    top = jnp.max(z, axis=-1, keepdims=True)
+    total = jnp.sum(jnp.exp(z - top), axis=-1)
   else:
     z = logits / temperature
     if policy.top_k is not None:
       kth = jax.lax.top_k(z, policy.top_k)[0][:, -1:]
       z = jnp.where(z < kth, -jnp.inf, z)
     if policy.top_p:
-      # Nucleus: keep the smallest set of top tokens whose probability reaches top_p.
-      sorted_z = jnp.sort(z, axis=-1, descending=True)
-      cum = jnp.cumsum(jax.nn.softmax(sorted_z, axis=-1), axis=-1)
-      cutoff = jnp.sum(cum < top_p, axis=-1, keepdims=True)
-      cutoff = jnp.minimum(cutoff, z.shape[-1] - 1)
-      z = jnp.where(z < jnp.take_along_axis(sorted_z, cutoff, axis=-1), -jnp.inf, z)
-    logp = jax.nn.log_softmax(z, axis=-1)
-    tokens = inverse_cdf_sample(logp, jax.vmap(jax.random.uniform)(keys))
-  chosen = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
-  return tokens, chosen
+      z = jnp.where(z < nucleus_threshold(z, top_p)[:, None], -jnp.inf, z)
+    top = jnp.max(z, axis=-1, keepdims=True)
+    weights = jnp.exp(z - top)                       # unnormalised probabilities
+    total = jnp.sum(weights, axis=-1)
+    tokens = inverse_cdf_sample(weights, jax.vmap(jax.random.uniform)(keys))
+  # log p(token) = z[token] - logsumexp(z), without materialising log_softmax over V.
+  chosen = jnp.take_along_axis(z, tokens[:, None], axis=-1)[:, 0]
+  return tokens, chosen - top[:, 0] - jnp.log(total)
 
 
-def inverse_cdf_sample(logp, u, block: int = 512):
-  """One draw per row from exp(logp) (B, V) given uniforms u (B,) in [0, 1).
+def nucleus_threshold(z, top_p, iterations: int = 32):
+  """Per row, the largest t such that the tokens with z >= t carry at least `top_p` of the
+  probability: keeping them is top-p (nucleus) filtering. Bisection over t (a few dozen masked
+  sums) instead of sorting the vocabulary, which costs seconds per step on CPU."""
+  top = jnp.max(z, axis=-1)
+  weights = jnp.exp(z - top[:, None])
+  need = top_p * jnp.sum(weights, axis=-1)
+  lo = jnp.min(jnp.where(jnp.isfinite(z), z, top[:, None]), axis=-1)   # mass(lo) = all
+  hi = top
+
+  def step(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    ok = jnp.sum(jnp.where(z >= mid[:, None], weights, 0.0), axis=-1) >= need
+    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+  lo, _ = jax.lax.fori_loop(0, iterations, step, (lo, hi))
+  return lo
+
+
+def inverse_cdf_sample(weights, u, block: int = 512):
+  """One draw per row from the distribution proportional to `weights` (B, V) >= 0, given
+  uniforms u (B,) in [0, 1).
 
   Two-level inverse CDF (block sums, then within the chosen block): one uniform per row and a
   few cheap passes, instead of V Gumbel draws per row (which cost more than the whole
   unembedding on CPU)."""
-  b, v = logp.shape
+  b, v = weights.shape
   nb = -(-v // block)
-  probs = jnp.exp(logp)
-  probs = jnp.pad(probs, ((0, 0), (0, nb * block - v))).reshape(b, nb, block)
+  probs = jnp.pad(weights, ((0, 0), (0, nb * block - v))).reshape(b, nb, block)
   mass = probs.sum(-1)                                           # (B, nb)
   cum = jnp.cumsum(mass, axis=-1)
   target = u * cum[:, -1]
@@ -178,9 +197,10 @@ def decode(params, cache, pending, positions, active, index, max_new, temperatur
           "counts": s["counts"], "stopped": s["stopped"], "steps": s["step"]}
 
 
-@functools.partial(jax.jit, static_argnames=("capacity", "mesh"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("capacity", "mesh"))
 def resize(cache, *, capacity: int, mesh=None):
-  """Grows (zero-pads) or shrinks the slot axis of a cache to `capacity`."""
+  """Grows (zero-pads) or shrinks the slot axis of a cache to `capacity` (a new buffer: shapes
+  differ, so donating the old one would not help)."""
   def fit(x):
     c = x.shape[1]
     if capacity >= c:

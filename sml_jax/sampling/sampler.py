@@ -46,6 +46,13 @@ def _bucket(n: int, minimum: int) -> int:
   return b
 
 
+def _chunk_bucket(n: int) -> int:
+  """Prefill chunk lengths: 16, 32, 64, then steps of x1.5 / x1.33 (96, 128, 192, 256, ...),
+  so a padded chunk wastes at most a third of its compute, with few distinct shapes."""
+  b = _bucket(n, MIN_CHUNK)
+  return b * 3 // 4 if b >= 128 and b * 3 // 4 >= n else b
+
+
 @dataclasses.dataclass
 class TurnOutput:
   """What one `sample` / `generate` call produced, per row (inactive rows: empty arrays).
@@ -239,7 +246,7 @@ class Sampler:
     if longest == 0:
       return ChatState(cache=state._take(), history=history, pointer=state.pointer,
                        padded_batch=padded)
-    chunk = _bucket(longest, MIN_CHUNK)
+    chunk = _chunk_bucket(longest)
     if state.pointer + chunk > self.cache_length:
       chunk = max(longest, self.cache_length - state.pointer)
     cache = self._room(state, chunk)
