@@ -65,3 +65,18 @@ def test_multi_turn_f32_equals_fresh_prefill(real_270m, tokenizer):
   fresh = sampler.generate(params, histories, max_new_tokens=8)
   for i in range(2):
     assert second.tokens[i].tolist() == fresh.tokens[i].tolist()
+
+
+def test_logprobs_match_teacher_forcing(real_270m, tokenizer):
+  """RL needs the sampler's log-probs to be the model's: compare with gemma's own forward."""
+  import jax
+  model, params = real_270m
+  prompts = [list(tokenizer.encode(t, add_bos=True)) for t in TEXTS[:2]]
+  sampler = Sampler(model, cache_length=128, dtype=jnp.float32, stop_tokens=())
+  out = sampler.generate(params, prompts, max_new_tokens=8, temperature=0.8, seed=7)
+  for i, p in enumerate(prompts):
+    seq = jnp.asarray([p + out.tokens[i].tolist()])
+    logits = model.apply({"params": params}, tokens=seq).logits[0].astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits / 0.8, axis=-1)
+    pos = np.arange(len(p) - 1, len(p) + 7)
+    np.testing.assert_allclose(out.logprobs[i], np.asarray(logp[pos, out.tokens[i]]), atol=2e-3)
