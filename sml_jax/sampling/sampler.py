@@ -186,7 +186,7 @@ class Sampler:
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
         jax.random.key(seed), jnp.arange(padded, dtype=jnp.uint32))
     out = decode.decode(
-        params, cache, self._rows(pending), self._rows(positions), self._rows(act),
+        self._place(params), cache, self._rows(pending), self._rows(positions), self._rows(act),
         jnp.int32(state.pointer), jnp.int32(max_new_tokens),
         jnp.float32(max(temperature, 1e-6)), jnp.float32(1.0 if top_p is None else top_p),
         self._rows(keys), jnp.asarray(self._stop_array),
@@ -260,7 +260,7 @@ class Sampler:
       tokens[i, :len(c)] = c
       counts[i] = len(c)
       start[i] = 0 if fresh else len(state.history[i]) - 1
-    cache = decode.append(params, cache, self._rows(tokens), self._rows(counts),
+    cache = decode.append(self._place(params), cache, self._rows(tokens), self._rows(counts),
                           self._rows(start), jnp.int32(pointer), arch=self.arch,
                           dtype=self.dtype, mesh=self.mesh)
     return ChatState(cache=cache, history=history, pointer=pointer + longest,
@@ -293,6 +293,14 @@ class Sampler:
     from sml_jax.parallel.mesh import BATCH_AXES  # pylint: disable=g-import-not-at-top
     n = int(np.prod([self.mesh.shape[a] for a in BATCH_AXES]))
     return -(-b // n) * n
+
+  def _place(self, params):
+    """With a mesh, params sharded by the rules table (`param_shardings`); device_put is a no-op
+    for arrays already placed that way (e.g. by the trainer)."""
+    if self.mesh is None:
+      return params
+    from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
+    return jax.device_put(params, rules.param_shardings(params, self.mesh))
 
   def _rows(self, x):
     """Puts a batch-leading host array on device (sharded over the data axes with a mesh)."""
