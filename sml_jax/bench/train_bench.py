@@ -13,7 +13,8 @@ steadier figure. Model FLOPs per token (PaLM appendix B convention):
     LoRA:          4 N + 6 N_lora + 12 L H Dh T   (no weight gradients for the frozen base)
 
 Variants run LoRA first, then full: the process's peak RSS after each is that variant's peak
-(full finetune needs more). With --json the last stdout line is one JSON object with
+(full finetune needs more); it includes the benchmark's own copy of the params. XLA's memory
+analysis of the compiled step (arguments + temporaries) is reported too. With --json the last stdout line is one JSON object with
 `tokens_per_s`, `mfu` and `achieved_flops` (by variant), `peak_flops`, and details.
 """
 
@@ -117,6 +118,7 @@ def run_variant(variant: str, args, params) -> dict:
   state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   first = time.perf_counter() - t0
+  n_trainable = ts.count_params(state.params)
   times, losses, peaks = [], [float(metrics["loss"])], []
   for _ in range(args.steps):
     before = measure_matmul_peak(args.peak_size, "bfloat16", repeats=2)
@@ -126,11 +128,13 @@ def run_variant(variant: str, args, params) -> dict:
     times.append(time.perf_counter() - t0)
     losses.append(float(metrics["loss"]))
     peaks.append(max(before, measure_matmul_peak(args.peak_size, "bfloat16", repeats=2)))
+  # XLA's own account of the step's memory (arguments = state + batch; temporaries).
+  mem = step.lower(state, batch).compile().memory_analysis()
   del state
 
   tokens = args.batch * args.seq
   mcfg = (model.model if lora else model).config
-  n_lora = ts.count_params(ts.init_lora_params(model, params)) if lora else 0
+  n_lora = n_trainable if lora else 0
   flops = model_flops_per_token(mcfg, ts.count_params(params), args.seq, n_lora, lora) * tokens
   step_s = statistics.median(times)
   return {
@@ -140,9 +144,11 @@ def run_variant(variant: str, args, params) -> dict:
       "step_s": step_s, "step_s_min": min(times), "first_step_s": first,
       "tokens_per_step": tokens, "tokens_per_s": tokens / step_s,
       "model_flops_per_step": flops, "achieved_flops": flops / step_s,
-      "trainable_params": n_lora if lora else ts.count_params(params),
+      "trainable_params": n_trainable,
       "loss_first": losses[0], "loss_last": losses[-1],
       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+      "xla_argument_gb": mem.argument_size_in_bytes / 1e9 if mem else None,
+      "xla_temp_gb": mem.temp_size_in_bytes / 1e9 if mem else None,
   }
 
 
@@ -158,19 +164,20 @@ def main(argv=None) -> dict:
   params = registry.load_params(args.model)
   results = {}
   for variant in args.variants:
-    r = run_variant(variant, args, params)
-    peak = max([peak] + r["concurrent_peaks"])  # The machine's best, over the whole run.
-    results[variant] = r
-  for variant, r in results.items():
+    r = results[variant] = run_variant(variant, args, params)
+    peak = max([peak] + r["concurrent_peaks"])  # The machine's best so far.
     r["mfu"] = r["achieved_flops"] / peak
     print(f"{variant:>5}: {args.batch}x{args.seq} tokens, step {r['step_s']:.2f} s "
           f"(first {r['first_step_s']:.1f} s incl. compile), {r['tokens_per_s']:.1f} tokens/s, "
           f"{r['achieved_flops'] / 1e9:.1f} GFLOP/s, MFU {100 * r['mfu']:.1f}% of the bf16 peak "
           f"({peak / 1e9:.1f} GFLOP/s; {100 * r['mfu_vs_concurrent_peak']:.1f}% of the peak "
-          f"measured around each step), peak RSS {r['peak_rss_gb']:.1f} GB, loss "
-          f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}", flush=True)
+          f"measured around each step); memory: peak RSS {r['peak_rss_gb']:.1f} GB, XLA "
+          f"arguments {r['xla_argument_gb']:.2f} GB + temporaries {r['xla_temp_gb']:.2f} GB; "
+          f"loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}", flush=True)
     if not all(map(lambda x: x == x, (r["loss_first"], r["loss_last"]))):  # NaN check
       raise RuntimeError(f"{variant}: the loss is NaN.")
+  for r in results.values():  # Against the best peak of the whole run.
+    r["mfu"] = r["achieved_flops"] / peak
   out = {
       "benchmark": "train", "model": args.model, "batch": args.batch, "seq": args.seq,
       "compute_dtype": args.compute_dtype, "micro_batches": args.micro_batches,
