@@ -16,12 +16,12 @@ def get_config():
   c.dialogue.update({"max_turns": 3, "student_max_tokens": 48, "teacher_max_tokens": 32,
                      "temperature": 1.0, "teacher": "llm"})
   c.train.max_len = 512
-  c.train.micro_batch_size = 16
+  c.train.micro_batch_size = 4      # 4 x 512 tokens per micro-batch: a few GB of activations
   c.train.checkpoint_every = 5
-  c.qprime_sft.update({"steps": 3, "learning_rate": 1e-4, "problems_per_step": 16,
+  c.qprime_sft.update({"steps": 2, "learning_rate": 1e-4, "problems_per_step": 16,
                        "curriculum": "math"})
-  c.rl.update({"steps": 8, "learning_rate": 5e-5, "problems_per_step": 4, "group_size": 8,
+  c.rl.update({"steps": 6, "learning_rate": 5e-5, "problems_per_step": 4, "group_size": 8,
                "curriculum": "math"})
-  c.eval.update({"tasks": "arithmetic", "num_problems": 48, "max_turns": 3, "teacher": "llm",
+  c.eval.update({"tasks": "arithmetic", "num_problems": 40, "max_turns": 3, "teacher": "llm",
                  "split": "eval"})
   return c
