@@ -18,10 +18,10 @@ def get_config():
   c.train.max_len = 512
   c.train.micro_batch_size = 4      # 4 x 512 tokens per micro-batch: a few GB of activations
   c.train.checkpoint_every = 5
-  c.qprime_sft.update({"steps": 2, "learning_rate": 1e-4, "problems_per_step": 16,
+  c.qprime_sft.update({"steps": 2, "learning_rate": 1e-4, "problems_per_step": 8,
                        "curriculum": "math"})
-  c.rl.update({"steps": 6, "learning_rate": 5e-5, "problems_per_step": 4, "group_size": 8,
+  c.rl.update({"steps": 5, "learning_rate": 5e-5, "problems_per_step": 3, "group_size": 8,
                "curriculum": "math"})
-  c.eval.update({"tasks": "arithmetic", "num_problems": 40, "max_turns": 3, "teacher": "llm",
+  c.eval.update({"tasks": "arithmetic", "num_problems": 24, "max_turns": 3, "teacher": "llm",
                  "split": "eval"})
   return c
