@@ -2,7 +2,7 @@
 micro-batch accumulation is exact, PPO at ratio 1 equals SFT/GRPO, LoRA trains only adapters,
 and on 8 fake CPU devices sharded steps equal the 1-device step."""
 
-import functools
+import json
 import os
 import subprocess
 import sys
@@ -237,3 +237,21 @@ def test_sharded_step_on_8_fake_devices_equals_one_device():
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
   assert "OK" in proc.stdout
   print(proc.stdout)
+
+
+@pytest.mark.slow
+def test_train_bench_json_on_tiny(capsys):
+  from sml_jax.bench import train_bench  # pylint: disable=g-import-not-at-top
+  # Rank 4 as in test_lora_trains_only_adapters: gemma's nn.jit caches the inner model's trace
+  # by module equality, so a second LoRA rank of the same base model in one process reuses the
+  # first rank's trace (a gemma pitfall; one rank per process is fine).
+  train_bench.main(["--model", "tiny", "--batch", "2", "--seq", "32", "--steps", "1",
+                    "--peak-size", "512", "--lora-rank", "4", "--json"])
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["peak_flops"] > 0 and set(out["mfu"]) == {"lora", "full"}
+  for v in ("lora", "full"):
+    assert out["tokens_per_s"][v] > 0 and 0 < out["mfu"][v] < 2
+    assert out["variants"][v]["xla_temp_gb"] > 0
+  assert out["variants"]["lora"]["trainable_params"] < out["variants"]["full"]["trainable_params"]
+  with pytest.raises(SystemExit):
+    train_bench.main(["--variants", "qlora"])

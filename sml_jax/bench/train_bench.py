@@ -13,9 +13,10 @@ steadier figure. Model FLOPs per token (PaLM appendix B convention):
     LoRA:          4 N + 6 N_lora + 12 L H Dh T   (no weight gradients for the frozen base)
 
 Variants run LoRA first, then full: the process's peak RSS after each is that variant's peak
-(full finetune needs more); it includes the benchmark's own copy of the params. XLA's memory
-analysis of the compiled step (arguments + temporaries) is reported too. With --json the last stdout line is one JSON object with
-`tokens_per_s`, `mfu` and `achieved_flops` (by variant), `peak_flops`, and details.
+(full finetune needs more; the last variant frees the benchmark's own copy of the params). XLA's
+memory analysis of the compiled step (arguments + temporaries) is reported too. With --json the
+last stdout line is one JSON object with `tokens_per_s`, `mfu` and `achieved_flops` (by
+variant), `peak_flops`, and details.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def parse_args(argv):
   p.add_argument("--variants", default="lora,full", help="comma list of: full, lora")
   p.add_argument("--lora-rank", type=int, default=8)
   p.add_argument("--micro-batches", type=int, default=1)
-  p.add_argument("--chunk", type=int, default=1024, help="unembedding chunk (tokens)")
+  p.add_argument("--chunk", type=int, default=512, help="unembedding chunk (tokens)")
   p.add_argument("--compute-dtype", default="bfloat16", choices=("bfloat16", "float32"))
   p.add_argument("--peak-size", type=int, default=2048, help="matmul size for the peak")
   p.add_argument("--json", action="store_true")
@@ -57,12 +58,13 @@ def parse_args(argv):
 
 def measure_matmul_peak(n: int = 2048, dtype: str = "bfloat16", repeats: int = 5) -> float:
   """FLOP/s of a jitted n^3 matmul (best of `repeats`). Prefers `sml_jax.bench.hardware` when
-  it provides `matmul_peak_flops(n=..., dtype=...)`, so every benchmark uses one peak."""
+  it provides `matmul_peak_flops(n=..., dtype=..., repeats=...)`, so every benchmark uses one
+  peak."""
   try:
     from sml_jax.bench import hardware  # pylint: disable=g-import-not-at-top
     fn = getattr(hardware, "matmul_peak_flops", None)
     if fn is not None:
-      return float(fn(n=n, dtype=dtype))
+      return float(fn(n=n, dtype=dtype, repeats=repeats))
   except ImportError:
     pass
   import jax  # pylint: disable=g-import-not-at-top
@@ -97,7 +99,8 @@ def random_batch(batch: int, seq: int, seed: int = 0):
           "input_mask": np.ones((batch, seq), bool), "mask": mask, "weights": mask.copy()}
 
 
-def run_variant(variant: str, args, params) -> dict:
+def run_variant(variant: str, args, holder: list) -> dict:
+  """holder = [params]; the last variant empties it so the state's copy is the only one."""
   import jax  # pylint: disable=g-import-not-at-top
   from sml_jax.models import registry  # pylint: disable=g-import-not-at-top
   from sml_jax.training import optimizer as opt  # pylint: disable=g-import-not-at-top
@@ -108,7 +111,12 @@ def run_variant(variant: str, args, params) -> dict:
   model = registry.build_model(args.model, lora_rank=args.lora_rank if lora else None)
   ocfg = opt.OptimizerConfig(learning_rate=1e-5, warmup_steps=0, total_steps=1000)
   tx = opt.make_optimizer(ocfg)
+  params = holder[0]
   state = ts.create_train_state(model, params, tx)
+  n_params = ts.count_params(params)
+  if variant == args.variants[-1]:
+    holder.clear()
+    del params
   cfg = tstep.TrainConfig(num_micro_batches=args.micro_batches, logits_chunk_size=args.chunk,
                           compute_dtype=args.compute_dtype)
   step = tstep.make_train_step(model, tx, cfg, schedule=opt.make_schedule(ocfg))
@@ -135,7 +143,7 @@ def run_variant(variant: str, args, params) -> dict:
   tokens = args.batch * args.seq
   mcfg = (model.model if lora else model).config
   n_lora = n_trainable if lora else 0
-  flops = model_flops_per_token(mcfg, ts.count_params(params), args.seq, n_lora, lora) * tokens
+  flops = model_flops_per_token(mcfg, n_params, args.seq, n_lora, lora) * tokens
   step_s = statistics.median(times)
   return {
       # On a shared machine: each step's FLOP/s against the peak measured around that step.
@@ -161,10 +169,10 @@ def main(argv=None) -> dict:
   peak_f32 = measure_matmul_peak(args.peak_size, "float32")
   print(f"measured matmul peak ({args.peak_size}^3, {jax.device_count()} {jax.default_backend()} "
         f"device(s)): bf16 {peak / 1e9:.1f} GFLOP/s, f32 {peak_f32 / 1e9:.1f} GFLOP/s", flush=True)
-  params = registry.load_params(args.model)
+  holder = [registry.load_params(args.model)]
   results = {}
   for variant in args.variants:
-    r = results[variant] = run_variant(variant, args, params)
+    r = results[variant] = run_variant(variant, args, holder)
     peak = max([peak] + r["concurrent_peaks"])  # The machine's best so far.
     r["mfu"] = r["achieved_flops"] / peak
     print(f"{variant:>5}: {args.batch}x{args.seq} tokens, step {r['step_s']:.2f} s "

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sml_jax.dialogue.chat_format import PAD_ID, Role, loss_mask
+from sml_jax.dialogue.chat_format import PAD_ID, loss_mask
 
 DEFAULT_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
@@ -143,5 +143,5 @@ def split_micro_batches(batch: dict[str, np.ndarray], num_micro: int) -> list[di
   return [{k: v[m::num_micro] for k, v in batch.items()} for m in range(num_micro)]
 
 
-__all__ = ["Example", "Role", "make_batch", "batch_stats", "bucket_length", "split_micro_batches",
+__all__ = ["Example", "make_batch", "batch_stats", "bucket_length", "split_micro_batches",
            "DEFAULT_BUCKETS"]

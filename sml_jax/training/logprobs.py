@@ -81,7 +81,7 @@ def _target_logprob(z: Array, targets: Array) -> tuple[Array, Array]:
   return z_target - lse, lse
 
 
-def token_logprobs(h: Array, emb: Array, targets: Array, *, chunk_size: int = 1024,
+def token_logprobs(h: Array, emb: Array, targets: Array, *, chunk_size: int = 512,
                    softcap: float | None = None, compute_dtype=jnp.bfloat16) -> Array:
   """log p(targets_n | h_n) with logits = softcap(h E^T)  (h [N, D], E [V, D], targets [N] -> [N])."""
   n = h.shape[0]
@@ -153,7 +153,7 @@ _fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
 
 
 def fused_token_loss(loss_fn: Callable[[Array, Any], Array], h: Array, emb: Array,
-                     targets: Array, aux: Any, *, chunk_size: int = 1024,
+                     targets: Array, aux: Any, *, chunk_size: int = 512,
                      softcap: float | None = None,
                      compute_dtype=jnp.bfloat16) -> tuple[Array, Array]:
   """(sum_n loss_fn(logp, aux)_n, logp [N]); see the module docstring.
