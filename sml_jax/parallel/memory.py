@@ -53,6 +53,7 @@ from jax.sharding import AbstractMesh
 
 from sml_jax.parallel import rules
 from sml_jax.parallel.mesh import AXES, BATCH_AXES
+from sml_jax.training import logprobs
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 HEADROOM = 0.9  # Fraction of HBM a plan may use and still "fit".
@@ -130,7 +131,7 @@ class TrainShape:
   compute_dtype: str = "bfloat16"
   param_dtype: str = "float32"
   frozen_dtype: str = "bfloat16"
-  logits_chunk_size: int = 1024
+  logits_chunk_size: int = logprobs.DEFAULT_CHUNK_SIZE  # as the train step's default
 
 
 def _cb(name: str) -> int:
@@ -164,10 +165,9 @@ def activation_bytes(d: Dims, mesh, ts: TrainShape) -> int:
 
 
 def loss_head_bytes(d: Dims, mesh, ts: TrainShape, embedding_trains: bool) -> int:
-  from sml_jax.training.logprobs import num_chunks  # pylint: disable=g-import-not-at-top
   dp, tp = _size(mesh, BATCH_AXES), mesh.shape["tensor"]
   n = ts.micro_batch_size * ts.max_len
-  k = num_chunks(n, ts.logits_chunk_size)
+  k = logprobs.num_chunks(n, ts.logits_chunk_size)
   chunk = math.ceil(n / k) / dp
   cb = _cb(ts.compute_dtype)
   per_logit = 4 + (cb if cb != 4 else 0)

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+# Tokens per unembedding chunk: [chunk, V] f32 logits live at once (512 x 262k = 0.5 GiB).
+DEFAULT_CHUNK_SIZE = 512
 
 
 def _softcap(u: Array, cap: float | None) -> Array:

@@ -59,7 +59,7 @@ class TrainConfig:
   normaliser: str = "tokens"         # "tokens" or "sequences"
   num_micro_batches: int = 1         # gradient accumulation inside the step
   compute_dtype: str = "bfloat16"    # activations / matmuls; master params stay float32
-  logits_chunk_size: int = 512       # tokens per unembedding chunk ([chunk, V] f32 logits live)
+  logits_chunk_size: int = logprobs_lib.DEFAULT_CHUNK_SIZE  # tokens per unembedding chunk
 
   def __post_init__(self):
     losses.get_policy_loss(self.loss)
