@@ -68,6 +68,8 @@ class Experiment:
       self.teacher_model, self.teacher_sampler = base_model, None
       t_params = models.cast(self.base_params, self.compute_dtype)
     self.teacher_params = rules.shard_params(t_params, self.mesh)
+    self.reference_model = base_model  # The frozen initial policy, for the optional KL term.
+    self._reference_params = None if self.teacher_sampler else self.teacher_params
     self._tasks: dict[str, object] = {}
     self._task_kwargs = {}
     for name in config.curricula.keys():
@@ -91,6 +93,16 @@ class Experiment:
     d["top_k"] = d["top_k"] or None
     return EpisodeRunner(self.sampler, self.tokenizer, self.task, DialogueConfig(**d),
                          teacher_sampler=self.teacher_sampler)
+
+  def reference_params(self):
+    """The initial student's params in the compute dtype (shared with the teacher when it is the
+    frozen copy; built on first use otherwise)."""
+    if self._reference_params is None:
+      from sml_jax import models  # pylint: disable=g-import-not-at-top
+      from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
+      self._reference_params = rules.shard_params(
+          models.cast(self.base_params, self.compute_dtype), self.mesh)
+    return self._reference_params
 
   def sampling_params(self, state):
     """The student's current params in the compute dtype (fresh every RL step: on-policy)."""
@@ -143,6 +155,8 @@ def _stage_seed(config, stage_index: int, step: int) -> int:
 def collect_examples(exp: Experiment, kind: str, st, state, problems, seed: int):
   """Rollouts with the current student -> (examples, conversations, stats)."""
   from sml_jax.training import rollouts  # pylint: disable=g-import-not-at-top
+  if kind == "sft":  # Reference solutions: nothing to roll out.
+    return rollouts.reference_examples(problems, exp.tokenizer, exp.config.dialogue.fewshot), []
   params = exp.sampling_params(state)
   if kind == "rl":
     convs = exp.episodes(qprime_q=0.0).run(problems, params, exp.teacher_params, seed=seed,

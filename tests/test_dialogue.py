@@ -89,6 +89,19 @@ def test_rewards_early_stop_and_contexts(sampler, tokenizer, tiny):
     assert np.all(logp[r == cf.Role.MODEL] <= 0.0)
 
 
+def test_conversation_that_outgrows_the_cache_ends_unsolved_instead_of_crashing(tokenizer, tiny):
+  model, params = tiny
+  task = FixedVerdictTask()
+  runner = _runner(Sampler(model, cache_length=512, dtype=jnp.float32), tokenizer, task,
+                   max_turns=50, student_max_tokens=24, teacher_max_tokens=24)
+  convs = runner.run([_problem(0, 0), _problem(1, 2)], params)
+  assert convs[0].out_of_context and convs[0].solved_turn is None
+  assert 1 < convs[0].num_student_turns < 50
+  assert len(convs[0].student.ids) <= 512
+  assert convs[1].solved_turn == 2 and not convs[1].out_of_context
+  assert convs[0].to_json()["out_of_context"] is True
+
+
 def test_kv_cache_context_matches_history(sampler, tokenizer, tiny):
   """The sampler's multi-turn context equals the loop's token history (no drift across turns)."""
   _, params = tiny

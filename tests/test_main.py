@@ -57,7 +57,10 @@ def _final_params(workdir):
 
 @pytest.mark.slow
 def test_sigkill_mid_stage_then_resume_matches_uninterrupted(tmp_path):
-  args = ["--config.stages=rl", "--config.rl.steps=4", "--config.train.checkpoint_every=1"]
+  # SFT on reference solutions moves the random-init params (the tiny model never solves a
+  # problem, so its RL groups carry no signal); the kill lands in the RL stage.
+  args = ["--config.stages=sft,rl", "--config.sft.steps=2", "--config.rl.steps=2",
+          "--config.train.checkpoint_every=1"]
   ref = _main(tmp_path / "ref", *args)
   assert ref.returncode == 0, ref.stderr[-3000:]
 
@@ -83,7 +86,23 @@ def test_sigkill_mid_stage_then_resume_matches_uninterrupted(tmp_path):
   step_res, params_res = _final_params(wd)
   assert step_ref == step_res == 4
   import jax
+  from sml_jax import models
+  initial = models.load_params("tiny", seed=0)
+  assert any(not np.allclose(np.asarray(a), np.asarray(b))
+             for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(params_ref)))
   for a, b in zip(jax.tree.leaves(params_ref), jax.tree.leaves(params_res)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   rows = [json.loads(line) for line in metrics.read_text().splitlines()]
   assert [r["step"] for r in rows] == [1, 2, 3, 4]  # Lines of the killed attempt were replaced.
+
+
+def test_kl_to_the_frozen_initial_policy_is_logged_and_starts_at_zero(tmp_path):
+  """rl.kl_beta > 0: every train batch carries the initial policy's log-probs; the first step's
+  policy *is* that policy (KL 0), later steps drift from it (KL > 0)."""
+  proc = _main(tmp_path / "wd", "--config.stages=sft", "--config.rl.kl_beta=0.1",
+               "--config.sft.steps=2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(line) for line in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
+  assert len(rows) == 2 and all("kl" in r for r in rows), rows
+  assert abs(rows[0]["kl"]) < 1e-5, rows[0]
+  assert rows[1]["kl"] > 1e-4, rows[1]

@@ -62,6 +62,7 @@ class Conversation:
   reward: float = 0.0
   teacher_stopped: bool = True   # the teacher's last turn ended on <end_of_turn>
   student_turn_start: int = 0    # index in `student` where the latest student turn starts
+  out_of_context: bool = False   # ended early: another turn would not fit the KV cache
 
   @property
   def num_student_turns(self) -> int:
@@ -69,7 +70,8 @@ class Conversation:
 
   @property
   def done(self) -> bool:
-    return self.solved_turn is not None or self.num_student_turns >= self.max_turns
+    return (self.solved_turn is not None or self.num_student_turns >= self.max_turns
+            or self.out_of_context)
 
   def to_json(self) -> dict[str, Any]:
     """The transcript format read by `sml_jax.evaluation` (one JSON object per line)."""
@@ -80,6 +82,7 @@ class Conversation:
         "turns": [{"role": t.role, "text": t.text, "flags": t.flags} for t in self.turns],
         "solved": self.solved_turn is not None, "solved_turn": self.solved_turn,
         "num_student_turns": self.num_student_turns, "reward": self.reward,
+        "out_of_context": self.out_of_context,
     }
 
   def training_arrays(self):

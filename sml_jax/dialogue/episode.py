@@ -30,6 +30,8 @@ from sml_jax.dialogue.conversation import (Conversation, Turn, opening_segment, 
 from sml_jax.tasks.base import Problem, Task, Verdict
 
 LEAK_POLICIES = ("count", "redact", "resample")
+_TEMPLATE_TOKENS = 16  # <end_of_turn>\n<start_of_turn>user\n ... around a reply
+_NOTE_TOKENS = 320     # `prompts.verifier_note` (capped at ~1,000 characters) + template
 TEACHER_KINDS = ("scripted", "llm")
 
 
@@ -118,6 +120,9 @@ class EpisodeRunner:
     t_state = None
     self._teacher_rebuild = False
     for t in range(1, cfg.max_turns + 1):
+      for c in convs:
+        if t > 1 and not c.done and not self._room_for_turn(c, t):
+          c.out_of_context = True  # Ends unsolved instead of overflowing the KV cache.
       active = np.array([not c.done for c in convs])
       if not active.any():
         break
@@ -150,6 +155,20 @@ class EpisodeRunner:
     for c in convs:
       c.reward = turn_reward(c.solved_turn, cfg.gamma)
     return convs
+
+  def _room_for_turn(self, c: Conversation, t: int) -> bool:
+    """Whether student turn `t` (and, unless it is the last, a Q-priming rewrite and the teacher's
+    reply) still fits both parties' KV caches."""
+    cfg = self.cfg
+    if t == cfg.max_turns:
+      return len(c.student.ids) + cfg.student_max_tokens <= self.sampler.cache_length
+    turn = max(cfg.student_max_tokens, cfg.qprime_max_tokens if cfg.qprime_q else 0)
+    student = len(c.student.ids) + turn + cfg.teacher_max_tokens + _TEMPLATE_TOKENS
+    # The teacher's context also gets the verifier's note (up to ~1,000 characters).
+    teacher = (len(c.teacher.ids) + turn + _NOTE_TOKENS + cfg.teacher_max_tokens
+               if c.teacher.ids else 0)
+    return (student <= self.sampler.cache_length
+            and teacher <= self.teacher_sampler.cache_length)
 
   # --- student side ----------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from sml_jax.training.checkpointing import Checkpointer
 from sml_jax.training.metrics import MetricsWriter
 from sml_jax.training.optimizer import OptimizerConfig, make_schedule
 from sml_jax.training.train_state import create_train_state, shard_train_state
-from sml_jax.training.train_step import TrainConfig, make_train_step
+from sml_jax.training.train_step import TrainConfig, make_logprob_fn, make_train_step
 
 
 def make_optimizer(opt_cfg) -> optax.GradientTransformation:
@@ -90,9 +90,8 @@ def run_stages(exp, stages, *, run_eval, collect_examples, stage_seed) -> None:
   rl = config.rl
   train_cfg = TrainConfig(loss="ppo" if rl.inner_steps > 1 else "nll", clip_eps=rl.clip_eps,
                           kl_beta=rl.kl_beta, compute_dtype=config.compute_dtype)
-  if rl.kl_beta > 0:
-    raise NotImplementedError("config.rl.kl_beta > 0: reference log-probs are not wired into the "
-                              "stage loop yet; use 0 (the paper's default).")
+  # KL to the frozen initial policy (rl.kl_beta > 0): its log-probs, teacher-forced, per batch.
+  reference_logprobs = make_logprob_fn(exp.reference_model, train_cfg) if rl.kl_beta > 0 else None
   state = shard_train_state(create_train_state(exp.model, exp.base_params, tx, seed=config.seed),
                             exp.mesh)
   ckpt = Checkpointer(workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints)
@@ -134,6 +133,8 @@ def run_stages(exp, stages, *, run_eval, collect_examples, stage_seed) -> None:
         if examples:
           batch = batching.make_batch(examples, max_len=config.train.max_len,
                                       batch_multiple=config.train.micro_batch_size)
+          if reference_logprobs is not None:
+            batch["ref_logprobs"] = np.asarray(reference_logprobs(exp.reference_params(), batch))
           for _ in range(rl.inner_steps if kind == "rl" else 1):
             state, m = steps(state, batch)
           m = {k: float(v) for k, v in m.items()}
@@ -142,6 +143,7 @@ def run_stages(exp, stages, *, run_eval, collect_examples, stage_seed) -> None:
           row.update({"loss": m["loss"], "grad_norm": m["grad_norm"], "train_tokens": n_tok,
                       "student_tokens": m["num_student_tokens"], "time_training_s": t2 - t1,
                       "tokens_per_s": n_tok / max(t2 - t1, 1e-9)})
+          row.update({k: m[k] for k in ("kl", "clip_fraction") if k in m})
         else:
           row.update({"time_training_s": 0.0})  # No signal (e.g. all-equal rewards): no update.
         pos = {"stage_index": si, "stage_step": step + 1, "iteration": pos["iteration"] + 1}

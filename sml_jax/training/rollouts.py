@@ -6,6 +6,8 @@ Every stage feeds the same train step; only the weights on the student's tokens 
                over its group of g conversations of the same problem (groups are consecutive).
                Groups whose rewards are all equal carry no signal (A = 0) and are dropped.
   offline_sml  weight = 1 on every student turn of *successful* conversations (rejection sampling).
+  sft          weight = 1 on a reference solution written as the student's first turn (no rollout):
+               plain supervised finetuning, the baseline SML is compared with.
   qprime_sft   weight = 1 on the student turns worth imitating: model-written questions that
                replaced failed attempts (Q-priming), plain questions, and correct answers; failed
                attempts get 0. All conversations are kept: the questions are the point.
@@ -17,8 +19,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from sml_jax.tasks.base import Problem
+
 import numpy as np
 
+from sml_jax.dialogue import chat_format as cf
+from sml_jax.dialogue import prompts
 from sml_jax.dialogue.chat_format import Role
 from sml_jax.dialogue.conversation import Conversation
 from sml_jax.training.advantages import grpo_advantages
@@ -67,4 +73,25 @@ def qprime_examples(convs: Sequence[Conversation]) -> list[Example]:
         w[s:e] = 1.0
     if w.any():
       out.append(Example(ids, roles, weight=1.0, token_weights=w))
+  return out
+
+
+def reference_turn(problem: Problem) -> str:
+  """The privileged reference solution as a student turn (math: worked solution ending in
+  "Final answer: N"; code: the reference program in a python block)."""
+  if problem.domain == "code":
+    return f"```python\n{problem.privileged.strip()}\n```"
+  return problem.privileged.strip()
+
+
+def reference_examples(problems: Sequence[Problem], tokenizer, fewshot: bool = True) -> list[Example]:
+  """SFT examples: the same opening (and in-context demos) as a dialogue, then the reference
+  solution as the student's turn; loss on that turn only."""
+  out = []
+  for p in problems:
+    demos = prompts.student_demos(p, fewshot)
+    ids, roles = cf.encode_dialogue(
+        tokenizer, [*demos, ("user", prompts.student_opening(p)), ("model", reference_turn(p))],
+        num_demo_turns=len(demos))
+    out.append(Example(ids, roles, weight=1.0))
   return out
