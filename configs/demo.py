@@ -11,6 +11,9 @@ def get_config():
   c = base_config()
   c.stages = "eval_before,qprime_sft,rl,eval_after"
   c.lora_rank = 16
+  # float32 compute: CPUs without native bf16 matmuls (like the AMD Zen 3 of the CI machines)
+  # run the sampler and the train step ~20% faster in f32 than in bf16 (bench figures).
+  c.compute_dtype = "float32"
   c.sampler.cache_length = 768
   c.curricula.math = curriculum(("arithmetic", 1.0, {"difficulty": 0}))
   c.dialogue.update({"max_turns": 3, "student_max_tokens": 48, "teacher_max_tokens": 32,

@@ -70,6 +70,25 @@ def test_multi_turn_equals_fresh_prefill(setup):
     assert state.tokens(i).tolist() == histories[i] + second.tokens[i].tolist()
 
 
+def test_shared_prompt_prefix_is_prefilled_once_with_the_same_result(setup, tokenizer):
+  model, params, _ = setup
+  demo = list(tokenizer.encode("Instructions shared by every row: answer briefly, then stop. " * 4,
+                               add_bos=True))
+  prompts = [demo + list(tokenizer.encode(t)) for t in TEXTS] + [demo[:40]]
+  shared = Sampler(model, cache_length=512, dtype=jnp.float32, stop_tokens=STOPS)
+  plain = Sampler(model, cache_length=512, dtype=jnp.float32, stop_tokens=STOPS,
+                  min_shared_prefix=0)
+  from sml_jax.sampling import sampler as sampler_lib
+  assert sampler_lib._common_prefix_length(prompts) == 39  # The shortest prompt keeps 1 token.
+  a_state = shared.start(params, prompts)
+  b_state = plain.start(params, prompts)
+  _, a = shared.sample(params, a_state, max_new_tokens=8)
+  _, b = plain.sample(params, b_state, max_new_tokens=8)
+  for i in range(len(prompts)):
+    assert a.tokens[i].tolist() == b.tokens[i].tolist()
+    np.testing.assert_allclose(a.logprobs[i], b.logprobs[i], atol=1e-4)
+
+
 def test_inactive_rows_generate_nothing(setup):
   model, params, prompts = setup
   sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=STOPS)

@@ -209,6 +209,18 @@ def resize(cache, *, capacity: int, mesh=None):
   return _cache_constraint(jax.tree.map(fit, cache), mesh)
 
 
+@functools.partial(jax.jit, static_argnames=("batch", "mesh"))
+def broadcast_row(cache, *, batch: int, mesh=None):
+  """Row 0 of a cache repeated for `batch` rows: a prompt prefix shared by every row is
+  prefilled once, then copied (K/V rows are b*K + k, so row 0 is the first K rows)."""
+  rows = cache["valid"].shape[0]
+
+  def tile(x):
+    per_row = x.shape[0] // rows
+    return jnp.tile(x[:per_row], (batch,) + (1,) * (x.ndim - 1))
+  return _cache_constraint(jax.tree.map(tile, cache), mesh)
+
+
 @functools.partial(jax.jit, static_argnames=("mesh",), donate_argnames=("cache",))
 def compact(cache, *, mesh=None):
   """Moves each row's valid slots to the front (order kept): frees the padding slots that rows

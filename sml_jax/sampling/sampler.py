@@ -104,7 +104,10 @@ class Sampler:
   """Batched, sharded, multi-turn sampler for `gm.nn` Gemma 3 text models (plain or LoRA)."""
 
   def __init__(self, model, cache_length: int = 1024, mesh=None, dtype=jnp.bfloat16,
-               stop_tokens: Sequence[int] = (106, 1)):
+               stop_tokens: Sequence[int] = (106, 1), min_shared_prefix: int = 32):
+    """`min_shared_prefix`: when all prompts of `start` begin with the same tokens (e.g. the
+    instructions and in-context demos of a dialogue), a common prefix at least this long is
+    prefilled once and copied to every row (0 disables)."""
     if cache_length < 2:
       raise ValueError(f"cache_length must be >= 2, got {cache_length}.")
     self.model = model
@@ -114,6 +117,7 @@ class Sampler:
     self.dtype = jnp.dtype(dtype)
     self.stop_tokens = tuple(int(t) for t in stop_tokens)
     self._stop_array = np.asarray(self.stop_tokens or (-1,), np.int32)
+    self.min_shared_prefix = int(min_shared_prefix)
 
   # ---------------------------------------------------------------- public API
 
@@ -141,6 +145,19 @@ class Sampler:
     padded = self._padded_batch(len(prompts))
     need = max(len(p) for p in prompts) - 1
     capacity = self._capacity_for(max(need + MIN_CHUNK, _reserve))
+    shared = _common_prefix_length(prompts)
+    if len(prompts) > 1 and self.min_shared_prefix and shared >= self.min_shared_prefix:
+      # Prefill the shared prefix on one row (padded to the mesh), copy it to every row, then
+      # append each row's own rest: the prefix costs one row's compute instead of B.
+      one = self._padded_batch(1)
+      cache = decode.init_cache(self.arch, one, capacity, self.dtype, self.mesh)
+      prefix = list(prompts[0][:shared])
+      state = self._extend(params, ChatState(cache=cache, history=[[]], pointer=0,
+                                             padded_batch=one), [prefix], fresh=True)
+      cache = decode.broadcast_row(state._take(), batch=padded, mesh=self.mesh)
+      state = ChatState(cache=cache, history=[list(prefix) for _ in prompts],
+                        pointer=state.pointer, padded_batch=padded)
+      return self._extend(params, state, [p[shared:] for p in prompts], fresh=False)
     cache = decode.init_cache(self.arch, padded, capacity, self.dtype, self.mesh)
     state = ChatState(cache=cache, history=[[] for _ in prompts], pointer=0,
                       padded_batch=padded)
@@ -343,6 +360,17 @@ class Sampler:
         raise ValueError(f"Prompt {i} has {len(p)} tokens, more than cache_length="
                          f"{self.cache_length}.")
     return out
+
+
+def _common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+  """Tokens every prompt starts with, leaving each at least one token of its own (the last
+  token of a context stays pending until the next sample/append)."""
+  limit = min(len(p) for p in prompts) - 1
+  first = np.asarray(prompts[0][:limit])
+  for p in prompts[1:]:
+    same = first[:limit] == np.asarray(p[:limit])
+    limit = int(np.argmin(same)) if not same.all() else limit
+  return max(limit, 0)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
