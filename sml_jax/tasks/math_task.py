@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import random
 from typing import Sequence
 
 from sml_jax.tasks import math_answers
-from sml_jax.tasks.base import Problem, Verdict
+from sml_jax.tasks.base import Problem, Verdict, subset  # pylint: disable=unused-import (re-exported)
 
 SPLITS = ("train", "eval", "test")
 
@@ -14,15 +13,6 @@ SPLITS = ("train", "eval", "test")
 def check_split(split: str, allowed: Sequence[str] = SPLITS) -> None:
   if split not in allowed:
     raise ValueError(f"unknown split {split!r}; expected one of {tuple(allowed)}")
-
-
-def subset(problems: list[Problem], limit: int | None, seed: int) -> list[Problem]:
-  """A seeded shuffle of `problems`, truncated to `limit` (same inputs -> same list)."""
-  if limit is not None and limit < 0:
-    raise ValueError(f"limit must be >= 0, got {limit}")
-  order = list(problems)
-  random.Random(seed).shuffle(order)
-  return order if limit is None else order[:limit]
 
 
 class MathTask:
