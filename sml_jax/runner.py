@@ -153,27 +153,29 @@ def _stage_seed(config, stage_index: int, step: int) -> int:
 
 
 def collect_examples(exp: Experiment, kind: str, st, state, problems, seed: int):
-  """Rollouts with the current student -> (examples, conversations, stats)."""
+  """Rollouts with the current student -> (examples, conversations, {part: seconds})."""
   from sml_jax.training import rollouts  # pylint: disable=g-import-not-at-top
   if kind == "sft":  # Reference solutions: nothing to roll out.
-    return rollouts.reference_examples(problems, exp.tokenizer, exp.config.dialogue.fewshot), []
+    return rollouts.reference_examples(problems, exp.tokenizer, exp.config.dialogue.fewshot), [], {}
   params = exp.sampling_params(state)
   if kind == "rl":
-    convs = exp.episodes(qprime_q=0.0).run(problems, params, exp.teacher_params, seed=seed,
-                                           repeats=st.group_size)
+    runner = exp.episodes(qprime_q=0.0)
+    convs = runner.run(problems, params, exp.teacher_params, seed=seed, repeats=st.group_size)
     examples, _ = rollouts.rl_examples(convs, st.group_size, st.eps,
                                        with_logprobs=st.get("inner_steps", 1) > 1)
   elif kind == "offline_sml":
-    convs = exp.episodes(qprime_q=0.0).run(problems, params, exp.teacher_params, seed=seed,
-                                           repeats=st.rollouts_per_problem)
+    runner = exp.episodes(qprime_q=0.0)
+    convs = runner.run(problems, params, exp.teacher_params, seed=seed,
+                       repeats=st.rollouts_per_problem)
     examples = rollouts.offline_sml_examples(convs)
   elif kind == "qprime_sft":
-    convs = exp.episodes().run(problems, params, exp.teacher_params, seed=seed,
-                               repeats=st.rollouts_per_problem)
+    runner = exp.episodes()
+    convs = runner.run(problems, params, exp.teacher_params, seed=seed,
+                       repeats=st.rollouts_per_problem)
     examples = rollouts.qprime_examples(convs)
   else:
     raise ValueError(f"stage kind {kind!r} does not roll out")
-  return examples, convs
+  return examples, convs, {f"time_{k}_s": v for k, v in runner.seconds.items()}
 
 
 def run(config, workdir: str) -> None:

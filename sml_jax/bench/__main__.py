@@ -1,12 +1,13 @@
-"""`python -m sml_jax.bench {sampler,train} [options]`: dispatches to the benchmark's `main(argv)`.
+"""`python -m sml_jax.bench {sampler,train,rl} [options]`: dispatches to the benchmark's `main(argv)`.
 
     python -m sml_jax.bench sampler [--json] [--batches=1,8]
     python -m sml_jax.bench train [--json] ...
+    python -m sml_jax.bench rl [--config=configs/demo.py] [--json]   # one RL iteration's time split
 """
 
 import sys
 
-USAGE = "usage: python -m sml_jax.bench {sampler,train} [--json] [options; --help per benchmark]"
+USAGE = "usage: python -m sml_jax.bench {sampler,train,rl} [--json] [options; --help per benchmark]"
 
 
 def main(argv=None) -> int:
@@ -21,6 +22,9 @@ def main(argv=None) -> int:
   elif name == "train":
     from sml_jax.bench import train_bench  # pylint: disable=g-import-not-at-top
     train_bench.main(rest)
+  elif name == "rl":
+    from sml_jax.bench import rl_bench  # pylint: disable=g-import-not-at-top
+    rl_bench.main(rest)
   else:
     print(f"unknown benchmark {name!r}\n{USAGE}", file=sys.stderr)
     return 2

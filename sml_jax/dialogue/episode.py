@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -96,6 +97,8 @@ class EpisodeRunner:
       from sml_jax.tasks.turns import classify_turn  # pylint: disable=g-import-not-at-top
     self.classify_turn = classify_turn
     self.stats = {"teacher_leaks": 0, "teacher_turns": 0, "resampled": 0, "qprimed": 0}
+    # Wall time per part of the loop (prefills land in the next sampling call of that party).
+    self.seconds = {"student": 0.0, "verify": 0.0, "qprime": 0.0, "teacher": 0.0}
     self._teacher_index: dict[int, int] = {}
     self._teacher_rebuild = False
 
@@ -126,6 +129,7 @@ class EpisodeRunner:
       active = np.array([not c.done for c in convs])
       if not active.any():
         break
+      clock = time.perf_counter()
       s_state, out = self.sampler.sample(
           student_params, s_state, max_new_tokens=cfg.student_max_tokens,
           temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
@@ -137,13 +141,17 @@ class EpisodeRunner:
         keep[i] -= len(out.tokens[i]) - len(toks)
       if np.any(keep != s_state.lengths):
         s_state = self.sampler.truncate(s_state, keep)
+      clock = self._lap("student", clock)
       verdicts = self._verify([convs[i] for i in rows])
+      clock = self._lap("verify", clock)
       rewrite = self._score_student_turns([convs[i] for i in rows], verdicts, t, rng, teacher_params)
+      clock = self._lap("qprime", clock)
       # Teacher turn for every conversation that goes on.
       go_on = [i for i in rows if not convs[i].done]
       replies = self._teacher_replies([convs[i] for i in go_on], dict(zip(rows, verdicts)), go_on,
                                       teacher_params, t_state, seed * 1000 + 2 * t + 1)
       t_state = replies.pop("_state")
+      self._lap("teacher", clock)
       for i in go_on:
         convs[i].student.extend(*reply_segment(self.tok, replies[i]))
       if rewrite:
@@ -155,6 +163,11 @@ class EpisodeRunner:
     for c in convs:
       c.reward = turn_reward(c.solved_turn, cfg.gamma)
     return convs
+
+  def _lap(self, part: str, since: float) -> float:
+    now = time.perf_counter()
+    self.seconds[part] += now - since
+    return now
 
   def _room_for_turn(self, c: Conversation, t: int) -> bool:
     """Whether student turn `t` (and, unless it is the last, a Q-priming rewrite and the teacher's

@@ -123,11 +123,11 @@ def run_stages(exp, stages, *, run_eval, collect_examples, stage_seed) -> None:
         from sml_jax.runner import _curriculum  # pylint: disable=g-import-not-at-top
         problems = tasks.sample_problems(_curriculum(config, st.curriculum), st.problems_per_step, seed)
         t0 = time.time()
-        examples, convs = collect_examples(exp, kind, st, state, problems, seed)
+        examples, convs, seconds = collect_examples(exp, kind, st, state, problems, seed)
         t1 = time.time()
         _save_rollouts(workdir, name, step, convs)
         row = {"stage": name, **_conversation_stats(convs), "num_examples": float(len(examples)),
-               "time_sampling_s": t1 - t0}
+               "time_sampling_s": t1 - t0, **seconds}
         state = set_learning_rate(state, float(schedule(step)))
         row["learning_rate"] = float(schedule(step))
         if examples:
