@@ -117,6 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict({
       "kind": "eval", "tasks": "gsm8k", "num_problems": 200, "split": "eval", "max_turns": 10,
       "teacher": "llm", "repeats": 1, "temperature": 0.0,
+      "batch_size": 32,             # conversations sampled together (x repeats)
   })
   return c
 

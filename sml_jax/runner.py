@@ -129,7 +129,7 @@ def run_eval(exp: Experiment, stage: str, student_params) -> dict[str, dict]:
                           qprime_q=0.0)
     t0 = time.time()
     convs = []
-    bs = max(1, int(ev.get("batch_size", 32)))
+    bs = max(1, int(ev.batch_size))
     for i in range(0, len(problems), bs):
       convs += runner.run(problems[i:i + bs], student_params, exp.teacher_params,
                           seed=exp.config.seed + i, repeats=ev.repeats)
