@@ -73,7 +73,10 @@ def read_jsonl(path: str, required: dict[str, type], kind: str) -> list[tuple[in
   """(line number, object) per non-blank line of a .jsonl or .jsonl.gz file; a malformed line
   raises ValueError naming the file and line."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{kind} file not found: {path}")
+    raise FileNotFoundError(
+        f"{kind} file not found: {path}. Pass the file as the task's path (e.g. "
+        f"--config.curricula.math=gsm8k:1.0:path=/data/train.jsonl) or point $SML_JAX_DATA at a "
+        f"directory laid out like ../shared/data (gsm8k/train.jsonl, mbpp/mbpp.jsonl).")
   opener = gzip.open if path.endswith(".gz") else open
   rows = []
   with opener(path, "rt", encoding="utf-8") as f:
