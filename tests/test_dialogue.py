@@ -102,6 +102,25 @@ def test_conversation_that_outgrows_the_cache_ends_unsolved_instead_of_crashing(
   assert convs[0].to_json()["out_of_context"] is True
 
 
+def test_scripted_reply_too_long_for_the_cache_ends_the_conversation(tokenizer, tiny):
+  """Scripted code feedback carries the failing tests' output (up to 600 characters): a reply
+  that would not fit ends the conversation instead of overflowing the cache."""
+  model, params = tiny
+
+  class LongFeedback(FixedVerdictTask):
+    def verify_batch(self, problems, texts):
+      return [dataclasses.replace(v, feedback="E " * 300)
+              for v in super().verify_batch(problems, texts)]
+
+  problem = dataclasses.replace(_problem(0, 0), domain="code")
+  sampler = Sampler(model, cache_length=1024, dtype=jnp.float32)
+  runner = _runner(sampler, tokenizer, LongFeedback(domain="code"), max_turns=10,
+                   student_max_tokens=16)
+  (c,) = runner.run([problem], params)
+  assert c.out_of_context and c.solved_turn is None and len(c.student.ids) <= 1024
+  assert 1 < c.num_student_turns < 10
+
+
 def test_kv_cache_context_matches_history(sampler, tokenizer, tiny):
   """The sampler's multi-turn context equals the loop's token history (no drift across turns)."""
   _, params = tiny

@@ -153,7 +153,11 @@ class EpisodeRunner:
       t_state = replies.pop("_state")
       self._lap("teacher", clock)
       for i in go_on:
-        convs[i].student.extend(*reply_segment(self.tok, replies[i]))
+        ids, roles = reply_segment(self.tok, replies[i])
+        if len(convs[i].student.ids) + len(ids) + cfg.student_max_tokens > self.sampler.cache_length:
+          convs[i].out_of_context = True  # A long reply (e.g. test output) would not fit.
+          continue
+        convs[i].student.extend(ids, roles)
       if rewrite:
         s_state = self.sampler.start(student_params, [c.student.ids for c in convs])
       elif go_on:
