@@ -14,7 +14,8 @@ import pytest
 from sml_jax.dialogue import chat_format as cf
 from sml_jax.dialogue import prompts
 from sml_jax.dialogue.conversation import turn_reward
-from sml_jax.dialogue.episode import DialogueConfig, EpisodeRunner, redact
+from sml_jax.dialogue.episode import (DialogueConfig, EpisodeRunner, redact,
+                                      rows_that_do_not_fit)
 from sml_jax.sampling import Sampler
 from sml_jax.tasks.base import Problem, Verdict
 
@@ -119,6 +120,61 @@ def test_scripted_reply_too_long_for_the_cache_ends_the_conversation(tokenizer, 
   (c,) = runner.run([problem], params)
   assert c.out_of_context and c.solved_turn is None and len(c.student.ids) <= 1024
   assert 1 < c.num_student_turns < 10
+
+
+@dataclasses.dataclass
+class FeedbackByProblem(FixedVerdictTask):
+  """Code feedback of `lengths[problem.id]` words: conversations that grow at different rates."""
+  lengths: dict = dataclasses.field(default_factory=dict)
+
+  def verify_batch(self, problems, texts):
+    return [dataclasses.replace(v, feedback="E " * self.lengths[p.id])
+            for p, v in zip(problems, super().verify_batch(problems, texts))]
+
+
+def _code_problems(n):
+  return [dataclasses.replace(_problem(i, 0), domain="code") for i in range(n)]
+
+
+def test_a_finished_long_conversation_does_not_crowd_out_the_others(tokenizer, tiny):
+  """All rows of a KV cache write at one slot pointer: a long conversation that has ended must
+  give its slots back, or a short one's next reply overflows the batch (a 16-problem MBPP eval
+  with the LLM teacher crashed this way). The survivor's dialogue is the one it has alone."""
+  model, params = tiny
+  lengths = {"p0": 200, "p1": 20}
+  run = lambda problems: _runner(
+      Sampler(model, cache_length=512, dtype=jnp.float32), tokenizer,
+      FeedbackByProblem(domain="code", lengths=lengths), max_turns=12,
+      student_max_tokens=16).run(problems, params)
+  long, short = run(_code_problems(2))
+  assert long.out_of_context and long.num_student_turns == 2
+  assert short.num_student_turns > long.num_student_turns
+  (alone,) = run(_code_problems(2)[1:])
+  assert [t.text for t in short.turns] == [t.text for t in alone.turns]
+  assert short.student.ids == alone.student.ids
+
+
+@pytest.mark.parametrize("teacher", ["scripted", "llm"])
+def test_conversations_growing_at_different_rates_all_end_within_the_cache(tokenizer, tiny, teacher):
+  model, params = tiny
+  task = FeedbackByProblem(domain="code", lengths={"p0": 40, "p1": 5, "p2": 120, "p3": 250})
+  runner = _runner(Sampler(model, cache_length=512, dtype=jnp.float32), tokenizer, task,
+                   teacher=teacher, max_turns=12, student_max_tokens=16, teacher_max_tokens=24)
+  convs = runner.run(_code_problems(4), params)
+  assert all(c.out_of_context and c.solved_turn is None for c in convs)
+  assert all(len(c.student.ids) <= 512 and len(c.teacher.ids) <= 512 for c in convs)
+  turns = [c.num_student_turns for c in convs]
+  assert turns[1] > turns[0] > turns[3] and turns[2] > turns[3]   # Shorter feedback, more turns.
+
+
+@pytest.mark.parametrize("lengths, growth, then, expected", [
+    ([100, 100], {0: 50, 1: 50}, 0, []),                 # 100 + 50 fits 200
+    ([180, 20], {1: 50}, 0, [1]),                        # shared pointer: 180 + 50 > 200
+    ([180, 20], {0: 10, 1: 50}, 0, [0]),                 # drop the row nearest to overflowing
+    ([100, 100], {0: 50, 1: 50}, 60, [0, 1]),            # no room left for the next turn
+])
+def test_rows_that_do_not_fit(lengths, growth, then, expected):
+  assert sorted(rows_that_do_not_fit(lengths, growth, 200, then=then)) == expected
 
 
 def test_kv_cache_context_matches_history(sampler, tokenizer, tiny):

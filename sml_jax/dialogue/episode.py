@@ -32,7 +32,6 @@ from sml_jax.tasks.base import Problem, Task, Verdict
 
 LEAK_POLICIES = ("count", "redact", "resample")
 _TEMPLATE_TOKENS = 16  # <end_of_turn>\n<start_of_turn>user\n ... around a reply
-_NOTE_TOKENS = 320     # `prompts.verifier_note` (capped at ~1,000 characters) + template
 TEACHER_KINDS = ("scripted", "llm")
 
 
@@ -64,6 +63,29 @@ class DialogueConfig:
       raise ValueError(f"dialogue.leak_policy must be one of {LEAK_POLICIES}, got {self.leak_policy!r}.")
     if not 0.0 <= self.qprime_q <= 1.0:
       raise ValueError(f"dialogue.qprime_q must be in [0, 1], got {self.qprime_q}.")
+
+
+def rows_that_do_not_fit(lengths: Sequence[int], growth: dict[int, int], capacity: int,
+                         then: int = 0) -> list[int]:
+  """Rows to leave out so that appending `growth[row]` tokens fits a cache of `capacity` slots.
+
+  All rows of a cache write at one shared slot pointer, so an append needs the longest row plus
+  the longest segment, and each grown row must still leave `then` slots (the next sampled turn).
+  Drops the rows closest to overflowing on their own first.
+  """
+  lengths = [int(n) for n in lengths]
+  grow = dict(growth)
+  drop = [i for i in grow if lengths[i] + grow[i] + then > capacity]
+  for i in drop:
+    del grow[i]
+  while grow:
+    resident = max(n for i, n in enumerate(lengths) if i not in drop)
+    if resident + max(grow.values()) <= capacity:
+      break
+    worst = max(grow, key=lambda i: (lengths[i] + grow[i], i))
+    del grow[worst]
+    drop.append(worst)
+  return drop
 
 
 def _strip_stop(ids: np.ndarray) -> list[int]:
@@ -122,6 +144,7 @@ class EpisodeRunner:
     s_state = self.sampler.start(student_params, [c.student.ids for c in convs])
     t_state = None
     self._teacher_rebuild = False
+    released = np.zeros(len(convs), bool)   # Finished rows whose cache slots were given back.
     for t in range(1, cfg.max_turns + 1):
       for c in convs:
         if t > 1 and not c.done and not self._room_for_turn(c, t):
@@ -129,6 +152,7 @@ class EpisodeRunner:
       active = np.array([not c.done for c in convs])
       if not active.any():
         break
+      s_state, t_state = self._release_finished(convs, released, s_state, t_state)
       clock = time.perf_counter()
       s_state, out = self.sampler.sample(
           student_params, s_state, max_new_tokens=cfg.student_max_tokens,
@@ -148,22 +172,31 @@ class EpisodeRunner:
       clock = self._lap("qprime", clock)
       # Teacher turn for every conversation that goes on.
       go_on = [i for i in rows if not convs[i].done]
+      s_state, t_state = self._release_finished(convs, released, s_state, t_state)
       replies = self._teacher_replies([convs[i] for i in go_on], dict(zip(rows, verdicts)), go_on,
                                       teacher_params, t_state, seed * 1000 + 2 * t + 1)
       t_state = replies.pop("_state")
       self._lap("teacher", clock)
-      for i in go_on:
-        ids, roles = reply_segment(self.tok, replies[i])
-        if len(convs[i].student.ids) + len(ids) + cfg.student_max_tokens > self.sampler.cache_length:
-          convs[i].out_of_context = True  # A long reply (e.g. test output) would not fit.
-          continue
+      s_state, t_state = self._release_finished(convs, released, s_state, t_state)
+      segments = {i: reply_segment(self.tok, replies[i]) for i in go_on if i in replies}
+      pending = {i: len(convs[i].student.ids) - s_state.lengths[i] for i in segments}
+      for i in rows_that_do_not_fit(
+          s_state.lengths, {i: pending[i] + len(ids) for i, (ids, _) in segments.items()},
+          self.sampler.cache_length, then=cfg.student_max_tokens):
+        convs[i].out_of_context = True  # A long reply (e.g. test output) would not fit.
+        del segments[i]
+      for i, (ids, roles) in segments.items():
         convs[i].student.extend(ids, roles)
+      s_state, t_state = self._release_finished(convs, released, s_state, t_state)
       if rewrite:
-        s_state = self.sampler.start(student_params, [c.student.ids for c in convs])
+        s_state = self.sampler.start(
+            student_params, [c.student.ids[:1] if r else c.student.ids
+                             for c, r in zip(convs, released)])
       elif go_on:
         # The sampler catches up with the token contexts (the closing <end_of_turn> + reply).
         s_state = self.sampler.append(
-            student_params, s_state, [c.student.ids[n:] for c, n in zip(convs, s_state.lengths)])
+            student_params, s_state, [[] if r else c.student.ids[n:]
+                                      for c, n, r in zip(convs, s_state.lengths, released)])
     for c in convs:
       c.reward = turn_reward(c.solved_turn, cfg.gamma)
     return convs
@@ -173,19 +206,31 @@ class EpisodeRunner:
     self.seconds[part] += now - since
     return now
 
+  def _release_finished(self, convs, released, s_state, t_state):
+    """Cuts finished conversations' rows of both caches to one token. All rows write at one
+    shared slot pointer, so a long finished row would otherwise cap what the others can add."""
+    done = [i for i, c in enumerate(convs) if c.done and not released[i]]
+    if not done:
+      return s_state, t_state
+    released[done] = True
+    keep = s_state.lengths.copy()
+    keep[done] = 1
+    s_state = self.sampler.truncate(s_state, keep)
+    rows = [self._teacher_index[i] for i in done if i in self._teacher_index]
+    if t_state is not None and rows:
+      keep = t_state.lengths.copy()
+      keep[rows] = 1
+      t_state = self.teacher_sampler.truncate(t_state, keep)
+    return s_state, t_state
+
   def _room_for_turn(self, c: Conversation, t: int) -> bool:
-    """Whether student turn `t` (and, unless it is the last, a Q-priming rewrite and the teacher's
-    reply) still fits both parties' KV caches."""
+    """Whether student turn `t` (or its Q-priming rewrite; none at the last turn) still fits the
+    student's KV cache. The replies that follow are checked when they exist
+    (`rows_that_do_not_fit`)."""
     cfg = self.cfg
-    if t == cfg.max_turns:
-      return len(c.student.ids) + cfg.student_max_tokens <= self.sampler.cache_length
-    turn = max(cfg.student_max_tokens, cfg.qprime_max_tokens if cfg.qprime_q else 0)
-    student = len(c.student.ids) + turn + cfg.teacher_max_tokens + _TEMPLATE_TOKENS
-    # The teacher's context also gets the verifier's note (up to ~1,000 characters).
-    teacher = (len(c.teacher.ids) + turn + _NOTE_TOKENS + cfg.teacher_max_tokens
-               if c.teacher.ids else 0)
-    return (student <= self.sampler.cache_length
-            and teacher <= self.teacher_sampler.cache_length)
+    rewrite = cfg.qprime_q and t < cfg.max_turns
+    turn = max(cfg.student_max_tokens, cfg.qprime_max_tokens + _TEMPLATE_TOKENS if rewrite else 0)
+    return len(c.student.ids) + turn <= self.sampler.cache_length
 
   # --- student side ----------------------------------------------------------------------------
 
@@ -275,6 +320,8 @@ class EpisodeRunner:
     else:
       texts, replies["_state"] = self._llm_teacher(convs, verdict_of, rows, teacher_params, t_state, seed)
     for i, c in zip(rows, convs):
+      if i not in texts:
+        continue  # The conversation ran out of context before the teacher's turn.
       text, flags = texts[i], {"leak": False, "shard": False}
       if self.cfg.teacher == "llm":
         self.stats["teacher_turns"] += 1
@@ -311,18 +358,38 @@ class EpisodeRunner:
 
   def _llm_teacher(self, convs, verdict_of, rows, teacher_params, t_state, seed):
     """One LLM teacher turn for `rows`; the teacher's cache covers every conversation."""
-    segs = {}
+    new = {}   # row -> (ids, roles) to add to its teacher context
     for i, c in zip(rows, convs):
       student_text = c.turns[-1].text + prompts.verifier_note(verdict_of[i])
       if not c.teacher.ids:
         first = (prompts.teacher_briefing(c.problem) + "\n\nThe student said:\n" + student_text)
-        c.teacher.extend(*opening_segment(self.tok, first, prompts.teacher_demos(self.cfg.fewshot)))
-        segs[i] = None
+        new[i] = opening_segment(self.tok, first, prompts.teacher_demos(self.cfg.fewshot))
       else:
-        ids, roles = reply_segment(self.tok, student_text, close_previous=not c.teacher_stopped)
-        c.teacher.extend(ids, roles)
-        segs[i] = ids.tolist()
-    if t_state is None or any(s is None for s in segs.values()) or self._teacher_rebuild:
+        new[i] = reply_segment(self.tok, student_text, close_previous=not c.teacher_stopped)
+    incremental = t_state is not None and not self._teacher_rebuild and all(
+        c.teacher.ids for c in convs)
+    room, then = self.teacher_sampler.cache_length, self.cfg.teacher_max_tokens
+    if incremental:
+      index = self._teacher_index
+      row_of = {index[i]: i for i in rows}
+      drop = [row_of[k] for k in rows_that_do_not_fit(
+          t_state.lengths, {index[i]: len(new[i][0]) for i in rows}, room, then=then)]
+      if drop:  # Their rows leave the cache now, as `rows_that_do_not_fit` assumes.
+        keep = t_state.lengths.copy()
+        keep[[index[i] for i in drop]] = 1
+        t_state = self.teacher_sampler.truncate(t_state, keep)
+    else:
+      drop = [i for i, c in zip(rows, convs) if len(c.teacher.ids) + len(new[i][0]) + then > room]
+    for i, c in zip(rows, convs):
+      if i in drop:
+        c.out_of_context = True  # The student's turn + the verifier's note do not fit.
+      else:
+        c.teacher.extend(*new[i])
+    kept = [(i, c) for i, c in zip(rows, convs) if i not in drop]
+    rows, convs = [i for i, _ in kept], [c for _, c in kept]
+    if not rows:
+      return {}, t_state
+    if not incremental:
       # (Re)prefill the teacher cache from the token contexts: first turn or after a resample.
       t_state = self.teacher_sampler.start(teacher_params, [c.teacher.ids for c in convs])
       index = {i: k for k, i in enumerate(rows)}
@@ -331,7 +398,7 @@ class EpisodeRunner:
       index = self._teacher_index
       full = [[] for _ in range(len(index))]
       for i in rows:
-        full[index[i]] = segs[i]
+        full[index[i]] = new[i][0].tolist()
       t_state = self.teacher_sampler.append(teacher_params, t_state, full)
     self._teacher_index = index
     active = np.zeros(len(index), bool)
