@@ -22,6 +22,7 @@ import pathlib
 import time
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from sml_jax import config as config_lib
 
@@ -128,21 +129,54 @@ def run_eval(exp: Experiment, stage: str, student_params) -> dict[str, dict]:
     runner = exp.episodes(max_turns=ev.max_turns, teacher=ev.teacher, temperature=ev.temperature,
                           qprime_q=0.0)
     t0 = time.time()
-    convs = []
     bs = max(1, int(ev.batch_size))
-    for i in range(0, len(problems), bs):
-      convs += runner.run(problems[i:i + bs], student_params, exp.teacher_params,
-                          seed=exp.config.seed + i, repeats=ev.repeats)
+    starts = range(0, len(problems), bs)
+    # Finished batches are kept in <name>.partial.jsonl, so an interrupted eval resumes there.
+    partial = exp.workdir / "eval" / f"{name}.partial.jsonl"
+    done = _read_partial_eval(partial)
+    if done:
+      print(f"[resume] {stage} {task_name}: {len(done)} finished batches kept", flush=True)
+    bar = tqdm(total=len(starts) * ev.max_turns, desc=f"{stage} {task_name}", unit="turn",
+               dynamic_ncols=True, initial=sum(i in done for i in starts) * ev.max_turns)
+    for b, i in enumerate(starts):
+      if i in done:
+        continue
+      convs = runner.run(problems[i:i + bs], student_params, exp.teacher_params,
+                         seed=exp.config.seed + i, repeats=ev.repeats, on_turn=lambda: bar.update())
+      done[i] = [c.to_json() for c in convs]
+      partial.parent.mkdir(parents=True, exist_ok=True)
+      with open(partial, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"start": i, "transcripts": done[i]}, ensure_ascii=False) + "\n")
+      bar.update((b + 1) * ev.max_turns - bar.n)
+    bar.close()
+    transcripts = [t for i in starts for t in done[i]]
     metrics = evaluation.write_eval(
-        exp.workdir, name, [c.to_json() for c in convs],
+        exp.workdir, name, transcripts,
         extra={"model": exp.config.model, "checkpoint": exp.config.checkpoint, "task": task_name,
                "teacher_kind": ev.teacher, "seconds": round(time.time() - t0, 1)})
+    partial.unlink(missing_ok=True)
     results[name] = metrics
     sat = metrics["success_at_turn"]
-    print(f"[{stage}] {task_name}: {len(convs)} conversations, success@1 {sat[0]:.3f}, "
+    print(f"[{stage}] {task_name}: {len(transcripts)} conversations, success@1 {sat[0]:.3f}, "
           f"success@{len(sat)} {sat[-1]:.3f}, questions {metrics['question_rate'] or 0:.3f}, "
           f"leaks {metrics['teacher_leak_rate'] or 0:.3f} ({time.time() - t0:.0f} s)", flush=True)
   return results
+
+
+def _read_partial_eval(path: pathlib.Path) -> dict[int, list[dict]]:
+  """{first problem index of a batch: its transcripts} of an interrupted eval ({} if none).
+  A line cut short by the interruption is dropped (that batch runs again)."""
+  if not path.exists():
+    return {}
+  done = {}
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      done[int(record["start"])] = record["transcripts"]
+  return done
 
 
 # --- training -------------------------------------------------------------------------------------

@@ -106,3 +106,35 @@ def test_kl_to_the_frozen_initial_policy_is_logged_and_starts_at_zero(tmp_path):
   assert len(rows) == 2 and all("kl" in r for r in rows), rows
   assert abs(rows[0]["kl"]) < 1e-5, rows[0]
   assert rows[1]["kl"] > 1e-4, rows[1]
+
+
+@pytest.mark.slow
+def test_eval_killed_between_batches_resumes_with_the_same_transcripts(tmp_path):
+  """A long eval keeps its finished batches (eval/<name>.partial.jsonl): killed and restarted,
+  it runs only the rest, and its transcripts equal an uninterrupted run's."""
+  args = ["--config.stages=eval_before", "--config.eval.tasks=gsm8k", "--config.eval.num_problems=6",
+          "--config.eval.batch_size=1", "--config.eval.max_turns=2"]
+  ref = _main(tmp_path / "ref", *args)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+
+  wd = tmp_path / "killed"
+  cmd = [sys.executable, "-m", "sml_jax.main", "--config=configs/tiny_test.py", f"--workdir={wd}", *args]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  partial = wd / "eval" / "before_gsm8k.partial.jsonl"
+  deadline = time.time() + 600
+  while time.time() < deadline:  # Kill once the first batch is on disk.
+    if partial.exists() and partial.read_text().count("\n") >= 1:
+      break
+    if proc.poll() is not None:
+      pytest.fail("the eval ended before it could be killed")
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (wd / "eval" / "before_gsm8k.json").exists()
+
+  resumed = _main(wd, *args)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "[resume] eval_before gsm8k:" in resumed.stdout, resumed.stdout[-2000:]
+  assert not partial.exists()
+  read = lambda d: (d / "eval" / "before_gsm8k.transcripts.jsonl").read_text().splitlines()
+  assert len(read(wd)) == 6 and read(wd) == read(tmp_path / "ref")

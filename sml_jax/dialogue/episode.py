@@ -127,8 +127,9 @@ class EpisodeRunner:
   # --- public API ------------------------------------------------------------------------------
 
   def run(self, problems: Sequence[Problem], student_params, teacher_params=None, *, seed: int = 0,
-          repeats: int = 1) -> list[Conversation]:
-    """Rolls out `repeats` conversations per problem (GRPO groups are consecutive rows)."""
+          repeats: int = 1, on_turn: Callable[[], None] | None = None) -> list[Conversation]:
+    """Rolls out `repeats` conversations per problem (GRPO groups are consecutive rows).
+    `on_turn` is called after every turn (e.g. to advance a progress bar)."""
     cfg = self.cfg
     if teacher_params is None:
       # The LLM teacher / question writer defaults to the student's own weights (the caller
@@ -197,6 +198,8 @@ class EpisodeRunner:
         s_state = self.sampler.append(
             student_params, s_state, [[] if r else c.student.ids[n:]
                                       for c, n, r in zip(convs, s_state.lengths, released)])
+      if on_turn is not None:
+        on_turn()
     for c in convs:
       c.reward = turn_reward(c.solved_turn, cfg.gamma)
     return convs
