@@ -153,7 +153,9 @@ def run_eval(exp: Experiment, stage: str, student_params) -> dict[str, dict]:
     metrics = evaluation.write_eval(
         exp.workdir, name, transcripts,
         extra={"model": exp.config.model, "checkpoint": exp.config.checkpoint, "task": task_name,
-               "teacher_kind": ev.teacher, "seconds": round(time.time() - t0, 1)})
+               "teacher_kind": ev.teacher, "seconds": round(time.time() - t0, 1),
+               # Where this run's time went (batches kept from an interrupted run excluded).
+               **{f"time_{k}_s": round(v, 1) for k, v in runner.seconds.items()}})
     partial.unlink(missing_ok=True)
     results[name] = metrics
     sat = metrics["success_at_turn"]

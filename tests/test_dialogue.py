@@ -256,3 +256,38 @@ def test_bad_dialogue_config_names_the_field():
     DialogueConfig(teacher="oracle")
   with pytest.raises(ValueError, match="dialogue.gamma"):
     DialogueConfig(gamma=0.0)
+
+
+@pytest.mark.slow
+def test_teacher_line_stop_keeps_the_dialogue_and_saves_decode_steps(real_270m, tokenizer, monkeypatch):
+  """The teacher's turns are cut at their first line; decoding stops there too (the base 270M
+  writes "Not quite." and goes on for the whole budget). Same transcripts, fewer tokens."""
+  from sml_jax.tasks import registry
+  model, params = real_270m
+  task = registry.get_task("gsm8k")
+  problems = task.problems("eval", limit=3, seed=0)
+  sampler = Sampler(model, cache_length=2048, dtype=jnp.float32)
+  teacher_tokens = []
+  real_sample = Sampler.sample
+
+  def counting_sample(self, *args, **kwargs):
+    state, out = real_sample(self, *args, **kwargs)
+    if kwargs["max_new_tokens"] == 40:  # the teacher's budget
+      teacher_tokens.append(sum(len(t) for t in out.tokens))
+    return state, out
+
+  monkeypatch.setattr(Sampler, "sample", counting_sample)
+  run = lambda: EpisodeRunner(sampler, tokenizer, lambda name: task, DialogueConfig(
+      max_turns=2, student_max_tokens=48, teacher_max_tokens=40, temperature=0.0,
+      teacher="llm")).run(problems, params, seed=0)
+  with_stop = run()
+  sampled_with_stop, teacher_tokens[:] = sum(teacher_tokens), []
+  monkeypatch.setattr(EpisodeRunner, "_teacher_line_stop", lambda self: None)
+  without = run()
+  print(f"teacher tokens sampled: {sampled_with_stop} with the line stop, {sum(teacher_tokens)} without")
+  assert sampled_with_stop < sum(teacher_tokens)
+  assert [[t.text for t in c.turns] for c in with_stop] == [[t.text for t in c.turns] for c in without]
+  assert [c.teacher.ids for c in with_stop] == [c.teacher.ids for c in without]
+  assert [c.student.ids for c in with_stop] == [c.student.ids for c in without]
+  teacher_turns = [t.text for c in with_stop for t in c.turns if t.role == "teacher"]
+  assert teacher_turns and all(t.strip() for t in teacher_turns)

@@ -76,7 +76,7 @@ def check_sampler(name: str, b: int, cache: int, prompt: int, dtype: str, policy
   i32 = lambda *shape: S(shape, jnp.int32)
   keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), b))
   dec = decode.decode.lower(params, kv, i32(b), i32(b), S((b,), jnp.bool_), i32(), i32(),
-                            S((), jnp.float32), S((), jnp.float32), keys, i32(2), arch=arch,
+                            S((), jnp.float32), S((), jnp.float32), keys, i32(2), i32(1), i32(1), arch=arch,
                             dtype=dt, policy=policy, buffer=64).compile().memory_analysis()
   _close(resident + party["decode (logits, q/kv layout)"],
          dec.argument_size_in_bytes + dec.temp_size_in_bytes, f"{name} decode B={b} C={cache}")
@@ -97,7 +97,7 @@ def test_tiny_train_step_and_decode_match_xla():
   i32 = lambda *shape: S(shape, jnp.int32)
   for policy, copies in [(decode.Policy(greedy=False, top_p=True), 4)]:
     m = decode.decode.lower(params, kv, i32(16), i32(16), S((16,), jnp.bool_), i32(), i32(),
-                            S((), jnp.float32), S((), jnp.float32), keys, i32(2), arch=arch,
+                            S((), jnp.float32), S((), jnp.float32), keys, i32(2), i32(1), i32(1), arch=arch,
                             dtype=jnp.float32, policy=policy, buffer=64).compile().memory_analysis()
     ss = memory.SampleShape(batch=16, cache_length=256, dtype="float32", logits_copies=copies)
     party = memory.party_bytes(model, shapes, ONE, ss)

@@ -162,6 +162,31 @@ def test_stop_tokens_end_rows(setup):
     assert out.stopped[i] == (stop in g)
 
 
+def _first_line(tokens, line_end, blank):
+  """Where a line stop ends a greedy row: at the first `line_end` token after a non-blank one."""
+  wrote = False
+  for k, t in enumerate(tokens):
+    if t in line_end and wrote:
+      return tokens[:k + 1]
+    wrote |= t not in blank
+  return tokens
+
+
+def test_line_stop_ends_rows_at_their_first_line(setup):
+  model, params, prompts = setup
+  sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=())
+  greedy = [g.tolist() for g in sampler.generate(params, prompts, max_new_tokens=8).tokens]
+  t = greedy[0][2]
+  # A line break after text ends the row; leading blanks (and line breaks) do not.
+  for blank in [(t,), (greedy[0][0], greedy[0][1], t)]:
+    stop = decode.LineStop(line_end=(t,), blank=blank)
+    out = sampler.generate(params, prompts, max_new_tokens=8, line_stop=stop)
+    for g, got in zip(greedy, out.tokens):
+      assert got.tolist() == _first_line(g, (t,), blank)
+    assert not out.stopped.any()  # Only stop tokens mark a turn as closed by the model.
+  assert len(_first_line(greedy[0], (t,), (t,))) == 3
+
+
 def test_compaction_when_shared_pointer_runs_out(setup):
   """Rows of very different lengths waste shared slots; a small cache forces compaction."""
   model, params, prompts = setup

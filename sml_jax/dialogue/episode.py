@@ -343,6 +343,10 @@ class EpisodeRunner:
       replies[i] = text
     return replies
 
+  def _teacher_line_stop(self):
+    """Teacher turns are cut at their first line: stop decoding there (when cutting at all)."""
+    return turn_end.line_stop(self.tok) if self.cfg.cut_turns else None
+
   def _cut_teacher_turns(self, out, rows, index):
     """Cuts teacher turns (in place) at their first paragraph (`turn_end.teacher_cut`). Returns
     {row: sampled length} so the caller can drop the cut tails from the KV cache."""
@@ -406,8 +410,10 @@ class EpisodeRunner:
     self._teacher_index = index
     active = np.zeros(len(index), bool)
     active[[index[i] for i in rows]] = True
-    t_state, out = self.teacher_sampler.sample(teacher_params, t_state, max_new_tokens=self.cfg.teacher_max_tokens,
-                                       temperature=self.cfg.teacher_temperature, seed=seed, active=active)
+    t_state, out = self.teacher_sampler.sample(
+        teacher_params, t_state, max_new_tokens=self.cfg.teacher_max_tokens,
+        temperature=self.cfg.teacher_temperature, seed=seed, active=active,
+        line_stop=self._teacher_line_stop())
     sampled = self._cut_teacher_turns(out, rows, index)
     if any(len(out.tokens[index[i]]) < n for i, n in sampled.items()):
       keep = t_state.lengths.copy()
@@ -425,7 +431,7 @@ class EpisodeRunner:
         retry = self.teacher_sampler.generate(
             teacher_params, [c.teacher.ids for _, c in leaked],
             max_new_tokens=self.cfg.teacher_max_tokens, temperature=max(self.cfg.teacher_temperature, 0.7),
-            seed=seed + 7919)
+            seed=seed + 7919, line_stop=self._teacher_line_stop())
         self._cut_teacher_turns(retry, [i for i, _ in leaked], {i: k for k, (i, _) in enumerate(leaked)})
         for k, (i, _) in enumerate(leaked):
           out.tokens[index[i]], out.stopped[index[i]] = retry.tokens[k], retry.stopped[k]

@@ -17,6 +17,7 @@ it are removed from the KV cache (`Sampler.truncate`), and the turn is closed wi
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Sequence
 
@@ -50,7 +51,24 @@ def teacher_cut(text: str) -> int | None:
     end = len(line.rstrip())
   elif last >= 0:
     end = last + 1
-  return None if end >= len(text.rstrip()) else end
+  # Sampled with a line stop (`line_stop`), the text ends with the line break: cut it too.
+  return None if end >= len(text.rstrip()) and text == text.rstrip() else end
+
+
+@functools.lru_cache(maxsize=4)
+def _line_stop(tokenizer):
+  from sml_jax.sampling.decode import LineStop  # pylint: disable=g-import-not-at-top
+  sp = tokenizer._sp  # pylint: disable=protected-access
+  pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+  blank = tuple(i for i, p in enumerate(pieces)
+                if not sp.is_control(i) and p.replace("\u2581", " ").strip() == "")
+  return LineStop(line_end=tuple(i for i in blank if "\n" in pieces[i]), blank=blank)
+
+
+def line_stop(tokenizer):
+  """The sampler's `LineStop` for turns cut at their first line (the teacher's): decoding ends
+  at the first line break after some text instead of running to the token budget."""
+  return _line_stop(tokenizer)
 
 
 def tokens_within(tokenizer, ids: Sequence[int], cut: int) -> int:

@@ -23,10 +23,21 @@ from sml_jax.sampling import forward as fwd
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-  """Static sampling choices (one compiled loop each). Temperature and top-p values are traced."""
+  """Static sampling choices (one compiled loop each). Temperature and top-p values are traced.
+  `line_stop`: a row also stops at its first line-break token after some text (see `LineStop`)."""
   greedy: bool
   top_k: int | None = None
   top_p: bool = False
+  line_stop: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LineStop:
+  """Token ids for ending a turn at its first line: a `line_end` token (a line break) stops a
+  row once it has written a token not in `blank` (whitespace). For a party whose turn is cut
+  at its first line anyway (the teacher, `turn_end.teacher_cut`), decoding past it is waste."""
+  line_end: tuple[int, ...]
+  blank: tuple[int, ...]
 
 
 def prepare_params(arch: fwd.Arch, params, dtype):
@@ -144,9 +155,10 @@ def append(params, cache, tokens, counts, start_pos, index, *, arch: fwd.Arch, d
     jax.jit, static_argnames=("arch", "dtype", "policy", "buffer", "mesh"),
     donate_argnames=("cache",))
 def decode(params, cache, pending, positions, active, index, max_new, temperature, top_p,
-           row_keys, stop_tokens, *, arch: fwd.Arch, dtype, policy: Policy, buffer: int,
-           mesh=None):
-  """Autoregressive decoding until every active row hit a stop token or `max_new` tokens.
+           row_keys, stop_tokens, line_end, blank, *, arch: fwd.Arch, dtype, policy: Policy,
+           buffer: int, mesh=None):
+  """Autoregressive decoding until every active row hit a stop token or `max_new` tokens (or,
+  with `policy.line_stop`, a `line_end` token after a token not in `blank`).
 
   pending (B,): each row's last context token, not yet in the cache (fed first); positions (B,):
   its RoPE position. Step s writes at slot index + s for every row (rows that are not running
@@ -160,6 +172,7 @@ def decode(params, cache, pending, positions, active, index, max_new, temperatur
       "cache": _cache_constraint(cache, mesh),
       "pending": pending, "positions": positions, "running": active,
       "stopped": jnp.zeros((batch,), jnp.bool_),
+      "wrote_text": jnp.zeros((batch,), jnp.bool_),
       "counts": jnp.zeros((batch,), jnp.int32),
       "tokens": jnp.zeros((batch, buffer), jnp.int32),
       "logprobs": jnp.zeros((batch, buffer), jnp.float32),
@@ -179,14 +192,19 @@ def decode(params, cache, pending, positions, active, index, max_new, temperatur
     keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
     tokens, logprobs = choose_tokens(policy, logits, temperature, top_p, keys, dtype)
     is_stop = jnp.isin(tokens, stop_tokens)
+    ends = is_stop
+    if policy.line_stop:
+      ends = ends | (jnp.isin(tokens, line_end) & s["wrote_text"])
+    wrote_text = s["wrote_text"] | (running & ~jnp.isin(tokens, blank))
     column = lambda buf, val: jax.lax.dynamic_update_slice(buf, val[:, None], (0, step))
     return {
         "step": step + 1,
         "cache": _cache_constraint(cache, mesh),
         "pending": jnp.where(running, tokens, s["pending"]),
         "positions": s["positions"] + running,
-        "running": running & ~is_stop,
+        "running": running & ~ends,
         "stopped": s["stopped"] | (running & is_stop),
+        "wrote_text": wrote_text,
         "counts": s["counts"] + running,
         "tokens": column(s["tokens"], jnp.where(running, tokens, 0)),
         "logprobs": column(s["logprobs"], jnp.where(running, logprobs, 0.0)),

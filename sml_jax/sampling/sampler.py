@@ -123,7 +123,7 @@ class Sampler:
 
   def generate(self, params, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
                temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-               seed: int = 0) -> TurnOutput:
+               seed: int = 0, line_stop: decode.LineStop | None = None) -> TurnOutput:
     """One turn from fresh prompts (lists of ids, any lengths)."""
     self._check_budget(max_new_tokens)
     prompts = self._check_prompts(prompts)
@@ -136,7 +136,7 @@ class Sampler:
     reserve = max(len(p) for p in prompts) - 1 + max_new_tokens
     state = self.start(params, prompts, _reserve=reserve)
     _, out = self.sample(params, state, max_new_tokens=max_new_tokens, temperature=temperature,
-                         top_k=top_k, top_p=top_p, seed=seed)
+                         top_k=top_k, top_p=top_p, seed=seed, line_stop=line_stop)
     return out
 
   def start(self, params, prompts: Sequence[Sequence[int]], *, _reserve: int = 0) -> ChatState:
@@ -177,10 +177,14 @@ class Sampler:
 
   def sample(self, params, state: ChatState, max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-             active: np.ndarray | Sequence[bool] | None = None) -> tuple[ChatState, TurnOutput]:
-    """Generates up to `max_new_tokens` per active row; they join the rows' contexts."""
+             active: np.ndarray | Sequence[bool] | None = None,
+             line_stop: decode.LineStop | None = None) -> tuple[ChatState, TurnOutput]:
+    """Generates up to `max_new_tokens` per active row; they join the rows' contexts.
+    `line_stop`: rows also end at their first line break after some text (`stopped` stays
+    False for them: only stop tokens set it)."""
     self._check_budget(max_new_tokens)
-    policy = self._policy(temperature, top_k, top_p)
+    policy = dataclasses.replace(self._policy(temperature, top_k, top_p),
+                                 line_stop=line_stop is not None)
     b = state.batch_size
     active = np.ones(b, bool) if active is None else np.asarray(active, bool).reshape(-1)
     if active.shape != (b,):
@@ -207,6 +211,8 @@ class Sampler:
         jnp.int32(state.pointer), jnp.int32(max_new_tokens),
         jnp.float32(max(temperature, 1e-6)), jnp.float32(1.0 if top_p is None else top_p),
         self._rows(keys), jnp.asarray(self._stop_array),
+        jnp.asarray(line_stop.line_end if line_stop else (-1,), jnp.int32),
+        jnp.asarray(line_stop.blank if line_stop else (-1,), jnp.int32),
         arch=self.arch, dtype=self.dtype, policy=policy,
         buffer=_bucket(max_new_tokens, MIN_BUFFER), mesh=self.mesh)
     tokens, logprobs, counts, stopped, steps = jax.device_get(
