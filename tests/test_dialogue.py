@@ -291,3 +291,10 @@ def test_teacher_line_stop_keeps_the_dialogue_and_saves_decode_steps(real_270m, 
   assert [c.student.ids for c in with_stop] == [c.student.ids for c in without]
   teacher_turns = [t.text for c in with_stop for t in c.turns if t.role == "teacher"]
   assert teacher_turns and all(t.strip() for t in teacher_turns)
+
+
+def test_teacher_demos_match_the_problem_domain():
+  math, code = _problem(0, 0), dataclasses.replace(_problem(0, 0), domain="code")
+  assert "6 + 7" in prompts.teacher_demos(math)[0][1]
+  assert "def add" in prompts.teacher_demos(code)[0][1] and "6 + 7" not in prompts.teacher_demos(code)[0][1]
+  assert prompts.teacher_demos(code, enabled=False) == ()

@@ -370,7 +370,7 @@ class EpisodeRunner:
       student_text = c.turns[-1].text + prompts.verifier_note(verdict_of[i])
       if not c.teacher.ids:
         first = (prompts.teacher_briefing(c.problem) + "\n\nThe student said:\n" + student_text)
-        new[i] = opening_segment(self.tok, first, prompts.teacher_demos(self.cfg.fewshot))
+        new[i] = opening_segment(self.tok, first, prompts.teacher_demos(c.problem, self.cfg.fewshot))
       else:
         new[i] = reply_segment(self.tok, student_text, close_previous=not c.teacher_stopped)
     incremental = t_state is not None and not self._teacher_rebuild and all(

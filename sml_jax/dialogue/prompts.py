@@ -56,12 +56,23 @@ STUDENT_DEMOS = {
         ("model", "```python\ndef add(a, b):\n    return a + b\n```"),
     ),
 }
-TEACHER_DEMOS = (
-    ("user", TEACHER_BRIEFING.format(statement="What is 6 + 7?", privileged="6 + 7 = 13")
-     + "\n\nThe student said:\n6 + 7 = 12. Final answer: 12"
-     + VERIFIER_NOTE.format(note="the student's answer (12) is wrong.")),
-    ("model", "Not quite. Count up from 6 by 7 again."),
-)
+TEACHER_DEMOS = {
+    "math": (
+        ("user", TEACHER_BRIEFING.format(statement="What is 6 + 7?", privileged="6 + 7 = 13")
+         + "\n\nThe student said:\n6 + 7 = 12. Final answer: 12"
+         + VERIFIER_NOTE.format(note="the student's answer (12) is wrong.")),
+        ("model", "Not quite. Count up from 6 by 7 again."),
+    ),
+    "code": (
+        ("user", TEACHER_BRIEFING.format(
+            statement="Write a function add(a, b) that returns the sum of a and b.",
+            privileged="def add(a, b):\n    return a + b")
+         + "\n\nThe student said:\n```python\ndef add(a, b):\n    return a - b\n```"
+         + VERIFIER_NOTE.format(note="the student's answer (def add(a, b): ...) is wrong. Verifier "
+                                "output:\nassert add(1, 2) == 3 failed: add(1, 2) evaluated to -1")),
+        ("model", "Close. Look at the operator your function uses to combine a and b."),
+    ),
+}
 
 
 QPRIME_DEMOS = (
@@ -76,8 +87,8 @@ def student_demos(problem: Problem, enabled: bool = True) -> tuple[tuple[str, st
   return STUDENT_DEMOS[problem.domain] if enabled else ()
 
 
-def teacher_demos(enabled: bool = True) -> tuple[tuple[str, str], ...]:
-  return TEACHER_DEMOS if enabled else ()
+def teacher_demos(problem: Problem, enabled: bool = True) -> tuple[tuple[str, str], ...]:
+  return TEACHER_DEMOS[problem.domain] if enabled else ()
 
 
 def qprime_demos(enabled: bool = True) -> tuple[tuple[str, str], ...]:
