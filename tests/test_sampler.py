@@ -278,3 +278,14 @@ def test_errors(setup):
   with pytest.raises(ValueError, match="consumed"):
     sampler.sample(params, state, max_new_tokens=2)
   assert state2.lengths[0] == len(prompts[0]) + 2
+
+
+def test_round_to_bfloat16_matches_the_convert():
+  """Greedy ties are broken on bf16-rounded logits by bit arithmetic (the convert is slow on
+  CPUs without bf16): it must round exactly like the convert, ties to even included."""
+  x = jax.random.normal(jax.random.key(0), (100_000,), jnp.float32) * 30
+  ties = (np.arange(1, 1001, dtype=np.uint32) << 16) | np.uint32(0x3F808000)  # exact halfway
+  for v in (x, jnp.asarray(ties.view(np.float32)), -x):
+    want = v.astype(jnp.bfloat16).astype(jnp.float32)
+    np.testing.assert_array_equal(np.asarray(decode.round_to(v, jnp.bfloat16)), np.asarray(want))
+  assert decode.round_to(x, jnp.float32) is x

@@ -80,3 +80,22 @@ def test_logprobs_match_teacher_forcing(real_270m, tokenizer):
     logp = jax.nn.log_softmax(logits / 0.8, axis=-1)
     pos = np.arange(len(p) - 1, len(p) + 7)
     np.testing.assert_allclose(out.logprobs[i], np.asarray(logp[pos, out.tokens[i]]), atol=2e-3)
+
+
+def test_sampler_bench_json_keys():
+  """`python -m sml_jax.bench sampler --json`: the last line is one JSON object with the keys
+  the issue names, each a mapping from batch size."""
+  import json
+  import subprocess
+  import sys
+  proc = subprocess.run(
+      [sys.executable, "-m", "sml_jax.bench", "sampler", "--batches=1,2", "--max_new_tokens=4",
+       "--repeats=1", "--skip_reference_default", "--mt_batch=2", "--turns=1",
+       "--student_tokens=4", "--teacher_tokens=4", "--json"],
+      capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  for key in ("ours_tok_s", "reference_tok_s", "roofline_fraction", "ceiling_tok_s"):
+    assert set(out[key]) == {"1", "2"} and all(v > 0 for v in out[key].values()), (key, out[key])
+  assert "reference_default_tok_s" in out and 0 < out["multi_turn"]["roofline_fraction"] < 1
+  assert "of roofline" in proc.stdout and "gm.text.Sampler" in proc.stdout

@@ -67,7 +67,7 @@ def choose_tokens(policy: Policy, logits, temperature, top_p, keys, round_dtype)
   `gm.text.Sampler` does: argmax of the logits rounded to the model's compute dtype.
   """
   if policy.greedy:
-    tokens = jnp.argmax(logits.astype(round_dtype), axis=-1).astype(jnp.int32)
+    tokens = jnp.argmax(round_to(logits, round_dtype), axis=-1).astype(jnp.int32)
     z = logits
     top = jnp.max(z, axis=-1, keepdims=True)
     total = jnp.sum(jnp.exp(z - top), axis=-1)
@@ -85,6 +85,19 @@ def choose_tokens(policy: Policy, logits, temperature, top_p, keys, round_dtype)
   # log p(token) = z[token] - logsumexp(z), without materialising log_softmax over V.
   chosen = jnp.take_along_axis(z, tokens[:, None], axis=-1)[:, 0]
   return tokens, chosen - top[:, 0] - jnp.log(total)
+
+
+def round_to(x, dtype):
+  """float32 `x` rounded to `dtype`'s precision, kept in float32. bfloat16 by bit arithmetic
+  (round to nearest even, as a convert does): on CPUs without native bf16 the convert costs
+  4x as much, ~15 ms of each batch-32 decode step of the 270M."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return x
+  if jnp.dtype(dtype) != jnp.bfloat16:
+    return x.astype(dtype).astype(jnp.float32)
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  bits = (bits + jnp.uint32(0x7FFF) + ((bits >> 16) & jnp.uint32(1))) & jnp.uint32(0xFFFF0000)
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
 def nucleus_threshold(z, top_p, iterations: int = 32):
