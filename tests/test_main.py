@@ -55,6 +55,22 @@ def _final_params(workdir):
   return last, state["params"]
 
 
+def _start_then_sigkill(workdir, args, ready, poll=0.2):
+  """Starts `python -m sml_jax.main` on the tiny config and SIGKILLs it once `ready()` holds."""
+  cmd = [sys.executable, "-m", "sml_jax.main", "--config=configs/tiny_test.py",
+         f"--workdir={workdir}", *args]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while time.time() < deadline:
+    if ready():
+      break
+    if proc.poll() is not None:
+      pytest.fail("the run ended before it could be killed")
+    time.sleep(poll)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+
+
 @pytest.mark.slow
 def test_sigkill_mid_stage_then_resume_matches_uninterrupted(tmp_path):
   # SFT on reference solutions moves the random-init params (the tiny model never solves a
@@ -65,18 +81,9 @@ def test_sigkill_mid_stage_then_resume_matches_uninterrupted(tmp_path):
   assert ref.returncode == 0, ref.stderr[-3000:]
 
   wd = tmp_path / "killed"
-  cmd = [sys.executable, "-m", "sml_jax.main", "--config=configs/tiny_test.py", f"--workdir={wd}", *args]
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   metrics = wd / "metrics.jsonl"
-  deadline = time.time() + 600
-  while time.time() < deadline:  # Kill once two iterations are logged (and checkpointed).
-    if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-      break
-    if proc.poll() is not None:
-      pytest.fail("the run ended before it could be killed")
-    time.sleep(0.2)
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
+  # Kill once two iterations are logged (and checkpointed).
+  _start_then_sigkill(wd, args, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2)
   assert len(metrics.read_text().splitlines()) < 4
 
   resumed = _main(wd, *args)
@@ -118,18 +125,10 @@ def test_eval_killed_between_batches_resumes_with_the_same_transcripts(tmp_path)
   assert ref.returncode == 0, ref.stderr[-3000:]
 
   wd = tmp_path / "killed"
-  cmd = [sys.executable, "-m", "sml_jax.main", "--config=configs/tiny_test.py", f"--workdir={wd}", *args]
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   partial = wd / "eval" / "before_gsm8k.partial.jsonl"
-  deadline = time.time() + 600
-  while time.time() < deadline:  # Kill once the first batch is on disk.
-    if partial.exists() and partial.read_text().count("\n") >= 1:
-      break
-    if proc.poll() is not None:
-      pytest.fail("the eval ended before it could be killed")
-    time.sleep(0.05)
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
+  # Kill once the first batch is on disk.
+  _start_then_sigkill(wd, args, lambda: partial.exists() and partial.read_text().count("\n") >= 1,
+                      poll=0.05)
   assert not (wd / "eval" / "before_gsm8k.json").exists()
 
   resumed = _main(wd, *args)
