@@ -298,3 +298,26 @@ def test_teacher_demos_match_the_problem_domain():
   assert "6 + 7" in prompts.teacher_demos(math)[0][1]
   assert "def add" in prompts.teacher_demos(code)[0][1] and "6 + 7" not in prompts.teacher_demos(code)[0][1]
   assert prompts.teacher_demos(code, enabled=False) == ()
+
+
+def test_a_slice_of_the_batch_run_alone_samples_the_same_conversations(sampler, tokenizer, tiny):
+  """Multi-host rollouts: each host runs its own rows with `first_row` = their place in the
+  global batch. Every random draw (student and teacher sampling, Q-priming's coin and question,
+  a leak's resample) is keyed by that row, so the two halves equal the whole run."""
+  _, params = tiny
+  cfg = dict(temperature=1.0, teacher="llm", teacher_temperature=1.0, qprime_q=0.6,
+             leak_policy="resample")
+  problems = [_problem(i, 0) for i in range(4)]
+  run = lambda ps, first_row: _runner(sampler, tokenizer, FixedVerdictTask(leak_all=True), **cfg).run(
+      ps, params, seed=3, repeats=2, first_row=first_row)
+  whole = run(problems, 0)
+  halves = run(problems[:2], 0) + run(problems[2:], 4)
+  key = lambda c: (c.to_json(), c.student.ids, c.teacher.ids)
+  assert [key(c) for c in halves] == [key(c) for c in whole]
+  # Not vacuous: rows draw different samples, and Q-priming fired on some rows but not all.
+  assert len({c.turns[1].text for c in whole}) > 1
+  qprimed = [t.flags["qprime"] for c in whole for t in c.turns if t.role == "student"]
+  assert any(qprimed) and not all(qprimed)
+  # Without the offset the second half draws the first half's streams: different conversations.
+  shifted = run(problems[2:], 0)
+  assert [key(c) for c in shifted] != [key(c) for c in whole[4:]]

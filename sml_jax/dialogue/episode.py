@@ -88,6 +88,11 @@ def rows_that_do_not_fit(lengths: Sequence[int], growth: dict[int, int], capacit
   return drop
 
 
+def _coin(seed: int, row: int, turn: int) -> float:
+  """A uniform draw in [0, 1) that depends only on (seed, row, turn)."""
+  return float(np.random.default_rng((seed, row, turn)).random())
+
+
 def _strip_stop(ids: np.ndarray) -> list[int]:
   ids = [int(i) for i in ids]
   return ids[:-1] if ids and ids[-1] in (cf.END_OF_TURN_ID, cf.EOS_ID) else ids
@@ -123,19 +128,25 @@ class EpisodeRunner:
     self.seconds = {"student": 0.0, "verify": 0.0, "qprime": 0.0, "teacher": 0.0}
     self._teacher_index: dict[int, int] = {}
     self._teacher_rebuild = False
+    self._first_row = 0
 
   # --- public API ------------------------------------------------------------------------------
 
   def run(self, problems: Sequence[Problem], student_params, teacher_params=None, *, seed: int = 0,
-          repeats: int = 1, on_turn: Callable[[], None] | None = None) -> list[Conversation]:
+          repeats: int = 1, on_turn: Callable[[], None] | None = None,
+          first_row: int = 0) -> list[Conversation]:
     """Rolls out `repeats` conversations per problem (GRPO groups are consecutive rows).
-    `on_turn` is called after every turn (e.g. to advance a progress bar)."""
+    `on_turn` is called after every turn (e.g. to advance a progress bar).
+
+    Randomness is per conversation: conversation j draws from streams keyed by (seed, turn,
+    `first_row + j`), so a host that runs rows [first_row, first_row + n) of a global batch
+    produces exactly those rows of a single-process run."""
     cfg = self.cfg
     if teacher_params is None:
       # The LLM teacher / question writer defaults to the student's own weights (the caller
       # passes a frozen copy when the student is being trained).
       teacher_params = student_params
-    rng = np.random.default_rng(seed)
+    self._first_row = int(first_row)
     convs = [Conversation(p, cfg.teacher, cfg.max_turns, repeat=r) for p in problems
              for r in range(repeats)]
     for c in convs:
@@ -158,7 +169,7 @@ class EpisodeRunner:
       s_state, out = self.sampler.sample(
           student_params, s_state, max_new_tokens=cfg.student_max_tokens,
           temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-          seed=seed * 1000 + 2 * t, active=active)
+          seed=seed * 1000 + 2 * t, active=active, row_ids=self._row_ids(range(len(convs))))
       rows = np.flatnonzero(active)
       keep = s_state.lengths.copy()
       for i in rows:
@@ -169,7 +180,8 @@ class EpisodeRunner:
       clock = self._lap("student", clock)
       verdicts = self._verify([convs[i] for i in rows])
       clock = self._lap("verify", clock)
-      rewrite = self._score_student_turns([convs[i] for i in rows], verdicts, t, rng, teacher_params)
+      rewrite = self._score_student_turns([convs[i] for i in rows], rows, verdicts, t, seed,
+                                          teacher_params)
       clock = self._lap("qprime", clock)
       # Teacher turn for every conversation that goes on.
       go_on = [i for i in rows if not convs[i].done]
@@ -203,6 +215,10 @@ class EpisodeRunner:
     for c in convs:
       c.reward = turn_reward(c.solved_turn, cfg.gamma)
     return convs
+
+  def _row_ids(self, rows) -> np.ndarray:
+    """Local conversation indices -> global row ids (the keys of their random streams)."""
+    return self._first_row + np.asarray(list(rows), np.int64)
 
   def _lap(self, part: str, since: float) -> float:
     now = time.perf_counter()
@@ -269,8 +285,9 @@ class EpisodeRunner:
         verdicts[j] = v
     return verdicts  # type: ignore[return-value]
 
-  def _score_student_turns(self, convs, verdicts, t, rng, teacher_params) -> bool:
-    """Sets flags / solved_turn; applies Q-priming. Returns True if a student turn was rewritten."""
+  def _score_student_turns(self, convs, rows, verdicts, t, seed, teacher_params) -> bool:
+    """Sets flags / solved_turn; applies Q-priming. Returns True if a student turn was rewritten.
+    `rows`: the conversations' local indices (Q-priming's coin is drawn per row)."""
     qprime_rows = []
     for j, (c, v) in enumerate(zip(convs, verdicts)):
       turn = c.turns[-1]
@@ -282,20 +299,22 @@ class EpisodeRunner:
       if v.correct:
         c.solved_turn = t
       elif (v.attempted and self.cfg.qprime_q > 0 and t < self.cfg.max_turns
-            and rng.random() < self.cfg.qprime_q ** t):
+            and _coin(seed, int(self._row_ids([rows[j]])[0]), t) < self.cfg.qprime_q ** t):
         qprime_rows.append(j)
     if not qprime_rows:
       return False
-    self._qprime([convs[j] for j in qprime_rows], teacher_params, seed=int(rng.integers(1 << 30)))
+    self._qprime([convs[j] for j in qprime_rows], teacher_params, seed=seed * 1000 + 999 - t,
+                 row_ids=self._row_ids([rows[j] for j in qprime_rows]))
     return True
 
-  def _qprime(self, convs, teacher_params, seed) -> None:
+  def _qprime(self, convs, teacher_params, seed, row_ids) -> None:
     """Replaces each failed attempt by a question the model writes from the privileged info."""
     demos = prompts.qprime_demos(self.cfg.fewshot)
     qprompts = [opening_segment(self.tok, prompts.qprime_prompt(c.problem, c.turns[-1].text), demos)[0].tolist()
                 for c in convs]
     out = self.teacher_sampler.generate(teacher_params, qprompts, max_new_tokens=self.cfg.qprime_max_tokens,
-                                temperature=self.cfg.teacher_temperature, seed=seed)
+                                temperature=self.cfg.teacher_temperature, seed=seed,
+                                row_ids=row_ids)
     for c, toks in zip(convs, out.tokens):
       text = _decode(self.tok, toks)
       cut = turn_end.student_cut(text, "math") if "?" in text else None
@@ -413,7 +432,7 @@ class EpisodeRunner:
     t_state, out = self.teacher_sampler.sample(
         teacher_params, t_state, max_new_tokens=self.cfg.teacher_max_tokens,
         temperature=self.cfg.teacher_temperature, seed=seed, active=active,
-        line_stop=self._teacher_line_stop())
+        line_stop=self._teacher_line_stop(), row_ids=self._row_ids(sorted(index, key=index.get)))
     sampled = self._cut_teacher_turns(out, rows, index)
     if any(len(out.tokens[index[i]]) < n for i, n in sampled.items()):
       keep = t_state.lengths.copy()
@@ -431,7 +450,8 @@ class EpisodeRunner:
         retry = self.teacher_sampler.generate(
             teacher_params, [c.teacher.ids for _, c in leaked],
             max_new_tokens=self.cfg.teacher_max_tokens, temperature=max(self.cfg.teacher_temperature, 0.7),
-            seed=seed + 7919, line_stop=self._teacher_line_stop())
+            seed=seed + 7919, line_stop=self._teacher_line_stop(),
+            row_ids=self._row_ids([i for i, _ in leaked]))
         self._cut_teacher_turns(retry, [i for i, _ in leaked], {i: k for k, (i, _) in enumerate(leaked)})
         for k, (i, _) in enumerate(leaked):
           out.tokens[index[i]], out.stopped[index[i]] = retry.tokens[k], retry.stopped[k]

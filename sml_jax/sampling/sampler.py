@@ -123,8 +123,9 @@ class Sampler:
 
   def generate(self, params, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
                temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-               seed: int = 0, line_stop: decode.LineStop | None = None) -> TurnOutput:
-    """One turn from fresh prompts (lists of ids, any lengths)."""
+               seed: int = 0, line_stop: decode.LineStop | None = None,
+               row_ids: Sequence[int] | None = None) -> TurnOutput:
+    """One turn from fresh prompts (lists of ids, any lengths); `row_ids` as in `sample`."""
     self._check_budget(max_new_tokens)
     prompts = self._check_prompts(prompts)
     if max_new_tokens == 0:
@@ -136,7 +137,8 @@ class Sampler:
     reserve = max(len(p) for p in prompts) - 1 + max_new_tokens
     state = self.start(params, prompts, _reserve=reserve)
     _, out = self.sample(params, state, max_new_tokens=max_new_tokens, temperature=temperature,
-                         top_k=top_k, top_p=top_p, seed=seed, line_stop=line_stop)
+                         top_k=top_k, top_p=top_p, seed=seed, line_stop=line_stop,
+                         row_ids=row_ids)
     return out
 
   def start(self, params, prompts: Sequence[Sequence[int]], *, _reserve: int = 0) -> ChatState:
@@ -178,10 +180,14 @@ class Sampler:
   def sample(self, params, state: ChatState, max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0,
              active: np.ndarray | Sequence[bool] | None = None,
-             line_stop: decode.LineStop | None = None) -> tuple[ChatState, TurnOutput]:
+             line_stop: decode.LineStop | None = None,
+             row_ids: Sequence[int] | None = None) -> tuple[ChatState, TurnOutput]:
     """Generates up to `max_new_tokens` per active row; they join the rows' contexts.
     `line_stop`: rows also end at their first line break after some text (`stopped` stays
-    False for them: only stop tokens set it)."""
+    False for them: only stop tokens set it).
+    `row_ids`: the id each row's random stream is folded from (default: its index). Giving a
+    row the same id wherever it runs (e.g. its index in the global batch, when every host
+    samples its own slice) gives it the same samples there."""
     self._check_budget(max_new_tokens)
     policy = dataclasses.replace(self._policy(temperature, top_k, top_p),
                                  line_stop=line_stop is not None)
@@ -204,8 +210,13 @@ class Sampler:
     pending[:b] = [h[-1] for h in state.history]
     positions[:b] = lengths - 1
     act[:b] = active
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
-        jax.random.key(seed), jnp.arange(padded, dtype=jnp.uint32))
+    ids = np.arange(padded, dtype=np.uint32)
+    if row_ids is not None:
+      row_ids = np.asarray(row_ids, np.int64).reshape(-1)
+      if row_ids.shape != (b,) or np.any(row_ids < 0):
+        raise ValueError(f"row_ids must be {b} ids >= 0, got {row_ids.tolist()}.")
+      ids[:b] = row_ids
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), jnp.asarray(ids))
     out = decode.decode(
         self._place(params), cache, self._rows(pending), self._rows(positions), self._rows(act),
         jnp.int32(state.pointer), jnp.int32(max_new_tokens),
