@@ -21,6 +21,7 @@ Data: each host builds only the rows its devices hold, then assembles the global
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Mapping, Sequence, TypeVar
@@ -122,18 +123,23 @@ def host_slice(items: Sequence[T], process_index: int | None = None,
 
       host_slice(range(10), 1, 4) -> range(3, 6)
   """
+  start, stop = host_range(len(items), process_index, process_count)
+  return items[start:stop]
+
+
+def host_range(n: int, process_index: int | None = None,
+               process_count: int | None = None) -> tuple[int, int]:
+  """[start, stop) of this host's block of n items (the block `host_slice` returns)."""
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f"host_slice needs 0 <= process_index < process_count, got {process_index} "
+    raise ValueError(f"host_range needs 0 <= process_index < process_count, got {process_index} "
                      f"and {process_count}.")
-  n = len(items)
   base, extra = divmod(n, process_count)
   start = process_index * base + min(process_index, extra)
-  stop = start + base + (process_index < extra)
-  return items[start:stop]
+  return start, start + base + (process_index < extra)
 
 
 def global_batch(local_batch: Mapping[str, Any], mesh) -> dict:
@@ -155,3 +161,54 @@ def sync(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
+
+
+def is_primary() -> bool:
+  """Process 0 writes the workdir's shared files (metrics, transcripts, evals, report)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
+
+
+def allgather_rows(row) -> "np.ndarray":
+  """A small int/float vector from every host -> [process_count, len(row)] (process order)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  row = np.asarray(row).reshape(1, -1)
+  if jax.process_count() == 1:
+    return row
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(row, tiled=True))
+
+
+def gather_json(items: Sequence[Any]) -> list[Any]:
+  """Every host's list of JSON-able items -> one list, hosts in process order, on every host
+  (e.g. the transcripts of each host's conversations)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return list(items)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  data = np.frombuffer(json.dumps(list(items)).encode(), np.uint8)
+  size = int(allgather_rows([data.size]).max())
+  padded = np.zeros((1, size), np.uint8)
+  padded[0, :data.size] = data
+  every = np.asarray(multihost_utils.process_allgather(padded, tiled=True))
+  out = []
+  for blob in every:   # JSON never contains NUL bytes: the padding is the zeros at the end.
+    out.extend(json.loads(bytes(blob).rstrip(b"\0").decode()))
+  return out
+
+
+def to_local_mesh(tree, local_mesh):
+  """Global (cross-host sharded) arrays -> full copies on this host's `local_mesh`, sharded by
+  the rules table: each host then samples on its own devices with no cross-host traffic.
+
+  Goes through host memory (`process_allgather`), once per RL step for the student's params.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return tree
+  full = multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_put(full, rules.param_shardings(full, local_mesh))

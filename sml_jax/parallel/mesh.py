@@ -62,3 +62,17 @@ def device_grid(shape: tuple[int, ...], devices: list) -> np.ndarray:
 def mesh_from_config(cfg) -> Mesh:
   """`cfg` has fields data, fsdp, tensor (e.g. `config.mesh`)."""
   return make_mesh(cfg.data, cfg.fsdp, cfg.tensor)
+
+
+def sampling_mesh(cfg) -> Mesh:
+  """The mesh rollouts run on. One process: the training mesh (`mesh_from_config`). Several
+  (a pod slice): this host's devices only, so each host samples its own rows with no cross-host
+  collectives in the decode loop (batch over `data`, params split over `tensor` when it divides
+  the local device count, else replicated). The student's weights reach it once per RL step
+  (`distributed.to_local_mesh`); the model must fit one host's devices.
+  """
+  if jax.process_count() == 1:
+    return mesh_from_config(cfg)
+  devices = jax.local_devices()
+  tensor = cfg.tensor if cfg.tensor > 0 and len(devices) % cfg.tensor == 0 else 1
+  return make_mesh(-1, 1, tensor, devices=devices)

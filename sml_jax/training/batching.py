@@ -79,15 +79,17 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
   """Examples -> the padded batch dict described in the module docstring.
 
   batch_multiple: pad B with empty rows (all weights 0) up to a multiple of this (micro-batches
-    x data-parallel devices). pad_batch_to: pad B to exactly this many rows (fixed shapes).
+    x data-parallel devices). pad_batch_to: pad B to exactly this many rows (fixed shapes); with
+    it, `examples` may be empty (an all-padding batch, e.g. a host whose rollouts carried no
+    signal while another's did).
   """
-  if not examples:
+  if not examples and not pad_batch_to:
     raise ValueError("make_batch needs at least one example.")
   if max_len is not None and max_len < 2:
     raise ValueError(f"max_len must be >= 2, got {max_len}.")
   if batch_multiple < 1:
     raise ValueError(f"batch_multiple must be >= 1, got {batch_multiple}.")
-  longest = max(len(e.ids) for e in examples)
+  longest = max((len(e.ids) for e in examples), default=1)
   t = bucket_length(longest, buckets, max_len)
   b = round_up(max(len(examples), pad_batch_to or 0), batch_multiple)
   if pad_batch_to is not None and b != pad_batch_to:
@@ -102,7 +104,7 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
       "weights": np.zeros((b, t), np.float32),
   }
   optional = [k for k in ("old_logprobs", "ref_logprobs")
-              if all(getattr(e, k) is not None for e in examples)]
+              if examples and all(getattr(e, k) is not None for e in examples)]
   for k in optional:
     out[k] = np.zeros((b, t), np.float32)
 

@@ -44,9 +44,13 @@ def _matrices(params):
 
 
 def set_learning_rate(state, lr: float):
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   hp = dict(state.opt_state.hyperparams)
-  hp["learning_rate"] = jnp.asarray(lr, hp["learning_rate"].dtype)
+  old = hp["learning_rate"]
+  # Placed like the value it replaces, through a jit: on several hosts a device_put of a host
+  # scalar gives an array orbax cannot save; a jit output is a proper global array.
+  place = jax.jit(lambda x: x, out_shardings=old.sharding)
+  hp["learning_rate"] = place(np.asarray(lr, old.dtype))
   return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
 
 
@@ -55,17 +59,54 @@ def stage_schedule(st) -> optax.Schedule:
                                        total_steps=max(1, st.steps)))
 
 
-def _conversation_stats(convs) -> dict[str, float]:
-  rewards = np.asarray([c.reward for c in convs], np.float32)
-  turns = [t for c in convs for t in c.turns if t.role == "student"]
+def _conversation_stats(convs: list[dict]) -> dict[str, float]:
+  """Means over conversation transcripts (`Conversation.to_json`)."""
+  rewards = np.asarray([c["reward"] for c in convs], np.float32)
+  turns = [t for c in convs for t in c["turns"] if t["role"] == "student"]
+  mean = lambda xs: float(np.mean(xs)) if len(xs) else 0.0
   return {
-      "reward_mean": float(rewards.mean()) if len(rewards) else 0.0,
-      "success_rate": float(np.mean([c.solved_turn is not None for c in convs])) if convs else 0.0,
-      "success_at_1": float(np.mean([c.solved_turn == 1 for c in convs])) if convs else 0.0,
-      "question_rate": float(np.mean([t.flags.get("question", False) for t in turns])) if turns else 0.0,
-      "mean_student_turns": float(np.mean([c.num_student_turns for c in convs])) if convs else 0.0,
+      "reward_mean": mean(rewards),
+      "success_rate": mean([c["solved_turn"] is not None for c in convs]),
+      "success_at_1": mean([c["solved_turn"] == 1 for c in convs]),
+      "question_rate": mean([t["flags"].get("question", False) for t in turns]),
+      "mean_student_turns": mean([c["num_student_turns"] for c in convs]),
       "num_conversations": float(len(convs)),
   }
+
+
+class _NoMetrics:
+  """Hosts other than process 0 log nothing (process 0 writes the shared metrics file)."""
+
+  def write(self, step, metrics):
+    return metrics
+
+  def close(self):
+    pass
+
+
+def _train_batch(exp, examples, needs_old_logprobs: bool):
+  """This host's examples -> the step's global batch, or None when no host has an example.
+
+  One process: the numpy batch (the step puts it on the mesh). Several: every host pads its rows
+  to the same [rows, T] (agreed by an all-gather of counts and lengths) and the global arrays
+  are assembled from each host's rows (`distributed.global_batch`).
+  """
+  import math  # pylint: disable=g-import-not-at-top
+  from sml_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
+  train = exp.config.train
+  sizes = distributed.allgather_rows([len(examples), max((len(e.ids) for e in examples), default=0)])
+  if sizes[:, 0].sum() == 0:
+    return None
+  hosts, micro = sizes.shape[0], train.micro_batch_size
+  if hosts == 1:
+    return batching.make_batch(examples, max_len=train.max_len, batch_multiple=micro)
+  rows = batching.round_up(int(sizes[:, 0].max()), micro // math.gcd(micro, hosts))
+  length = batching.bucket_length(int(sizes[:, 1].max()), max_len=train.max_len)
+  local = batching.make_batch(examples, max_len=train.max_len, buckets=(length,),
+                              pad_batch_to=rows)
+  if needs_old_logprobs and "old_logprobs" not in local:   # A host without examples.
+    local["old_logprobs"] = np.zeros_like(local["weights"])
+  return distributed.global_batch(local, exp.mesh)
 
 
 class _Steps:
@@ -102,7 +143,11 @@ def run_stages(exp, stages, *, run_eval, collect_examples, stage_seed) -> None:
     print(f"[resume] from iteration {pos['iteration']} (stage {stages[pos['stage_index']][0]}, "
           f"step {pos['stage_step']})", flush=True)
   total = sum(config[k].steps for _, k in stages if k != "eval")
-  writer = MetricsWriter(workdir, total_steps=total, resume_step=pos["iteration"] if restored else None)
+  from sml_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
+  primary, hosts = distributed.is_primary(), exp.jax.process_count()
+  writer = (MetricsWriter(workdir, total_steps=total,
+                          resume_step=pos["iteration"] if restored else None)
+            if primary else _NoMetrics())
   steps = _Steps(exp, tx, train_cfg)
   ckpt.install_sigterm_handler()
   try:
@@ -116,30 +161,42 @@ def run_stages(exp, stages, *, run_eval, collect_examples, stage_seed) -> None:
       st = config[kind]
       schedule = stage_schedule(st)
       if pos["stage_step"] == 0:
-        state = state.replace(opt_state=tx.init(state.params))  # Fresh moments per stage.
+        # Fresh moments per stage, each placed like the one it replaces (computed in one jit so
+        # that on several hosts every leaf is a global array, the step counter included).
+        placement = exp.jax.tree.map(lambda x: x.sharding, state.opt_state)
+        state = state.replace(opt_state=exp.jax.jit(tx.init, out_shardings=placement)(state.params))
       for step in range(pos["stage_step"], st.steps):
         seed = stage_seed(si, step)
         from sml_jax.tasks import registry as tasks  # pylint: disable=g-import-not-at-top
         from sml_jax.runner import _curriculum  # pylint: disable=g-import-not-at-top
         problems = tasks.sample_problems(_curriculum(config, st.curriculum), st.problems_per_step, seed)
+        # Each host rolls out its own block of the step's problems (all of them on one host).
+        lo, hi = distributed.host_range(len(problems))
+        if hosts > 1:
+          print(f"[host {exp.jax.process_index()}/{hosts}] {name} step {step}: problems "
+                f"{lo}..{hi - 1} of {len(problems)}", flush=True)
         t0 = time.time()
-        examples, convs, seconds = collect_examples(exp, kind, st, state, problems, seed)
+        examples, convs, seconds = (collect_examples(exp, kind, st, state, problems[lo:hi], seed,
+                                                     first_problem=lo)
+                                    if hi > lo else ([], [], {}))
+        convs = distributed.gather_json([c.to_json() for c in convs])
         t1 = time.time()
-        _save_rollouts(workdir, name, step, convs)
-        row = {"stage": name, **_conversation_stats(convs), "num_examples": float(len(examples)),
+        if primary:
+          _save_rollouts(workdir, name, step, convs)
+        num_examples = int(distributed.allgather_rows([len(examples)]).sum())
+        row = {"stage": name, **_conversation_stats(convs), "num_examples": float(num_examples),
                "time_sampling_s": t1 - t0, **seconds}
         state = set_learning_rate(state, float(schedule(step)))
         row["learning_rate"] = float(schedule(step))
-        if examples:
-          batch = batching.make_batch(examples, max_len=config.train.max_len,
-                                      batch_multiple=config.train.micro_batch_size)
+        batch = _train_batch(exp, examples, needs_old_logprobs=train_cfg.needs_old_logprobs)
+        if batch is not None:
           if reference_logprobs is not None:
-            batch["ref_logprobs"] = np.asarray(reference_logprobs(exp.reference_params(), batch))
+            batch["ref_logprobs"] = reference_logprobs(exp.reference_params(), batch)
           for _ in range(rl.inner_steps if kind == "rl" else 1):
             state, m = steps(state, batch)
           m = {k: float(v) for k, v in m.items()}
           t2 = time.time()
-          n_tok = float(batch["input_mask"].sum())
+          n_tok = float(_global_sum(batch["input_mask"]))
           row.update({"loss": m["loss"], "grad_norm": m["grad_norm"], "train_tokens": n_tok,
                       "student_tokens": m["num_student_tokens"], "time_training_s": t2 - t1,
                       "tokens_per_s": n_tok / max(t2 - t1, 1e-9)})
@@ -162,9 +219,17 @@ def run_stages(exp, stages, *, run_eval, collect_examples, stage_seed) -> None:
     ckpt.close()
 
 
-def _save_rollouts(workdir, stage: str, step: int, convs) -> None:
+def _global_sum(x) -> float:
+  """Sum of a numpy array or of a (possibly cross-host) jax.Array."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return float(jax.jit(lambda a: a.sum(dtype=np.float32))(x))
+  return float(np.asarray(x).sum())
+
+
+def _save_rollouts(workdir, stage: str, step: int, convs: list[dict]) -> None:
   out = workdir / "rollouts" / stage
   out.mkdir(parents=True, exist_ok=True)
   with open(out / f"step_{step:05d}.jsonl", "w") as f:
     for c in convs:
-      f.write(json.dumps(c.to_json()) + "\n")
+      f.write(json.dumps(c) + "\n")

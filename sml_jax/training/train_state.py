@@ -19,6 +19,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from sml_jax.parallel import rules
@@ -112,7 +113,13 @@ def state_shardings(state: TrainState, mesh):
 
 
 def shard_train_state(state: TrainState, mesh) -> TrainState:
-  return jax.device_put(state, state_shardings(state, mesh))
+  shardings = state_shardings(state, mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(state, shardings)
+  # Several hosts (each passes the same values): assembled by a jit from host copies. A
+  # device_put of host-local arrays onto the cross-host mesh gives arrays orbax cannot save.
+  host = jax.tree.map(np.asarray, state)
+  return jax.jit(lambda s: s, out_shardings=shardings)(host)
 
 
 def count_params(tree) -> int:
