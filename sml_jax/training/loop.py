@@ -15,6 +15,7 @@ any point and restarted on the same workdir ends with the same params as an unin
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -49,9 +50,15 @@ def set_learning_rate(state, lr: float):
   old = hp["learning_rate"]
   # Placed like the value it replaces, through a jit: on several hosts a device_put of a host
   # scalar gives an array orbax cannot save; a jit output is a proper global array.
-  place = jax.jit(lambda x: x, out_shardings=old.sharding)
-  hp["learning_rate"] = place(np.asarray(lr, old.dtype))
+  hp["learning_rate"] = _placer(old.sharding)(np.asarray(lr, old.dtype))
   return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
+
+
+@functools.lru_cache(maxsize=None)
+def _placer(sharding):
+  """A jitted identity with this output sharding (one per sharding, not one per step)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda x: x, out_shardings=sharding)
 
 
 def stage_schedule(st) -> optax.Schedule:
@@ -223,8 +230,14 @@ def _global_sum(x) -> float:
   """Sum of a numpy array or of a (possibly cross-host) jax.Array."""
   import jax  # pylint: disable=g-import-not-at-top
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    return float(jax.jit(lambda a: a.sum(dtype=np.float32))(x))
+    return float(_jitted_sum()(x))
   return float(np.asarray(x).sum())
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_sum():
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda a: a.sum(dtype=np.float32))
 
 
 def _save_rollouts(workdir, stage: str, step: int, convs: list[dict]) -> None:
