@@ -95,7 +95,11 @@ def test_sampler_bench_json_keys():
       capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
-  for key in ("ours_tok_s", "reference_tok_s", "roofline_fraction", "ceiling_tok_s"):
+  for key in ("ours_tok_s", "reference_tok_s", "roofline_fraction", "ceiling_tok_s",
+              "matmul_only_tok_s", "matmul_only_fraction"):
     assert set(out[key]) == {"1", "2"} and all(v > 0 for v in out[key].values()), (key, out[key])
+  # A whole decode call cannot be faster than its step's matmuls alone (some slack for noise).
+  assert all(v < 1.5 for v in out["matmul_only_fraction"].values()), out["matmul_only_fraction"]
   assert "reference_default_tok_s" in out and 0 < out["multi_turn"]["roofline_fraction"] < 1
   assert "of roofline" in proc.stdout and "gm.text.Sampler" in proc.stdout
+  assert "matmuls alone" in proc.stdout

@@ -127,11 +127,13 @@ def decode_layout(arch: Arch, params):
   return out
 
 
-def _proj(x, w):
+def project(x, w):
+  """x @ w for a weight stored (in, out)."""
   return jnp.einsum("...i,io->...o", x, w)
 
 
-def _proj_t(x, w):
+def project_t(x, w):
+  """x @ w.T for a weight stored (out, in)."""
   return jnp.einsum("...i,oi->...o", x, w)
 
 
@@ -144,8 +146,8 @@ def _attention(arch: Arch, i: int, p, x, positions, k_cache, v_cache, cache_pos,
   b, t, _ = x.shape
   nh, kh, hd = arch.num_heads, arch.num_kv_heads, arch.head_dim
   g = nh // kh
-  q = _proj(x, p["wq"]).reshape(b, t, nh, hd)
-  kv = _proj(x, p["wkv"]).reshape(b, t, 2, kh, hd)
+  q = project(x, p["wq"]).reshape(b, t, nh, hd)
+  kv = project(x, p["wkv"]).reshape(b, t, 2, kh, hd)
   k, v = kv[:, :, 0], kv[:, :, 1]
   if arch.use_qk_norm:
     q = rms_norm(q, p["q_norm"])
@@ -170,14 +172,14 @@ def _attention(arch: Arch, i: int, p, x, positions, k_cache, v_cache, cache_pos,
   probs = jax.nn.softmax(logits, axis=-1).astype(k_cache.dtype).reshape(b * kh, t * g, -1)
   enc = jnp.einsum("xqs,xsh->xqh", probs, v_cache).reshape(b, kh, t, g, hd)
   enc = enc.transpose(0, 2, 1, 3, 4).reshape(b, t, nh * hd)
-  return _proj(enc, p["wo"]), k_cache, v_cache
+  return project(enc, p["wo"]), k_cache, v_cache
 
 
 def _mlp(arch: Arch, p, x):
-  gate = _proj_t(x, p["wg"]) if arch.transpose_gating else _proj(x, p["wg"])
+  gate = project_t(x, p["wg"]) if arch.transpose_gating else project(x, p["wg"])
   gate = gate.reshape(gate.shape[:-1] + (2, -1))
   act = jax.nn.gelu(gate[..., 0, :]) * gate[..., 1, :]
-  return _proj(act, p["wl"])
+  return project(act, p["wl"])
 
 
 def forward(arch: Arch, params, tokens, positions, cache, index, mask):
