@@ -289,3 +289,30 @@ def test_round_to_bfloat16_matches_the_convert():
     want = v.astype(jnp.bfloat16).astype(jnp.float32)
     np.testing.assert_array_equal(np.asarray(decode.round_to(v, jnp.bfloat16)), np.asarray(want))
   assert decode.round_to(x, jnp.float32) is x
+
+
+def test_padding_is_compacted_away_instead_of_growing_the_cache(setup):
+  """A row that is not talking leaves padding at every shared slot the others use; when the
+  pointer runs out of capacity, compaction keeps the cache at a smaller capacity than growing
+  would (decode steps attend over the whole capacity), and decoding is unchanged."""
+  model, params, prompts = setup
+  sampler = Sampler(model, cache_length=1024, dtype=jnp.float32, stop_tokens=())
+  rows = [prompts[2], prompts[3]]
+  state = sampler.start(params, rows)
+  history = [list(r) for r in rows]
+  capacities = []
+  for turn in range(6):
+    state, out = sampler.sample(params, state, max_new_tokens=40,
+                                active=[turn % 2 == 0, turn % 2 == 1])
+    for i in range(2):
+      history[i] += out.tokens[i].tolist()
+    capacities.append(int(state.cache["valid"].shape[1]))
+  # The rows take turns: 6 x 40 shared slots would pass 256, but each row holds ~3 x 40 tokens.
+  assert max(len(r) for r in rows) - 1 + 6 * 40 > 256
+  assert max(len(h) for h in history) + 40 <= 256
+  assert max(capacities) == 256, capacities
+  assert [state.tokens(i).tolist() for i in range(2)] == history
+  state, last = sampler.sample(params, state, max_new_tokens=4)
+  fresh = sampler.generate(params, history, max_new_tokens=4)
+  for i in range(2):
+    assert last.tokens[i].tolist() == fresh.tokens[i].tolist()

@@ -10,8 +10,9 @@
 Context layout. Every row's context is `history[b]`; all of it but its last token (`pending`) is
 in the KV cache. Decoding feeds `pending` first, so each token goes through the model exactly
 once (prefill never recomputes history). All rows write at one shared slot pointer; rows of
-different lengths leave invalid padding slots behind (masked out). When the pointer would run
-past `cache_length`, the cache is compacted (valid slots moved to the front of each row).
+different lengths leave invalid padding slots behind (masked out). When the pointer runs out of
+capacity, the cache is compacted (valid slots moved to the front of each row) if that keeps a
+smaller capacity than growing would, and always before the pointer would pass `cache_length`.
 
 The cache is allocated at the smallest capacity bucket (128, 256, 512, ... up to `cache_length`)
 that fits, and grows as conversations do: attention reads only the capacity, so short dialogues
@@ -301,21 +302,26 @@ class Sampler:
                      padded_batch=padded)
 
   def _room(self, state: ChatState, slots: int) -> dict[str, Any]:
-    """Takes the state's cache, compacted and/or grown so that `slots` fit after the pointer.
-    Updates `state.pointer` when compacting."""
+    """Takes the state's cache, with room for `slots` after the pointer: compacted when that
+    keeps a smaller capacity than growing would (every decode step attends over the whole
+    capacity, so padding slots cost time on every later step), else grown. Updates
+    `state.pointer` when compacting."""
     cache = state._take()
-    if state.pointer + slots > self.cache_length:
+    capacity = int(cache["valid"].shape[1])
+    if state.pointer + slots <= capacity:
+      return cache
+    resident = max(max(len(h) for h in state.history) - 1, 0)   # longest row's cached tokens
+    if (state.pointer + slots > self.cache_length
+        or self._capacity_for(resident + slots) < self._capacity_for(state.pointer + slots)):
       cache = decode.compact(cache, mesh=self.mesh)
-      cache_resident = max(max(len(h) for h in state.history) - 1, 0)
-      state.pointer = cache_resident
+      state.pointer = resident
       if state.pointer + slots > self.cache_length:
         raise ValueError(f"The batch needs {state.pointer + slots} cache slots (longest row "
-                         f"{cache_resident + 1} tokens + {slots} new), more than "
+                         f"{resident + 1} tokens + {slots} new), more than "
                          f"cache_length={self.cache_length}.")
-    capacity = int(cache["valid"].shape[1])
-    if state.pointer + slots > capacity:
-      cache = decode.resize(cache, capacity=self._capacity_for(state.pointer + slots),
-                            mesh=self.mesh)
+    needed = self._capacity_for(state.pointer + slots)
+    if needed != capacity:   # grows, or shrinks to what compaction left
+      cache = decode.resize(cache, capacity=needed, mesh=self.mesh)
     return cache
 
   def _capacity_for(self, slots: int) -> int:
