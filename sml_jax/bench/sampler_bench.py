@@ -120,14 +120,7 @@ def matmul_only_seconds(arch, params, batch: int, dtype, repeats: int = 3) -> fl
 
   x = jnp.full((batch, arch.embed_dim), 0.01, dtype)
 
-  def best(n):
-    jax.block_until_ready(steps(params, x, n))
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(steps(params, x, n))
-      times.append(time.perf_counter() - start)
-    return min(times)
+  best = lambda n: _best(lambda: jax.block_until_ready(steps(params, x, n)), repeats)
   return max(best(40) - best(8), 1e-9) / 32
 
 
