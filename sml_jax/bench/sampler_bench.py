@@ -21,8 +21,8 @@ Matmul-only floor: the same step's weight matmuls alone (every layer's q, kv, ou
 down projections and the unembedding, chained at batch B in the compute dtype, nothing else),
 timed here. The peak above comes from a square 2048^3 matmul; at decode shapes (B rows against a
 640 x 262144 table) XLA:CPU's GEMM reaches far less of it, and no decode step can beat its own
-matmuls. `matmul_only_fraction` = ours tok/s / (B / that time): how much of the step is anything
-but matmuls.
+matmuls. `matmul_only_fraction` = ours tok/s / (B / that time); what it lacks from 1 is the time
+spent on everything else (attention, norms, sampling, prefill).
 """
 
 from __future__ import annotations
@@ -112,15 +112,16 @@ def matmul_only_seconds(arch, params, batch: int, dtype, repeats: int = 3) -> fl
         p = layout[f"layer_{i}"]
         q, kv = fwd.project(h, p["wq"]), fwd.project(h, p["wkv"])
         h = fwd.project(q, p["wo"]) + jnp.sum(kv, -1, keepdims=True)
-        gate = fwd.project_t(h, p["wg"]) if arch.transpose_gating else fwd.project(h, p["wg"])
-        h = fwd.project(gate[:, :ffw], p["wl"])
+        h = fwd.project(fwd.gate_projection(arch, p, h)[:, :ffw], p["wl"])
       logits = fwd.logits_from_hidden(arch, layout, h)
+      # Feed a negligible function of the logits back, so XLA cannot drop the unembedding.
       return x + jnp.max(logits, -1, keepdims=True).astype(x.dtype) * 1e-9
     return jax.lax.fori_loop(0, n, one_step, x)
 
   x = jnp.full((batch, arch.embed_dim), 0.01, dtype)
 
-  best = lambda n: _best(lambda: jax.block_until_ready(steps(params, x, n)), repeats)
+  def best(n):
+    return _best(lambda: jax.block_until_ready(steps(params, x, n)), repeats)
   return max(best(40) - best(8), 1e-9) / 32
 
 

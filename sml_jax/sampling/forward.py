@@ -175,8 +175,13 @@ def _attention(arch: Arch, i: int, p, x, positions, k_cache, v_cache, cache_pos,
   return project(enc, p["wo"]), k_cache, v_cache
 
 
+def gate_projection(arch: Arch, p, x):
+  """The MLP's fused gating matmul: (..., D) -> (..., 2F), in the layout `decode_layout` chose."""
+  return project_t(x, p["wg"]) if arch.transpose_gating else project(x, p["wg"])
+
+
 def _mlp(arch: Arch, p, x):
-  gate = project_t(x, p["wg"]) if arch.transpose_gating else project(x, p["wg"])
+  gate = gate_projection(arch, p, x)
   gate = gate.reshape(gate.shape[:-1] + (2, -1))
   act = jax.nn.gelu(gate[..., 0, :]) * gate[..., 1, :]
   return project(act, p["wl"])
