@@ -1,18 +1,30 @@
-"""Config defaults and validation shared by every experiment file in `configs/`.
+"""Config defaults, and the one boundary from the ConfigDict to the typed `RunSpec`.
 
 An experiment is `configs/<name>.py` whose `get_config()` starts from `base_config()` and changes
 what it needs; any field can be overridden on the command line (`--config.rl.steps=10`).
 Stages run in order: `config.stages = "eval_before,qprime_sft,rl,eval_after"`; each stage kind
-has its own section (`config.sft`, `config.qprime_sft`, `config.rl`, `config.eval`).
+has its own section (`config.sft`, `config.qprime_sft`, `config.rl`, `config.eval`) holding its
+own training settings (learning rate, warmup, KL; PPO inner steps for rl).
+
+`to_spec(config)` validates every field once, naming it (`config.rl.inner_steps: ...`), and
+returns the frozen `spec.RunSpec` that everything below the CLI reads.
 Paper defaults (arXiv:2602.16488, from summaries: treat as defaults, not truths): 4 student turns
 in training, 10 at evaluation, gamma 0.7, GRPO groups of 8, no KL, Q-priming q = 0.75.
 """
 
 from __future__ import annotations
 
+import sys
+
 import ml_collections
 
-STAGE_KINDS = ("sft", "offline_sml", "qprime_sft", "rl", "eval")
+from sml_jax import spec as spec_lib
+from sml_jax.dialogue import episode
+from sml_jax.dialogue.episode import DialogueConfig
+from sml_jax.models import registry as model_registry
+from sml_jax.tasks import registry as task_registry
+
+STAGE_KINDS = spec_lib.STAGE_KINDS
 
 
 def curriculum(*items: tuple[str, float, dict] | tuple[str, float]) -> str:
@@ -62,6 +74,7 @@ def _stage(kind: str, steps: int, lr: float, curriculum_name: str, problems_per_
   return ml_collections.ConfigDict({
       "kind": kind, "steps": steps, "learning_rate": lr, "curriculum": curriculum_name,
       "problems_per_step": problems_per_step, "warmup_steps": 0,
+      "kl_beta": 0.0,               # KL to the frozen initial policy (this stage only)
   })
 
 
@@ -96,12 +109,16 @@ def base_config() -> ml_collections.ConfigDict:
       "mixed": curriculum(("gsm8k", 0.5), ("mbpp", 0.5)),
   })
   c.optimizer = ml_collections.ConfigDict({
-      "b1": 0.9, "b2": 0.99, "weight_decay": 0.0, "clip_norm": 1.0, "schedule": "cosine",
+      "b1": 0.9, "b2": 0.99, "weight_decay": 0.0, "grad_clip_norm": 1.0,
+      "schedule": "cosine",         # "cosine" (warmup, then cosine to 10%) | "constant"
+      # Deprecated spelling of grad_clip_norm (still read, with a warning).
+      "clip_norm": ml_collections.FieldReference(None, field_type=float),
   })
   c.train = ml_collections.ConfigDict({
       "max_len": 2048,              # tokens per training sequence (longer dialogues are cut)
       "micro_batch_size": 8,        # sequences per micro-batch (gradient accumulation)
-      "checkpoint_every": 10, "keep_checkpoints": 2, "log_every": 1,
+      "checkpoint_every": 10, "keep_checkpoints": 2,
+      "log_every": 1,               # a progress line on the console every this many steps
   })
   c.sft = _stage("sft", 100, 1e-5, "math", 64)
   c.offline_sml = _stage("offline_sml", 50, 1e-5, "math", 64)
@@ -113,62 +130,178 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.eps = 1e-6                   # advantage = (r - mean) / (std + eps)
   c.rl.clip_eps = 0.2               # PPO ratio clip (only matters with rl.inner_steps > 1)
   c.rl.inner_steps = 1              # optimizer steps per batch of rollouts (1: exactly on-policy)
-  c.rl.kl_beta = 0.0                # KL to the frozen initial policy
+  c.rl.kl_beta = 0.0                # KL to the frozen initial policy (rl only)
   c.eval = ml_collections.ConfigDict({
-      "kind": "eval", "tasks": "gsm8k", "num_problems": 200, "split": "eval", "max_turns": 10,
+      "kind": "eval",
+      "tasks": "gsm8k",             # comma-separated tasks, or curriculum entries (task:1:k=v)
+      "num_problems": 200, "split": "eval", "max_turns": 10,
       "teacher": "llm", "repeats": 1, "temperature": 0.0,
       "batch_size": 32,             # conversations sampled together (x repeats)
   })
   return c
 
 
-def stage_list(config) -> list[tuple[str, str]]:
+
+
+# --- ConfigDict -> RunSpec ------------------------------------------------------------------------
+
+# Task constructor arguments that change how a task *verifies* (its data file, sandbox limits);
+# problem-pool arguments (difficulty, subset, ...) only select which problems are drawn.
+VERIFIER_KWARGS = ("path", "timeout", "allow_unsafe")
+_DTYPES = ("float32", "bfloat16")
+
+
+def _need(cond: bool, field: str, msg: str) -> None:
+  if not cond:
+    raise ValueError(f"config.{field}: {msg}")
+
+
+def stage_names(config) -> list[tuple[str, str]]:
   """"eval_before,rl" -> [("eval_before", "eval"), ("rl", "rl")]: (stage name, kind)."""
   out = []
-  for name in [s.strip() for s in config.stages.split(",") if s.strip()]:
+  for name in [s.strip() for s in str(config.stages).split(",") if s.strip()]:
     kind = "eval" if name.startswith("eval") else name
-    if kind not in STAGE_KINDS:
-      raise ValueError(f"config.stages: unknown stage {name!r}; known kinds: {', '.join(STAGE_KINDS)} "
-                       "(eval stages may be named eval_<anything>).")
+    _need(kind in STAGE_KINDS, "stages",
+          f"unknown stage {name!r}; known kinds: {', '.join(STAGE_KINDS)} "
+          "(eval stages may be named eval_<anything>).")
     out.append((name, kind))
-  if not out:
-    raise ValueError("config.stages is empty.")
+  _need(bool(out), "stages", "is empty.")
   return out
 
 
-def validate(config) -> None:
-  """Fails at start, naming the field, instead of deep inside a run."""
-  from sml_jax.models import registry  # pylint: disable=g-import-not-at-top
-  from sml_jax.tasks import registry as task_registry  # pylint: disable=g-import-not-at-top
+def _entries(text: str, field: str) -> tuple[spec_lib.TaskEntry, ...]:
+  out = []
+  for task, weight, kwargs in parse_curriculum(text, field):
+    _need(task in task_registry.TASK_NAMES, field,
+          f"unknown task {task!r}; known: {', '.join(task_registry.TASK_NAMES)}")
+    _need(weight >= 0, field, f"weight of {task!r} must be >= 0")
+    out.append(spec_lib.TaskEntry(task, weight, kwargs))
+  return tuple(out)
 
-  def need(cond, field, msg):
-    if not cond:
-      raise ValueError(f"config.{field}: {msg}")
 
+def _train_settings(st, kind: str) -> spec_lib.TrainSettings:
+  _need(st.learning_rate > 0, f"{kind}.learning_rate", f"must be positive, got {st.learning_rate}")
+  _need(st.warmup_steps >= 0, f"{kind}.warmup_steps", f"must be >= 0, got {st.warmup_steps}")
+  _need(st.kl_beta >= 0, f"{kind}.kl_beta", f"must be >= 0, got {st.kl_beta}")
+  if kind != "rl":  # SFT stages: plain NLL, one update per batch.
+    return spec_lib.TrainSettings(learning_rate=st.learning_rate, warmup_steps=st.warmup_steps,
+                                  kl_beta=st.kl_beta)
+  _need(st.inner_steps >= 1, "rl.inner_steps",
+        f"must be >= 1 (optimizer steps per batch of rollouts), got {st.inner_steps}")
+  _need(0 < st.clip_eps < 1, "rl.clip_eps", f"must be in (0, 1), got {st.clip_eps}")
+  return spec_lib.TrainSettings(
+      learning_rate=st.learning_rate, warmup_steps=st.warmup_steps, kl_beta=st.kl_beta,
+      loss="ppo" if st.inner_steps > 1 else "nll", inner_steps=st.inner_steps,
+      clip_eps=st.clip_eps)
+
+
+def _train_stage(config, name: str, kind: str) -> spec_lib.TrainStageSpec:
+  st = config[kind]
+  _need(st.steps >= 0, f"{kind}.steps", f"must be >= 0, got {st.steps}")
+  _need(st.problems_per_step >= 1, f"{kind}.problems_per_step",
+        f"must be >= 1, got {st.problems_per_step}")
+  _need(st.curriculum in config.curricula, f"{kind}.curriculum",
+        f"unknown curriculum {st.curriculum!r}; defined: {', '.join(config.curricula.keys())}")
+  extra = {}
+  if "rollouts_per_problem" in st:
+    _need(st.rollouts_per_problem >= 1, f"{kind}.rollouts_per_problem",
+          f"must be >= 1, got {st.rollouts_per_problem}")
+    extra["rollouts_per_problem"] = st.rollouts_per_problem
+  if kind == "rl":
+    _need(st.group_size >= 2, "rl.group_size",
+          f"GRPO needs a group of at least 2 conversations per problem, got {st.group_size}")
+    _need(st.eps > 0, "rl.eps", f"must be > 0, got {st.eps}")
+    extra.update(group_size=st.group_size, adv_eps=st.eps)
+  return spec_lib.TrainStageSpec(
+      name=name, kind=kind, steps=st.steps,
+      curriculum=_entries(config.curricula[st.curriculum], f"curricula.{st.curriculum}"),
+      problems_per_step=st.problems_per_step, train=_train_settings(st, kind), **extra)
+
+
+def _eval_stage(config, name: str) -> spec_lib.EvalSpec:
+  ev = config.eval
+  for field in ("num_problems", "max_turns", "repeats", "batch_size"):
+    _need(ev[field] >= 1, f"eval.{field}", f"must be >= 1, got {ev[field]}")
+  _need(ev.temperature >= 0, "eval.temperature", f"must be >= 0, got {ev.temperature}")
+  _need(ev.teacher in episode.TEACHER_KINDS, "eval.teacher",
+        f"unknown teacher {ev.teacher!r}; known: {', '.join(episode.TEACHER_KINDS)}")
+  return spec_lib.EvalSpec(
+      name=name, tasks=_entries(ev.tasks, "eval.tasks"), num_problems=ev.num_problems,
+      split=ev.split, max_turns=ev.max_turns, teacher=ev.teacher, repeats=ev.repeats,
+      temperature=float(ev.temperature), batch_size=int(ev.batch_size))
+
+
+def _dialogue(config) -> DialogueConfig:
+  d = dict(config.dialogue)
+  _need(0 < d["top_p"] <= 1, "dialogue.top_p", f"must be in (0, 1], got {d['top_p']}")
+  _need(d["top_k"] >= 0, "dialogue.top_k", f"must be >= 0, got {d['top_k']}")
+  for field in ("student_max_tokens", "teacher_max_tokens", "qprime_max_tokens"):
+    _need(d[field] >= 1, f"dialogue.{field}", f"must be >= 1, got {d[field]}")
+  for field in ("temperature", "teacher_temperature"):
+    _need(d[field] >= 0, f"dialogue.{field}", f"must be >= 0, got {d[field]}")
+  # The config's CLI-friendly sentinels (top_p=1.0, top_k=0: no truncation) become None.
+  d["top_p"] = d["top_p"] if d["top_p"] < 1.0 else None
+  d["top_k"] = d["top_k"] or None
   try:
-    registry.check_model_name(config.model)
+    return DialogueConfig(**d)
+  except ValueError as e:  # DialogueConfig names the field as dialogue.<field>.
+    raise ValueError(f"config.{e}") from None
+
+
+def _optimizer(config) -> spec_lib.OptimizerSpec:
+  o = config.optimizer
+  clip = o.grad_clip_norm
+  if o.clip_norm is not None:
+    print("warning: config.optimizer.clip_norm is deprecated; use config.optimizer.grad_clip_norm "
+          f"(using {o.clip_norm}).", file=sys.stderr)
+    clip = o.clip_norm
+  _need(clip is None or clip >= 0, "optimizer.grad_clip_norm", f"must be >= 0, got {clip}")
+  for field in ("b1", "b2"):
+    _need(0 <= o[field] < 1, f"optimizer.{field}", f"must be in [0, 1), got {o[field]}")
+  _need(o.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {o.weight_decay}")
+  _need(o.schedule in ("cosine", "constant"), "optimizer.schedule",
+        f"must be 'cosine' or 'constant', got {o.schedule!r}")
+  return spec_lib.OptimizerSpec(b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                                grad_clip_norm=clip or None, schedule=o.schedule)
+
+
+def to_spec(config) -> spec_lib.RunSpec:
+  """Validates `config` (every field, naming it) -> the typed `RunSpec`."""
+  try:
+    model_registry.check_model_name(config.model)
   except ValueError as e:
     raise ValueError(f"config.model: {e}") from None
-  need(config.lora_rank >= 0, "lora_rank", f"must be >= 0, got {config.lora_rank}")
-  need(config.sampler.cache_length > 0, "sampler.cache_length", "must be positive")
-  for name, kind in stage_list(config):
-    if kind == "eval":
-      for t in [t.strip() for t in config.eval.tasks.split(",") if t.strip()]:
-        need(t in task_registry.TASK_NAMES, "eval.tasks",
-             f"unknown task {t!r}; known: {', '.join(task_registry.TASK_NAMES)}")
-      continue
-    st = config[kind]
-    need(st.steps >= 0, f"{kind}.steps", f"must be >= 0, got {st.steps}")
-    need(st.learning_rate > 0, f"{kind}.learning_rate", f"must be positive, got {st.learning_rate}")
-    need(st.curriculum in config.curricula, f"{kind}.curriculum",
-         f"unknown curriculum {st.curriculum!r}; defined: {', '.join(config.curricula.keys())}")
-    for task, weight, _ in parse_curriculum(config.curricula[st.curriculum],
-                                            f"curricula.{st.curriculum}"):
-      need(task in task_registry.TASK_NAMES, f"curricula.{st.curriculum}",
-           f"unknown task {task!r}; known: {', '.join(task_registry.TASK_NAMES)}")
-      need(weight >= 0, f"curricula.{st.curriculum}", f"weight of {task!r} must be >= 0")
-    if kind == "rl":
-      need(st.group_size >= 2, "rl.group_size",
-           f"GRPO needs a group of at least 2 conversations per problem, got {st.group_size}")
-  need(config.dialogue.max_turns >= 1, "dialogue.max_turns", "must be >= 1")
-  need(0 < config.dialogue.gamma <= 1, "dialogue.gamma", "must be in (0, 1]")
+  if config.teacher.model is not None:
+    try:
+      model_registry.check_model_name(config.teacher.model)
+    except ValueError as e:
+      raise ValueError(f"config.teacher.model: {e}") from None
+  _need(config.lora_rank >= 0, "lora_rank", f"must be >= 0, got {config.lora_rank}")
+  for field in ("param_dtype", "compute_dtype"):
+    _need(config[field] in _DTYPES, field, f"must be one of {_DTYPES}, got {config[field]!r}")
+  _need(config.sampler.cache_length > 0, "sampler.cache_length", "must be positive")
+  tr = config.train
+  _need(tr.max_len >= 2, "train.max_len", f"must be >= 2, got {tr.max_len}")
+  for field in ("micro_batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
+    _need(tr[field] >= 1, f"train.{field}", f"must be >= 1, got {tr[field]}")
+  stages = tuple(_eval_stage(config, name) if kind == "eval" else _train_stage(config, name, kind)
+                 for name, kind in stage_names(config))
+  task_kwargs: dict[str, dict] = {}
+  for name in config.curricula.keys():
+    for entry in _entries(config.curricula[name], f"curricula.{name}"):
+      task_kwargs.setdefault(entry.name, {k: v for k, v in entry.kwargs.items()
+                                          if k in VERIFIER_KWARGS})
+  teacher = None
+  if config.teacher.model or config.teacher.checkpoint:
+    teacher = spec_lib.ModelSpec(config.teacher.model or config.model, config.teacher.checkpoint)
+  return spec_lib.RunSpec(
+      student=spec_lib.ModelSpec(config.model, config.checkpoint), teacher=teacher,
+      tokenizer_path=config.tokenizer_path, lora_rank=config.lora_rank,
+      param_dtype=config.param_dtype, compute_dtype=config.compute_dtype, seed=config.seed,
+      mesh=spec_lib.MeshSpec(config.mesh.data, config.mesh.fsdp, config.mesh.tensor),
+      cache_length=config.sampler.cache_length, dialogue=_dialogue(config),
+      optimizer=_optimizer(config),
+      train=spec_lib.TrainLoopSpec(max_len=tr.max_len, micro_batch_size=tr.micro_batch_size,
+                                   checkpoint_every=tr.checkpoint_every,
+                                   keep_checkpoints=tr.keep_checkpoints, log_every=tr.log_every),
+      stages=stages, task_kwargs=task_kwargs)

@@ -1,5 +1,7 @@
 r"""Runs an experiment: `python -m sml_jax.main --config=configs/<name>.py --workdir=DIR`.
 
+flags -> `config.to_spec(config)` (the typed, validated `RunSpec`) -> `stages.driver.run`.
+
 Stages from `config.stages` run in order (e.g. eval_before, qprime_sft, rl, eval_after). Rerunning
 the same command on the same --workdir resumes from the last checkpoint. Any config field can be
 overridden: `--config.rl.steps=10 --config.model=gemma3_12b --config.checkpoint=gs://...`.
@@ -24,17 +26,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+  # Imported here, not at the top: `--help` and flag errors stay fast (no jax / gemma).
   from sml_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from sml_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   try:
-    config_lib.validate(config)
+    spec = config_lib.to_spec(config)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  from sml_jax.parallel import distributed  # pylint: disable=g-import-not-at-top
   distributed.maybe_initialize()  # Multi-host (e.g. TPU pod workers); a no-op on one process.
-  from sml_jax import runner  # pylint: disable=g-import-not-at-top
-  runner.run(config, _WORKDIR.value)
+  from sml_jax.stages import driver  # pylint: disable=g-import-not-at-top
+  driver.run(spec, _WORKDIR.value, config_json=config.to_json_best_effort(indent=2))
 
 
 if __name__ == "__main__":

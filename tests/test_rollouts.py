@@ -1,4 +1,4 @@
-"""Conversations -> training examples (`sml_jax/training/rollouts.py`): which tokens each stage
+"""Conversations -> training examples (`sml_jax/stages/examples.py`): which tokens each stage
 trains on, and with what weight."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import numpy as np
 from sml_jax.dialogue import chat_format as cf
 from sml_jax.dialogue.conversation import Conversation, Turn
 from sml_jax.tasks.base import Problem
-from sml_jax.training import rollouts
+from sml_jax.stages import examples as rollouts
 
 MATH = Problem(id="m1", task="arithmetic", domain="math", statement="What is 2 + 3?",
                privileged="2 + 3 = 5\nFinal answer: 5", answer="5")

@@ -111,3 +111,12 @@ def pair_names(names: Sequence[str]) -> tuple[list[tuple[str, str, str]], list[s
            if n.startswith("before_") and "after_" + n[len("before_"):] in names]
   paired = {p for _, b, a in pairs for p in (b, a)}
   return pairs, [n for n in names if n not in paired]
+
+
+def write_rollouts(workdir: str, stage: str, step: int, transcripts: Sequence[dict]) -> str:
+  """workdir/rollouts/<stage>/step_<n>.jsonl: one training iteration's conversations."""
+  out = os.path.join(os.fspath(workdir), "rollouts", stage)
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, f"step_{step:05d}.jsonl")
+  _write_atomic(path, "".join(json.dumps(c) + "\n" for c in transcripts))
+  return path

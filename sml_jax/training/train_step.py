@@ -24,7 +24,8 @@ and removed by XLA.
 With a `mesh`, state and batch are sharded by `sml_jax/parallel/rules.py` (batch rows over
 ("data", "fsdp")); the state buffers are donated. Metrics (all float32 scalars): loss,
 grad_norm (before clipping), learning_rate, num_student_tokens, denominator, mean_logprob
-(student tokens), and with PPO / KL: clip_fraction, kl.
+(student tokens), and with PPO / KL: clip_fraction, log_ratio_abs_mean (mean |log p - log p_old|
+over student tokens), kl.
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig
   if cfg.needs_old_logprobs:
     sums["clip_sum"] = (mask * losses.ppo_clip_fraction(
         logp, aux["old_logprobs"], aux["weights"], cfg.clip_eps)).sum()
+    # |log ratio| of the sampled tokens: ~0 on the first (on-policy) inner step.
+    sums["log_ratio_abs_sum"] = (mask * jnp.abs(logp - aux["old_logprobs"])).sum()
   if cfg.needs_ref_logprobs:
     sums["kl_sum"] = (mask * losses.kl_k3(logp, aux["ref_logprobs"])).sum()
   return loss_sum, (denominator, sums)
@@ -229,6 +232,7 @@ def train_step(state: TrainState, batch: Batch, *, model, optimizer, cfg: TrainC
   }
   if "clip_sum" in sums:
     metrics["clip_fraction"] = sums["clip_sum"] / n
+    metrics["log_ratio_abs_mean"] = sums["log_ratio_abs_sum"] / n
   if "kl_sum" in sums:
     metrics["kl"] = sums["kl_sum"] / n
   if schedule is not None:

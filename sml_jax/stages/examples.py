@@ -12,14 +12,13 @@ Every stage feeds the same train step; only the weights on the student's tokens 
                replaced failed attempts (Q-priming), plain questions, and correct answers; failed
                attempts get 0. All conversations are kept: the questions are the point.
 
-Pure numpy; the conversations come from `sml_jax.dialogue.episode.EpisodeRunner.run`.
+Pure numpy; the conversations come from `sml_jax.dialogue.episode.EpisodeRunner.run`. (It sits
+above `dialogue/`: it reads conversations; the train step below it sees only `Example`s.)
 """
 
 from __future__ import annotations
 
 from typing import Sequence
-
-from sml_jax.tasks.base import Problem
 
 import numpy as np
 
@@ -27,6 +26,7 @@ from sml_jax.dialogue import chat_format as cf
 from sml_jax.dialogue import prompts
 from sml_jax.dialogue.chat_format import Role
 from sml_jax.dialogue.conversation import Conversation
+from sml_jax.tasks.base import Problem
 from sml_jax.training.advantages import grpo_advantages
 from sml_jax.training.batching import Example
 

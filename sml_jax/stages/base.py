@@ -1,0 +1,180 @@
+"""The Stage protocol, the registry of stage kinds, and the one training iteration.
+
+    stage = make_stage(spec)                 # spec: a TrainStageSpec or EvalSpec
+    state = stage.run(ctx, state, first_step)   # -> None when a SIGTERM checkpoint stopped it
+
+A training stage is `steps` iterations of
+
+    problems (seeded by run seed, stage, step) -> this host's block -> rollouts with the current
+    params (on-policy) -> examples (per-token weights, `examples.py`) -> the shared train step
+
+and differs from another only in `collect` (how conversations become examples) and in its
+`TrainSettings`. `TrainingStage.iteration` is that whole loop body, public so that
+`python -m sml_jax.bench rl` times exactly what the driver runs.
+
+Resume: a checkpoint holds the train state plus {"stage_index", "stage_step", "iteration"}. The
+problems and sampling seeds of an iteration depend only on (seed, stage, step)
+(`rng.stream(..., "rollout")`), so a run killed at any point and restarted on the same workdir
+ends with the same params as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from sml_jax import rng
+from sml_jax.evaluation import store
+from sml_jax.parallel import distributed
+from sml_jax.spec import EvalSpec, TrainStageSpec
+from sml_jax.stages.trainer import Trainer, stage_schedule
+from sml_jax.tasks import registry as task_registry
+from sml_jax.training.batching import Example
+
+
+@dataclasses.dataclass
+class Context:
+  """What every stage of a run shares. `stage_index` is this stage's position in the run."""
+  exp: Any                           # experiment.Experiment
+  trainer: Trainer | None
+  workdir: str
+  checkpointer: Any = None           # training.checkpointing.Checkpointer (None: never saves)
+  metrics: Any = None                # training.metrics.MetricsWriter-like (None: no log)
+  stage_index: int = 0
+  iteration: int = 0                 # training iterations finished in the whole run
+
+
+class Collected(NamedTuple):
+  examples: list[Example]
+  conversations: list                # dialogue.conversation.Conversation (this host's)
+  seconds: dict[str, float]          # wall time per part of the rollout
+
+
+class Stage(Protocol):
+  spec: TrainStageSpec | EvalSpec
+
+  def run(self, ctx: Context, state, first_step: int = 0):
+    """Runs the stage from `first_step` -> the new state, or None if a SIGTERM checkpoint
+    was saved and the run should exit."""
+
+
+_REGISTRY: dict[str, Callable[[Any], Stage]] = {}
+
+
+def register(kind: str):
+  def decorator(cls):
+    _REGISTRY[kind] = cls
+    return cls
+  return decorator
+
+
+def make_stage(spec: TrainStageSpec | EvalSpec) -> Stage:
+  if spec.kind not in _REGISTRY:
+    raise ValueError(f"unknown stage kind {spec.kind!r}; known: {', '.join(sorted(_REGISTRY))}")
+  return _REGISTRY[spec.kind](spec)
+
+
+def conversation_stats(convs: Sequence[dict]) -> dict[str, float]:
+  """Means over conversation transcripts (`Conversation.to_json`)."""
+  rewards = np.asarray([c["reward"] for c in convs], np.float32)
+  turns = [t for c in convs for t in c["turns"] if t["role"] == "student"]
+  mean = lambda xs: float(np.mean(xs)) if len(xs) else 0.0
+  return {
+      "reward_mean": mean(rewards),
+      "success_rate": mean([c["solved_turn"] is not None for c in convs]),
+      "success_at_1": mean([c["solved_turn"] == 1 for c in convs]),
+      "question_rate": mean([t["flags"].get("question", False) for t in turns]),
+      "mean_student_turns": mean([c["num_student_turns"] for c in convs]),
+      "num_conversations": float(len(convs)),
+  }
+
+
+class TrainingStage:
+  """Base of the training stages; subclasses implement `collect`."""
+
+  def __init__(self, spec: TrainStageSpec):
+    self.spec = spec
+
+  @property
+  def kind(self) -> str:
+    return self.spec.kind
+
+  def collect(self, exp, state, problems, seed: int, first_problem: int) -> Collected:
+    """This host's `problems` (starting at `first_problem` of the step's list) -> examples."""
+    raise NotImplementedError
+
+  def problems(self, exp, step: int, stage_index: int):
+    """(all problems of `step`, its seed): a function of (run seed, stage, step) only."""
+    seed = rng.stream(exp.spec.seed, "rollout", stage=stage_index, step=step)
+    entries = [e.as_tuple() for e in self.spec.curriculum]
+    return task_registry.sample_problems(entries, self.spec.problems_per_step, seed), seed
+
+  def iteration(self, ctx: Context, state, step: int):
+    """One training iteration -> (state, metrics row, transcripts of every host)."""
+    exp = ctx.exp
+    problems, seed = self.problems(exp, step, ctx.stage_index)
+    lo, hi = distributed.host_range(len(problems))   # Each host rolls out its own block.
+    if jax.process_count() > 1:
+      print(f"[host {jax.process_index()}/{jax.process_count()}] "
+            f"{self.spec.name} step {step}: problems {lo}..{hi - 1} of {len(problems)}", flush=True)
+    t0 = time.time()
+    got = (self.collect(exp, state, problems[lo:hi], seed, first_problem=lo) if hi > lo
+           else Collected([], [], {}))
+    convs = distributed.gather_json([c.to_json() for c in got.conversations])
+    t1 = time.time()
+    num_examples = int(distributed.allgather_rows([len(got.examples)]).sum())
+    row = {"stage": self.spec.name, **conversation_stats(convs),
+           "num_examples": float(num_examples), "time_sampling_s": t1 - t0, **got.seconds}
+    lr = float(stage_schedule(self.spec.train, self.spec.steps,
+                              exp.spec.optimizer.schedule)(step))
+    state, m = ctx.trainer.train(state, got.examples, self.spec.train, lr)
+    row["learning_rate"] = lr
+    if m is None:
+      row["time_training_s"] = 0.0   # No signal (e.g. all-equal rewards): no update.
+    else:
+      t2 = time.time()
+      row.update({"loss": m["loss"], "grad_norm": m["grad_norm"], "train_tokens": m["train_tokens"],
+                  "student_tokens": m["num_student_tokens"], "time_training_s": t2 - t1,
+                  "tokens_per_s": m["train_tokens"] / max(t2 - t1, 1e-9)})
+      row.update({k: v for k, v in m.items() if k in ("kl", "clip_fraction", "log_ratio_abs_mean")
+                  or k.startswith("first_")})
+    return state, row, convs
+
+  def run(self, ctx: Context, state, first_step: int = 0):
+    if first_step == 0:
+      state = ctx.trainer.start_stage(state)   # Fresh moments per stage.
+    primary = distributed.is_primary()
+    log_every = ctx.exp.spec.train.log_every
+    for step in range(first_step, self.spec.steps):
+      state, row, convs = self.iteration(ctx, state, step)
+      if primary:
+        store.write_rollouts(ctx.workdir, self.spec.name, step, convs)
+      ctx.iteration += 1
+      last = step + 1 == self.spec.steps
+      pos = ({"stage_index": ctx.stage_index + 1, "stage_step": 0, "iteration": ctx.iteration}
+             if last else
+             {"stage_index": ctx.stage_index, "stage_step": step + 1, "iteration": ctx.iteration})
+      if ctx.metrics is not None:
+        ctx.metrics.write(ctx.iteration, row)
+      if primary and (step + 1) % log_every == 0:
+        _log_line(self.spec.name, step, self.spec.steps, row)
+      if ctx.checkpointer is None:
+        continue
+      if last:
+        ctx.checkpointer.save(ctx.iteration, state, pos)
+      elif ctx.checkpointer.maybe_save(ctx.iteration, state, pos):
+        print("[sigterm] checkpoint saved; exiting", flush=True)
+        return None
+    return state
+
+
+def _log_line(stage: str, step: int, steps: int, row: dict) -> None:
+  loss = f"loss {row['loss']:.4f}" if "loss" in row else "no update"
+  tqdm.write(f"[{stage}] step {step + 1}/{steps}: reward {row['reward_mean']:.3f}, success "
+        f"{row['success_rate']:.3f}, {int(row['num_examples'])} examples, {loss} "
+        f"({row['time_sampling_s'] + row['time_training_s']:.0f} s)")

@@ -1,0 +1,17 @@
+"""`sft`: supervised finetuning on reference solutions (no rollout), the baseline SML is
+compared with. The reference solution is written as the student's first turn after the same
+opening (and in-context demonstrations) as a dialogue; the loss is on that turn only."""
+
+from __future__ import annotations
+
+from sml_jax.stages import examples
+from sml_jax.stages.base import Collected, TrainingStage, register
+
+
+@register("sft")
+class SFTStage(TrainingStage):
+
+  def collect(self, exp, state, problems, seed: int, first_problem: int) -> Collected:
+    del state, seed, first_problem  # Nothing is sampled.
+    return Collected(examples.reference_examples(problems, exp.tokenizer,
+                                                 exp.spec.dialogue.fewshot), [], {})

@@ -1,0 +1,148 @@
+"""The optimizer and the compiled train steps that every training stage shares.
+
+    trainer = Trainer(exp)
+    state = trainer.initial_state()                     # sharded on the training mesh
+    state = trainer.start_stage(state)                  # fresh AdamW moments
+    state, metrics = trainer.train(state, examples, settings, learning_rate=lr)
+
+One `make_train_step` per (stage settings, micro-batch count); each compiles per [B, T]. The
+learning rate is an injected hyperparameter set before every step, so switching stages (or
+schedules) does not recompile. `settings` (a stage's `TrainSettings`) chooses the loss: NLL
+(SFT; GRPO at ratio 1) or the clipped PPO ratio with `inner_steps` > 1, and the KL weight.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from sml_jax.parallel import distributed
+from sml_jax.spec import TrainSettings
+from sml_jax.training import batching
+from sml_jax.training.optimizer import OptimizerConfig, make_optimizer, make_schedule
+from sml_jax.training.train_state import create_train_state, shard_train_state
+from sml_jax.training.train_step import TrainConfig, make_logprob_fn, make_train_step
+
+
+def stage_schedule(settings: TrainSettings, steps: int, schedule: str = "cosine"):
+  """The learning rate of each step of a stage: warmup, then cosine (or flat) over its steps."""
+  return make_schedule(OptimizerConfig(learning_rate=settings.learning_rate,
+                                       warmup_steps=settings.warmup_steps,
+                                       total_steps=max(1, steps), schedule=schedule))
+
+
+@functools.lru_cache(maxsize=None)
+def _placer(sharding):
+  """A jitted identity with this output sharding (one per sharding, not one per step)."""
+  return jax.jit(lambda x: x, out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_sum():
+  return jax.jit(lambda a: a.sum(dtype=np.float32))
+
+
+def global_sum(x) -> float:
+  """Sum of a numpy array or of a (possibly cross-host) jax.Array."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return float(_jitted_sum()(x))
+  return float(np.asarray(x).sum())
+
+
+def set_learning_rate(state, lr: float):
+  hp = dict(state.opt_state.hyperparams)
+  old = hp["learning_rate"]
+  # Placed like the value it replaces, through a jit: on several hosts a device_put of a host
+  # scalar gives an array orbax cannot save; a jit output is a proper global array.
+  hp["learning_rate"] = _placer(old.sharding)(np.asarray(lr, old.dtype))
+  return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
+
+
+class Trainer:
+  """The optimizer, the train state's placement and the compiled steps of a run."""
+
+  def __init__(self, exp):
+    self.exp = exp
+    o = exp.spec.optimizer
+    self.tx = make_optimizer(OptimizerConfig(b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                                             grad_clip_norm=o.grad_clip_norm),
+                             injected_learning_rate=True)
+    self._steps: dict[TrainConfig, object] = {}
+    self._ref_logprobs = None
+
+  def initial_state(self):
+    exp = self.exp
+    return shard_train_state(create_train_state(exp.model, exp.base_params, self.tx,
+                                                seed=exp.spec.seed), exp.mesh)
+
+  def start_stage(self, state):
+    """Fresh AdamW moments, each placed like the one it replaces (computed in one jit so that
+    on several hosts every leaf is a global array, the step counter included)."""
+    placement = jax.tree.map(lambda x: x.sharding, state.opt_state)
+    return state.replace(opt_state=jax.jit(self.tx.init, out_shardings=placement)(state.params))
+
+  def _config(self, settings: TrainSettings, num_micro: int) -> TrainConfig:
+    return TrainConfig(loss=settings.loss, clip_eps=settings.clip_eps, kl_beta=settings.kl_beta,
+                       compute_dtype=self.exp.spec.compute_dtype, num_micro_batches=num_micro)
+
+  def _step(self, cfg: TrainConfig):
+    if cfg not in self._steps:
+      self._steps[cfg] = make_train_step(self.exp.model, self.tx, cfg, mesh=self.exp.mesh)
+    return self._steps[cfg]
+
+  def batch(self, examples: Sequence[batching.Example], needs_old_logprobs: bool):
+    """This host's examples -> the step's global batch, or None when no host has an example.
+
+    One process: the numpy batch (the step puts it on the mesh). Several: every host pads its
+    rows to the same [rows, T] (agreed by an all-gather of counts and lengths) and the global
+    arrays are assembled from each host's rows (`distributed.global_batch`).
+    """
+    train = self.exp.spec.train
+    sizes = distributed.allgather_rows(
+        [len(examples), max((len(e.ids) for e in examples), default=0)])
+    if sizes[:, 0].sum() == 0:
+      return None
+    hosts, micro = sizes.shape[0], train.micro_batch_size
+    if hosts == 1:
+      return batching.make_batch(examples, max_len=train.max_len, batch_multiple=micro)
+    rows = batching.round_up(int(sizes[:, 0].max()), micro // math.gcd(micro, hosts))
+    length = batching.bucket_length(int(sizes[:, 1].max()), max_len=train.max_len)
+    local = batching.make_batch(examples, max_len=train.max_len, buckets=(length,),
+                                pad_batch_to=rows)
+    if needs_old_logprobs and "old_logprobs" not in local:   # A host without examples.
+      local["old_logprobs"] = np.zeros_like(local["weights"])
+    return distributed.global_batch(local, self.exp.mesh)
+
+  def reference_logprobs(self, batch, settings: TrainSettings):
+    """The frozen initial policy's log-probs of `batch` (for the KL term), teacher-forced."""
+    if self._ref_logprobs is None:
+      self._ref_logprobs = make_logprob_fn(self.exp.reference.model,
+                                           self._config(settings, 1))
+    return self._ref_logprobs(self.exp.reference_params(), batch)
+
+  def train(self, state, examples, settings: TrainSettings, learning_rate: float):
+    """`settings.inner_steps` updates on the batch of `examples` -> (state, metrics or None).
+    None (and no update) when no host has an example (e.g. all rewards of every group equal)."""
+    state = set_learning_rate(state, learning_rate)
+    batch = self.batch(examples, settings.needs_old_logprobs)
+    if batch is None:
+      return state, None
+    if settings.kl_beta > 0:
+      batch["ref_logprobs"] = self.reference_logprobs(batch, settings)
+    micro = self.exp.spec.train.micro_batch_size
+    step = self._step(self._config(settings, max(1, batch["tokens"].shape[0] // micro)))
+    inner = []
+    for _ in range(settings.inner_steps):
+      state, m = step(state, batch)
+      inner.append({k: float(v) for k, v in m.items()})
+    metrics = dict(inner[-1])
+    if len(inner) > 1:   # The first inner step is on-policy: its PPO ratio is 1.
+      metrics.update({f"first_{k}": inner[0][k] for k in ("loss", "clip_fraction", "log_ratio_abs_mean")
+                      if k in inner[0]})
+    metrics["train_tokens"] = global_sum(batch["input_mask"])
+    return state, metrics
+
