@@ -195,7 +195,7 @@ def _train_settings(st, kind: str) -> spec_lib.TrainSettings:
       clip_eps=st.clip_eps)
 
 
-def _train_stage(config, name: str, kind: str) -> spec_lib.TrainStageSpec:
+def train_stage_spec(config, name: str, kind: str) -> spec_lib.TrainStageSpec:
   st = config[kind]
   _need(st.steps >= 0, f"{kind}.steps", f"must be >= 0, got {st.steps}")
   _need(st.problems_per_step >= 1, f"{kind}.problems_per_step",
@@ -284,7 +284,7 @@ def to_spec(config) -> spec_lib.RunSpec:
   _need(tr.max_len >= 2, "train.max_len", f"must be >= 2, got {tr.max_len}")
   for field in ("micro_batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
     _need(tr[field] >= 1, f"train.{field}", f"must be >= 1, got {tr[field]}")
-  stages = tuple(_eval_stage(config, name) if kind == "eval" else _train_stage(config, name, kind)
+  stages = tuple(_eval_stage(config, name) if kind == "eval" else train_stage_spec(config, name, kind)
                  for name, kind in stage_names(config))
   task_kwargs: dict[str, dict] = {}
   for name in config.curricula.keys():

@@ -45,13 +45,13 @@ def sample_batch(config) -> int:
   """The largest number of conversations any configured stage samples at once."""
   from sml_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   sizes = []
-  for _, kind in config_lib.stage_list(config):
-    if kind == "rl":
-      sizes.append(config.rl.problems_per_step * config.rl.group_size)
-    elif kind in ("qprime_sft", "offline_sml"):
-      sizes.append(config[kind].problems_per_step * config[kind].rollouts_per_problem)
-    elif kind == "eval":
-      sizes.append(int(config.eval.get("batch_size", 32)) * config.eval.repeats)
+  for st in config_lib.to_spec(config).stages:
+    if st.kind == "rl":
+      sizes.append(st.problems_per_step * st.group_size)
+    elif st.kind in ("qprime_sft", "offline_sml"):
+      sizes.append(st.problems_per_step * st.rollouts_per_problem)
+    elif st.kind == "eval":
+      sizes.append(st.batch_size * st.repeats)
   return max(sizes, default=1)
 
 
@@ -150,7 +150,7 @@ def main(argv):
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_platforms", "cpu")  # Shapes only: no accelerator needed here.
   try:
-    config_lib.stage_list(config)
+    config_lib.to_spec(config)
     devices, hbm, desc = device_budget(_TOPOLOGY.value)
     plan, ts, ss = build(config, devices, hbm, sample=_SAMPLE_BATCH.value or None)
   except ValueError as e:

@@ -104,9 +104,9 @@ def test_sigkill_mid_stage_then_resume_matches_uninterrupted(tmp_path):
 
 
 def test_kl_to_the_frozen_initial_policy_is_logged_and_starts_at_zero(tmp_path):
-  """rl.kl_beta > 0: every train batch carries the initial policy's log-probs; the first step's
+  """sft.kl_beta > 0: every train batch carries the initial policy's log-probs; the first step's
   policy *is* that policy (KL 0), later steps drift from it (KL > 0)."""
-  proc = _main(tmp_path / "wd", "--config.stages=sft", "--config.rl.kl_beta=0.1",
+  proc = _main(tmp_path / "wd", "--config.stages=sft", "--config.sft.kl_beta=0.1",
                "--config.sft.steps=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(line) for line in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]

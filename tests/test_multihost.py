@@ -150,10 +150,12 @@ def test_two_hosts_run_the_pipeline_each_on_its_block_of_the_data(tmp_path):
   import jax
   from configs import tiny_test
   from sml_jax.models import registry
-  from sml_jax.training import loop
+  from sml_jax import config as config_lib
+  from sml_jax.stages import trainer
   from sml_jax.training import train_state as ts
   from sml_jax.training.checkpointing import Checkpointer
-  tx = loop.make_optimizer(tiny_test.get_config().optimizer)
+  exp_spec = config_lib.to_spec(tiny_test.get_config())
+  tx = trainer.make_run_optimizer(exp_spec.optimizer)
   target = ts.create_train_state(registry.build_model("tiny"), registry.load_params("tiny"), tx)
   after_sft = []
   for d in (single, multi):

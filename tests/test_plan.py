@@ -9,7 +9,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import pytest
 
 from sml_jax.models import registry
@@ -17,7 +16,7 @@ from sml_jax.parallel import memory
 from sml_jax.parallel import topology
 from sml_jax.sampling import decode
 from sml_jax.sampling import forward as fwd
-from sml_jax.training import loop
+from sml_jax.training import optimizer as opt
 from sml_jax.training import train_state as ts
 from sml_jax.training import train_step as tstep
 
@@ -37,8 +36,8 @@ def _xla_train_step(model, shapes, b: int, t: int, compute_dtype: str):
   """memory_analysis of the project's train step, lowered on shapes only (nothing allocated)."""
   _, frozen = memory.split_trainable(model, shapes)
   base = frozen or shapes
-  tx = loop.make_optimizer(ml_collections.ConfigDict(
-      {"b1": 0.9, "b2": 0.99, "weight_decay": 0.0, "clip_norm": 1.0}))
+  tx = opt.make_optimizer(opt.OptimizerConfig(b1=0.9, b2=0.99, grad_clip_norm=1.0),
+                         injected_learning_rate=True)
   state = jax.eval_shape(lambda p: ts.create_train_state(model, p, tx), base)
   fn = jax.jit(functools.partial(tstep.train_step, model=model, optimizer=tx,
                                  cfg=tstep.TrainConfig(compute_dtype=compute_dtype)),

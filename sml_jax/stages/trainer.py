@@ -19,6 +19,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+import optax
 
 from sml_jax.parallel import distributed
 from sml_jax.spec import TrainSettings
@@ -26,6 +27,13 @@ from sml_jax.training import batching
 from sml_jax.training.optimizer import OptimizerConfig, make_optimizer, make_schedule
 from sml_jax.training.train_state import create_train_state, shard_train_state
 from sml_jax.training.train_step import TrainConfig, make_logprob_fn, make_train_step
+
+
+def make_run_optimizer(o) -> optax.GradientTransformation:
+  """The optimizer of a run (`spec.OptimizerSpec`), with the learning rate set per step."""
+  return make_optimizer(OptimizerConfig(b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                                        grad_clip_norm=o.grad_clip_norm),
+                        injected_learning_rate=True)
 
 
 def stage_schedule(settings: TrainSettings, steps: int, schedule: str = "cosine"):
@@ -67,10 +75,7 @@ class Trainer:
 
   def __init__(self, exp):
     self.exp = exp
-    o = exp.spec.optimizer
-    self.tx = make_optimizer(OptimizerConfig(b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                                             grad_clip_norm=o.grad_clip_norm),
-                             injected_learning_rate=True)
+    self.tx = make_run_optimizer(exp.spec.optimizer)
     self._steps: dict[TrainConfig, object] = {}
     self._ref_logprobs = None
 

@@ -1,0 +1,75 @@
+"""`config.to_spec`: the one ConfigDict -> RunSpec boundary; every bad field fails naming it."""
+
+import pytest
+
+from configs import tiny_test
+from sml_jax import config as config_lib
+from sml_jax import spec as spec_lib
+
+
+def _spec(**overrides):
+  c = tiny_test.get_config()
+  c.update_from_flattened_dict(overrides)
+  return config_lib.to_spec(c)
+
+
+def test_tiny_config_becomes_a_typed_spec():
+  s = _spec()
+  assert [st.kind for st in s.stages] == ["eval", "sft", "qprime_sft", "rl", "eval"]
+  rl = s.stages[3]
+  assert isinstance(rl, spec_lib.TrainStageSpec) and rl.group_size == 2
+  assert rl.train == spec_lib.TrainSettings(learning_rate=1e-3)   # NLL, 1 inner step, no KL
+  assert rl.curriculum == (spec_lib.TaskEntry("arithmetic", 1.0, {"difficulty": 0}),)
+  assert s.dialogue.top_p is None and s.dialogue.top_k is None    # sentinels -> None
+  assert s.training_steps == 2 + 2 + 3
+  assert isinstance(s.stages[0], spec_lib.EvalSpec) and s.stages[0].tasks[0].name == "arithmetic"
+
+
+def test_each_stage_owns_its_settings():
+  s = _spec(**{"rl.inner_steps": 2, "rl.kl_beta": 0.1, "sft.kl_beta": 0.05})
+  sft, qprime, rl = s.stages[1:4]
+  assert rl.train.loss == "ppo" and rl.train.inner_steps == 2 and rl.train.kl_beta == 0.1
+  assert sft.train.loss == "nll" and sft.train.inner_steps == 1 and sft.train.kl_beta == 0.05
+  assert qprime.train.loss == "nll" and qprime.train.kl_beta == 0.0   # rl.kl_beta stays in rl
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"rl.inner_steps": 0}, "config.rl.inner_steps: must be >= 1"),
+    ({"rl.clip_eps": 1.5}, "config.rl.clip_eps"),
+    ({"rl.kl_beta": -1.0}, "config.rl.kl_beta"),
+    ({"sft.kl_beta": -1.0}, "config.sft.kl_beta"),
+    ({"rl.eps": 0.0}, "config.rl.eps"),
+    ({"rl.group_size": 1}, "config.rl.group_size"),
+    ({"qprime_sft.steps": -1}, "config.qprime_sft.steps"),
+    ({"qprime_sft.rollouts_per_problem": 0}, "config.qprime_sft.rollouts_per_problem"),
+    ({"sft.problems_per_step": 0}, "config.sft.problems_per_step"),
+    ({"sft.warmup_steps": -2}, "config.sft.warmup_steps"),
+    ({"rl.learning_rate": 0.0}, "config.rl.learning_rate"),
+    ({"rl.curriculum": "chemistry"}, "config.rl.curriculum: unknown curriculum 'chemistry'"),
+    ({"stages": "eval,warmup"}, "config.stages: unknown stage 'warmup'"),
+    ({"stages": " , "}, "config.stages: is empty"),
+    ({"eval.tasks": "algebra"}, "config.eval.tasks: unknown task 'algebra'"),
+    ({"eval.teacher": "oracle"}, "config.eval.teacher"),
+    ({"eval.batch_size": 0}, "config.eval.batch_size"),
+    ({"dialogue.teacher": "oracle"}, "config.dialogue.teacher"),
+    ({"dialogue.max_turns": 0}, "config.dialogue.max_turns"),
+    ({"dialogue.top_p": 0.0}, "config.dialogue.top_p"),
+    ({"dialogue.top_k": -1}, "config.dialogue.top_k"),
+    ({"optimizer.schedule": "step"}, "config.optimizer.schedule"),
+    ({"optimizer.b2": 1.0}, "config.optimizer.b2"),
+    ({"train.micro_batch_size": 0}, "config.train.micro_batch_size"),
+    ({"train.log_every": 0}, "config.train.log_every"),
+    ({"compute_dtype": "float16"}, "config.compute_dtype"),
+    ({"model": "gemma9"}, "config.model"),
+    ({"teacher.model": "gemma9"}, "config.teacher.model"),
+])
+def test_bad_setting_fails_naming_the_field(overrides, message):
+  with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+    _spec(**overrides)
+
+
+def test_deprecated_clip_norm_still_works_with_a_warning(capsys):
+  s = _spec(**{"optimizer.clip_norm": 0.5})
+  assert s.optimizer.grad_clip_norm == 0.5
+  assert "config.optimizer.clip_norm is deprecated; use config.optimizer.grad_clip_norm" in (
+      capsys.readouterr().err)
