@@ -14,8 +14,10 @@ import pytest
 from sml_jax.dialogue import chat_format as cf
 from sml_jax.dialogue import prompts
 from sml_jax.dialogue.conversation import turn_reward
-from sml_jax.dialogue.episode import (DialogueConfig, EpisodeRunner, redact,
-                                      rows_that_do_not_fit)
+from sml_jax.dialogue import teachers
+from sml_jax.dialogue.episode import DialogueConfig, EpisodeRunner
+from sml_jax.dialogue.party import rows_that_do_not_fit
+from sml_jax.dialogue.teachers import redact
 from sml_jax.sampling import Sampler
 from sml_jax.tasks.base import Problem, Verdict
 
@@ -282,7 +284,7 @@ def test_teacher_line_stop_keeps_the_dialogue_and_saves_decode_steps(real_270m, 
       teacher="llm")).run(problems, params, seed=0)
   with_stop = run()
   sampled_with_stop, teacher_tokens[:] = sum(teacher_tokens), []
-  monkeypatch.setattr(EpisodeRunner, "_teacher_line_stop", lambda self: None)
+  monkeypatch.setattr(teachers.LLMTeacher, "_line_stop", lambda self: None)
   without = run()
   print(f"teacher tokens sampled: {sampled_with_stop} with the line stop, {sum(teacher_tokens)} without")
   assert sampled_with_stop < sum(teacher_tokens)
