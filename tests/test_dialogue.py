@@ -323,3 +323,18 @@ def test_a_slice_of_the_batch_run_alone_samples_the_same_conversations(sampler, 
   # Without the offset the second half draws the first half's streams: different conversations.
   shifted = run(problems[2:], 0)
   assert [key(c) for c in shifted] != [key(c) for c in whole[4:]]
+
+
+def test_runs_are_independent_and_counters_add_up(sampler, tokenizer, tiny):
+  """`run` keeps no state between calls: the same run twice gives the same conversations, while
+  `stats` and `seconds` add up over runs (callers read them after each run)."""
+  _, params = tiny
+  runner = _runner(sampler, tokenizer, FixedVerdictTask(), qprime_q=1.0, max_turns=2,
+                   temperature=1.0)
+  first = runner.run([_problem(0, 0)], params, seed=1, first_row=3)
+  assert runner.stats["qprimed"] == 1 and set(runner.seconds) == {"student", "verify", "qprime",
+                                                                   "teacher"}
+  student_seconds = runner.seconds["student"]
+  second = runner.run([_problem(0, 0)], params, seed=1, first_row=3)
+  assert [(c.to_json(), c.student.ids) for c in first] == [(c.to_json(), c.student.ids) for c in second]
+  assert runner.stats["qprimed"] == 2 and runner.seconds["student"] > student_seconds > 0
