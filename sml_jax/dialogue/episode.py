@@ -277,6 +277,8 @@ class _Episode:
     """Adds each teacher reply to its student context, unless it would not fit the cache with
     room for the next student turn (e.g. long test output): that conversation ends there."""
     segments = {i: reply_segment(self.tok, text) for i, text in replies.items()}
+    # Checked as an append behind the shared pointer even when a Q-priming rewrite will rebuild
+    # the cache: the conservative check, as before the split into parties (transcripts pinned).
     for i in self.student.overflowing({i: len(ids) for i, (ids, _) in segments.items()},
                                       self.cfg.student_max_tokens, fresh=False):
       self.convs[i].out_of_context = True
