@@ -14,8 +14,10 @@ import pytest
 from sml_jax.dialogue import chat_format as cf
 from sml_jax.dialogue import prompts
 from sml_jax.dialogue.conversation import turn_reward
-from sml_jax.dialogue.episode import (DialogueConfig, EpisodeRunner, redact,
-                                      rows_that_do_not_fit)
+from sml_jax.dialogue import teachers
+from sml_jax.dialogue.episode import DialogueConfig, EpisodeRunner
+from sml_jax.dialogue.party import rows_that_do_not_fit
+from sml_jax.dialogue.teachers import redact
 from sml_jax.sampling import Sampler
 from sml_jax.tasks.base import Problem, Verdict
 
@@ -282,7 +284,7 @@ def test_teacher_line_stop_keeps_the_dialogue_and_saves_decode_steps(real_270m, 
       teacher="llm")).run(problems, params, seed=0)
   with_stop = run()
   sampled_with_stop, teacher_tokens[:] = sum(teacher_tokens), []
-  monkeypatch.setattr(EpisodeRunner, "_teacher_line_stop", lambda self: None)
+  monkeypatch.setattr(teachers.LLMTeacher, "_line_stop", lambda self: None)
   without = run()
   print(f"teacher tokens sampled: {sampled_with_stop} with the line stop, {sum(teacher_tokens)} without")
   assert sampled_with_stop < sum(teacher_tokens)
@@ -321,3 +323,18 @@ def test_a_slice_of_the_batch_run_alone_samples_the_same_conversations(sampler, 
   # Without the offset the second half draws the first half's streams: different conversations.
   shifted = run(problems[2:], 0)
   assert [key(c) for c in shifted] != [key(c) for c in whole[4:]]
+
+
+def test_runs_are_independent_and_counters_add_up(sampler, tokenizer, tiny):
+  """`run` keeps no state between calls: the same run twice gives the same conversations, while
+  `stats` and `seconds` add up over runs (callers read them after each run)."""
+  _, params = tiny
+  runner = _runner(sampler, tokenizer, FixedVerdictTask(), qprime_q=1.0, max_turns=2,
+                   temperature=1.0)
+  first = runner.run([_problem(0, 0)], params, seed=1, first_row=3)
+  assert runner.stats["qprimed"] == 1 and set(runner.seconds) == {"student", "verify", "qprime",
+                                                                   "teacher"}
+  student_seconds = runner.seconds["student"]
+  second = runner.run([_problem(0, 0)], params, seed=1, first_row=3)
+  assert [(c.to_json(), c.student.ids) for c in first] == [(c.to_json(), c.student.ids) for c in second]
+  assert runner.stats["qprimed"] == 2 and runner.seconds["student"] > student_seconds > 0

@@ -87,6 +87,17 @@ def encode_dialogue(tokenizer, turns: Iterable[tuple[str, str]], *, add_bos: boo
   return np.concatenate(parts_ids), np.concatenate(parts_roles)
 
 
+def strip_stop(ids: Sequence[int]) -> list[int]:
+  """A sampled turn's ids without the stop token (<end_of_turn> or <eos>) it may end with."""
+  ids = [int(i) for i in ids]
+  return ids[:-1] if ids and ids[-1] in (END_OF_TURN_ID, EOS_ID) else ids
+
+
+def decode_turn(tokenizer, ids: Sequence[int]) -> str:
+  """A sampled turn's text (stop token dropped, surrounding whitespace stripped)."""
+  return tokenizer.decode(strip_stop(ids)).strip()
+
+
 def format_dialogue(turns: Iterable[tuple[str, str]], add_generation_prompt: bool = False) -> str:
   """The same template as text (for display and for samplers that take strings)."""
   out = "".join(f"<start_of_turn>{r}\n{t}<end_of_turn>\n" for r, t in turns)

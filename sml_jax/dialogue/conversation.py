@@ -42,6 +42,10 @@ class Context:
     self.roles += roles
     self.logprobs += list(map(float, logprobs)) if logprobs is not None else [0.0] * len(ids)
 
+  def truncate(self, n: int) -> None:
+    """Keeps the first `n` tokens (e.g. to replace the latest turn)."""
+    del self.ids[n:], self.roles[n:], self.logprobs[n:]
+
   def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids int32 [T], roles int8 [T], logprobs float32 [T])."""
     return (np.asarray(self.ids, np.int32), np.asarray(self.roles, np.int8),
@@ -60,8 +64,6 @@ class Conversation:
   solved_turn: int | None = None  # 1-based student turn that was correct
   shards_revealed: int = 1       # underspecified: shards shown so far (shard 0 is in the opening)
   reward: float = 0.0
-  teacher_stopped: bool = True   # the teacher's last turn ended on <end_of_turn>
-  student_turn_start: int = 0    # index in `student` where the latest student turn starts
   out_of_context: bool = False   # ended early: another turn would not fit the KV cache
 
   @property
