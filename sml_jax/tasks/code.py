@@ -118,6 +118,11 @@ class CodeTask:
       return False
     return self.run([problem], [self.program(problem, code)])[0].passed
 
+  def redact(self, problem: Problem, text: str) -> str:
+    """`text` without any program (fenced or unfenced; see `code_extract.remove_programs`), so
+    `leaked` is False on the result whatever the programs did. Prose is kept."""
+    return code_extract.remove_programs(text)
+
 
 class MBPPTask(CodeTask):
   """MBPP: 974 crowd-sourced Python problems, three asserts each (see the module docstring)."""

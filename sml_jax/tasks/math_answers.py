@@ -301,3 +301,47 @@ def public_texts(problem: Problem) -> list[str]:
 def answer_leaked(problem: Problem, teacher_text: str) -> bool:
   """True if a teacher turn gives away `problem`'s final answer (see `states_answer`)."""
   return states_answer(problem.answer, teacher_text, public_texts(problem))
+
+
+REDACTED = "[redacted]"
+
+
+def redact_answer(problem: Problem, text: str) -> str:
+  """`text` with every statement of `problem`'s final answer that `answer_leaked` flags removed.
+
+  Replaced by "[redacted]": every number token (digits in any format -- "1,200", "$1,200.00",
+  "2.50" for 2.5, "5/2" -- or number words) whose value equals the answer, unless that value is
+  public (then mentioning it is fine, see `states_answer`); every anchored or boxed statement of
+  the answer ("the answer is 48" when 48 is public). Other numbers are kept. If a leak somehow
+  remains, the sentences that leak are dropped. Afterwards `answer_leaked(problem, result)` is False.
+  """
+  answer = problem.answer
+  if not answer or not text:
+    return text
+  spans = []  # (start, end) to replace
+  for start, end, content in _boxed_spans(text):
+    if answers_equivalent(_answer_from_segment(content) or content, answer):
+      spans.append((start, end))
+  for start, end, stated in _anchored(text, _ANCHOR_RE):
+    if answers_equivalent(stated, answer):
+      spans.append((start, end))
+  gold = parse_number(answer)
+  publics = public_texts(problem)
+  if gold is not None and not any(gold in number_values(t, words=True) for t in publics):
+    spans += [(pos, pos + len(token)) for pos, token, value in find_numbers(text, words=True)
+              if value == gold]
+  out, cursor = [], 0
+  for start, end in sorted(spans):
+    if end <= cursor:
+      continue
+    out.append(text[cursor:max(start, cursor)])
+    out.append(REDACTED)
+    cursor = end
+  out.append(text[cursor:])
+  redacted = "".join(out)
+  if answer_leaked(problem, redacted):  # belt and braces: drop the sentences that still leak
+    redacted = " ".join(s for s in turns.split_sentences(redacted)
+                        if not answer_leaked(problem, s))
+    if answer_leaked(problem, redacted):
+      redacted = REDACTED
+  return redacted

@@ -67,3 +67,8 @@ class MathTask:
   def leaked(self, problem: Problem, text: str) -> bool:
     """True if (teacher) `text` states the problem's final answer."""
     return math_answers.answer_leaked(problem, text)
+
+  def redact(self, problem: Problem, text: str) -> str:
+    """`text` without any form of the final answer that `leaked` flags ("1,200", "$1,200.00",
+    "2.50" for 2.5, "5/2", number words, anchored statements); other numbers are kept."""
+    return math_answers.redact_answer(problem, text)
