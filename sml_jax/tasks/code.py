@@ -89,7 +89,8 @@ class CodeTask:
     return code_exec.run_tests(programs, [p.tests for p in problems],
                                [p.meta.get("test_setup", "") for p in problems],
                                timeout=self.timeout, allow_unsafe=self.allow_unsafe,
-                               workers=self.workers)
+                               workers=self.workers,
+                               entry_points=[p.entry_point for p in problems])
 
   def verify(self, problem: Problem, student_text: str) -> Verdict:
     return self.verify_batch([problem], [student_text])[0]
