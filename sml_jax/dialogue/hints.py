@@ -108,7 +108,7 @@ def solution_steps(problem: Problem) -> list[Step]:
           continue
         tail = []
         for w in re.split(r"[.,;:!?=(]", line[m.end():], maxsplit=1)[0].split()[:6]:
-          if w.lower() in _CONTEXT_BREAK or re.search(r"\d", w):
+          if w.lower() in _CONTEXT_BREAK or not re.fullmatch(r"[A-Za-z'-]+", w):
             break
           tail.append(w)
         steps.append(Step(" ".join(m.group("expr").split()), value, m.group("value"),
