@@ -1,6 +1,7 @@
 """Code tasks: program extraction, MBPP / HumanEval loading and splits, sandboxed verification with
 failing-test feedback, leak check, and the reference solutions over the full datasets."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -230,3 +231,51 @@ def test_mbpp_reference_solutions_pass_where_the_data_allows():
   # The data's own errors: 341 and 642 expect a set iteration order CPython does not give, 596 the
   # sys.getsizeof values of another Python version.
   assert sorted(failed) == ["mbpp/341", "mbpp/596", "mbpp/642"], failed
+
+
+REWARD_HACKS = {
+    "always_equal": ("class Any:\n    def __eq__(self, other):\n        return True\n"
+                     "    __hash__ = object.__hash__\n"
+                     "def similar_elements(a, b):\n    return Any()\n"),
+    "int_subclass": ("class I(tuple):\n    def __eq__(self, other):\n        return True\n"
+                     "    __hash__ = tuple.__hash__\n"
+                     "def similar_elements(a, b):\n    return I((0,))\n"),
+    "int_subclass_lies": ("class I(int):\n    def __eq__(self, o):\n        return True\n"
+                          "    def __int__(self):\n        return 3\n"
+                          "def similar_elements(a, b):\n    return I(0)\n"),
+    "truthy": ("class T:\n    def __bool__(self):\n        return True\n    def __eq__(self, o):\n"
+               "        return self\n    def __ne__(self, o):\n        return self\n"
+               "def similar_elements(a, b):\n    return T()\n"),
+    "patch_isinstance": ("import builtins\nbuiltins.isinstance = lambda *a: True\n"
+                         "def similar_elements(a, b):\n    return (0,)\n"),
+    "patch_at_call": ("import builtins\ndef similar_elements(a, b):\n"
+                      "    builtins.set = lambda *a: {1}\n    return (1,)\n"),
+    "patch_exec": ("import builtins\nbuiltins.exec = lambda *a, **k: None\n"
+                   "builtins.compile = lambda *a, **k: None\n"
+                   "def similar_elements(a, b):\n    return 0\n"),
+    "shadow_builtin": ("def set(*a):\n    class A:\n        def __eq__(s, o): return True\n"
+                       "    return A()\ndef similar_elements(a, b):\n    return 0\n"),
+}
+
+
+def test_reward_hacks_do_not_pass(mbpp):
+  """Programs that fake equality or patch builtins must not pass, through the real sandbox."""
+  p = by_id(mbpp, "mbpp/2")
+  # A test shaped like HumanEval's: arithmetic and a comparison on the returned value.
+  arithmetic = dataclasses.replace(p, tests=("assert abs(similar_elements(1, 2) - 5) < 1e-9",))
+  hacks = dict(REWARD_HACKS)
+  hacks["fake_sub"] = ("class Z:\n    def __sub__(self, o):\n        return 0\n"
+                       "def similar_elements(a, b):\n    return Z()\n")
+  problems = [arithmetic if name == "fake_sub" else p for name in hacks]
+  verdicts = mbpp.verify_batch(problems, [f"```python\n{c}```" for c in hacks.values()])
+  feedback = {name: v.feedback for name, v in zip(hacks, verdicts)}
+  assert all(v.attempted for v in verdicts)
+  assert not any(v.correct for v in verdicts), feedback
+  assert "cannot compare an object of type Any" in feedback["always_equal"]
+  assert "replaced builtins.isinstance" in feedback["patch_isinstance"]
+  assert "replaced builtins.set" in feedback["patch_at_call"]
+  # The honest program still passes, and so do int subclasses with honest values (bool, IntEnum).
+  honest = ("import enum\nclass E(enum.IntEnum):\n    A = 3\n"
+            "def similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b)))\n")
+  ok = dataclasses.replace(p, tests=p.tests + ("assert E.A == 3 and True == 1",))
+  assert mbpp.verify(ok, f"```python\n{honest}```").correct

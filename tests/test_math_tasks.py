@@ -43,8 +43,65 @@ def _problem(answer="72", statement=NATALIA, **kw):
     ("It is -5 degrees.", "-5"),
     ("Mr. Smith has 3 dogs. He buys 2 more.", "2"),
 ])
-def test_extract_answer(text, expected):
+def test_extract_answer_lenient(text, expected):
+  assert math_answers.extract_answer(text, lenient=True) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("So she sold \\boxed{72} clips.", "72"),
+    ("First \\boxed{5}, no wait: \\boxed{72}", "72"),
+    ("Final Answer: $1,080.", "$1,080"),
+    ("**Final Answer:** 72 clips", "72"),
+    ("Final answer: 18 + 6 = 24", "24"),                # the value after the anchored "="
+    ("What is 6 + 7? 6 + 7 = 13. Final answer: 13", "13"),
+    ("final answer is 3.5 hours", "3.5"),
+    # unanchored: not an attempt under the strict (reward) reading
+    ("The answer is 72 because 48 + 24 = 72.", None),
+    ("Answer: 3.5 hours", None),
+    ("48/2 = 24\n48 + 24 = 72\n#### 72", None),
+    ("It will take her 120/24 = 5 hours to read 120 pages.", None),
+    ("There is 1.Next to this. Alright. \u0421\u0430\u043c\u0435(not the 8th time...", None),
+    ("Final answer: not sure", None),
+])
+def test_extract_answer_strict(text, expected):
   assert math_answers.extract_answer(text) == expected
+
+
+def test_strict_reads_the_anchored_value():
+  p = _problem(answer="1200")
+  task = gsm8k.GSM8KTask()
+  assert task.verify(p, "Final answer: $1,200.00").correct
+  assert task.verify(_problem(answer="24"), "Final answer: 18 + 6 = 24").correct
+  assert not task.verify(_problem(answer="18"), "Final answer: 18 + 6 = 24").correct
+
+
+def test_gibberish_is_not_rewarded_but_counted_as_format_failure():
+  text = "There is 1.Next to this. Alright. \u0421\u0430\u043c\u0435(not the 8th time..."
+  p = _problem(answer="1", statement="What is 0 + 1?")
+  for task in (gsm8k.GSM8KTask(), generated_math.ArithmeticTask()):
+    v = task.verify(p, text)
+    assert (v.attempted, v.correct, v.format_failure) == (False, False, True)
+  # The lenient reading is an explicit option, and still flags the missing anchor.
+  v = gsm8k.GSM8KTask(answer_format="lenient").verify(p, "There is 1.Next to this. Alright.")
+  assert (v.attempted, v.correct, v.format_failure) == (True, True, True)
+  v = gsm8k.GSM8KTask().verify(p, "There is 1.Next to this. Alright.")
+  assert (v.attempted, v.correct, v.format_failure) == (False, False, True)
+  v = gsm8k.GSM8KTask().verify(p, "0 + 1 = 1. Final answer: 1")
+  assert (v.attempted, v.correct, v.format_failure) == (True, True, False)
+  # A question is not a format failure.
+  v = gsm8k.GSM8KTask().verify(_problem(), "How many did she sell in May?")
+  assert (v.attempted, v.format_failure) == (False, False)
+  with pytest.raises(ValueError, match="answer_format"):
+    gsm8k.GSM8KTask(answer_format="loose")
+
+
+def test_first_answer_end():
+  text = "What is 6 + 7? 6 + 7 = 13. Final answer: 13 Then the user said"
+  assert text[:math_answers.first_answer_end(text)] == "What is 6 + 7? 6 + 7 = 13. Final answer: 13"
+  text = "Final answer: 18 + 6 = 24. Next question?"
+  assert text[:math_answers.first_answer_end(text)] == "Final answer: 18 + 6 = 24"
+  assert math_answers.first_answer_end("So \\boxed{7} it is") == len("So \\boxed{7}")
+  assert math_answers.first_answer_end("How many? 7.") is None
 
 
 @pytest.mark.parametrize("text", [
@@ -56,13 +113,14 @@ def test_extract_answer(text, expected):
 ])
 def test_no_attempt(text):
   given = math_answers.number_values(NATALIA)
+  assert math_answers.extract_answer(text, given=given, lenient=True) is None
   assert math_answers.extract_answer(text, given=given) is None
 
 
 def test_given_number_without_question_is_an_attempt():
   # Stating a number from the problem as the result (a common wrong answer) is an attempt.
   given = math_answers.number_values(NATALIA)
-  assert math_answers.extract_answer("She sold 48 clips.", given=given) == "48"
+  assert math_answers.extract_answer("She sold 48 clips.", given=given, lenient=True) == "48"
 
 
 # --- equivalence ------------------------------------------------------------------------------
@@ -173,7 +231,7 @@ def test_gsm8k_test_split_reads_user_file(tmp_path):
 def test_checking_agrees_with_gsm8k_answers():
   """Every GSM8K train solution verifies against its own '#### N' answer, a perturbed answer
   never does, and the worked solution alone (no '####' line, last-number rule) mostly does."""
-  task = gsm8k.GSM8KTask()
+  task = gsm8k.GSM8KTask(answer_format="lenient")  # reads GSM8K's "#### N" and bare solutions
   raw = [json.loads(line) for line in open(GSM8K_TRAIN)]
   records = gsm8k.read_gsm8k(GSM8K_TRAIN)
   full = perturbed_fail = reasoning_only = 0
@@ -193,7 +251,7 @@ def test_checking_agrees_with_gsm8k_answers():
 # --- verify / leaks / turns ----------------------------------------------------------------------
 
 def test_verify_verdicts():
-  task = gsm8k.GSM8KTask()
+  task = gsm8k.GSM8KTask(answer_format="lenient")
   p = _problem()
   v = task.verify(p, "48 / 2 = 24 in May, so the answer is 72.")
   assert (v.attempted, v.correct, v.extracted) == (True, True, "72") and v.feedback
@@ -250,7 +308,7 @@ def test_classify_turn(text, attempted, kind):
 
 
 def test_classify_with_verifier():
-  task, p = gsm8k.GSM8KTask(), _problem()
+  task, p = gsm8k.GSM8KTask(answer_format="lenient"), _problem()
   kinds = [turns.classify_turn(t, task.verify(p, t).attempted) for t in
            ("In May she sold 24, so 72 in total.", "What did she sell in May?", "Hmm, let me see.")]
   assert kinds == ["attempt", "question", "other"]
@@ -292,7 +350,8 @@ def test_generated_math_is_deterministic_and_splits_differ():
   assert [p.statement for p in a] != [p.statement for p in task.problems("train", limit=50, seed=8)]
   ev = task.problems("eval", limit=50, seed=7)
   assert len({p.statement for p in a} & {p.statement for p in ev}) < 5
-  assert all(task.verify(p, f"So the answer is {p.answer}.").correct for p in a + ev)
+  assert all(task.verify(p, f"So the final answer is {p.answer}.").correct for p in a + ev)
+  assert not any(task.verify(p, f"So the answer is {p.answer}.").attempted for p in a + ev)
   with pytest.raises(ValueError, match="difficulty"):
     generated_math.ArithmeticTask(difficulty=9)
 

@@ -34,7 +34,7 @@ def test_math_tasks_follow_the_protocol(name):
   assert len(problems) >= 2 and all(isinstance(p, Problem) and p.task == name for p in problems)
   p = problems[0]
   assert len({q.id for q in task.problems(split)}) == len(task.problems(split))  # unique ids
-  (good, bad) = task.verify_batch([p, p], [f"The answer is {p.answer}.", "I need a hint."])
+  (good, bad) = task.verify_batch([p, p], [f"Final answer: {p.answer}", "I need a hint."])
   assert good.attempted and good.correct and not bad.attempted
   assert task.leaked(p, f"The final answer is {p.answer}.")
 
@@ -121,7 +121,7 @@ def test_tasks_import_light():
           "task = t.get_task('gsm8k')\n"
           "from sml_jax.tasks.base import Problem\n"
           "p = Problem(id='p', task='gsm8k', domain='math', statement='s', privileged='', answer='3')\n"
-          "assert task.verify(p, 'The answer is 3.').correct\n"
+          "assert task.verify(p, 'Final answer: 3').correct\n"
           "print(sorted(m for m in ('jax', 'tensorflow', 'gemma', 'sympy', 'reasoning_gym')"
           " if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,

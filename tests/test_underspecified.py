@@ -97,7 +97,8 @@ def test_lic_loader_skips_non_math_and_malformed(caplog):
                            "They also buy one snack for $9 to share.")
   task = get_task("lic_math", path=FIXTURE, strict=False)
   assert task.problems("eval") == problems
-  assert task.verify(second, "4 * 12 + 9 = 57").correct
+  assert task.verify(second, "4 * 12 + 9 = 57. Final answer: 57").correct
+  assert task.verify(second, "4 * 12 + 9 = 57").format_failure  # no anchor: not rewarded
   assert not task.verify(second, "How much is a ticket?").attempted
   assert task.leaked(second, "So they spend 57 dollars.")
   assert not task.leaked(second, "Each ticket costs $12.")

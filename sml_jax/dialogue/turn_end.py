@@ -4,10 +4,13 @@ Base (not instruction-tuned) models rarely emit `<end_of_turn>`: after "Final an
 270M goes on with junk and invented follow-up questions, which would corrupt answer extraction
 and the next turns. The dialogue cuts each sampled turn at its natural end:
 
-  student, math:  right after the first "Final answer: <number>", else after the first question
-                  mark (a question turn), else the whole turn
-  student, code:  right after the first complete ``` fenced block ```, else after the first
-                  question mark, else the whole turn
+  student, math:  right after the first anchored answer ("Final answer: X" or \\boxed{X}; the
+                  whole anchored expression: "Final answer: 18 + 6 = 24" ends after 24), even
+                  when a question comes before it ("What is 6 + 7? 6 + 7 = 13. Final answer:
+                  13" keeps its answer); else after the first question mark (a question
+                  turn); else the whole turn
+  student, code:  right after the first complete ``` fenced block ``` (even after a question),
+                  else after the first question mark, else the whole turn
   teacher:        at the last sentence end of its first line (the briefing asks for 1-3 sentences)
 
 The cut is made on tokens (the longest prefix whose text stays within the cut), the tokens after
@@ -21,18 +24,22 @@ import functools
 import re
 from typing import Sequence
 
-_MATH_ANSWER = re.compile(r"final answer\s*[:=]?\s*\$?\s*-?[\d,]*\.?\d+(?:/\d+)?", re.I)
+from sml_jax.tasks import math_answers
+
 _CODE_BLOCK = re.compile(r"```[a-zA-Z0-9_+-]*\n.*?```", re.S)
 _PARAGRAPH_END = re.compile(r"\S.*?(?=\n\s*\n|\n|$)", re.S)
 
 
 def student_cut(text: str, domain: str) -> int | None:
   """Character offset where a student turn should end, or None to keep it whole."""
-  pattern = _MATH_ANSWER if domain == "math" else _CODE_BLOCK
-  m = pattern.search(text)
+  if domain == "math":
+    end = math_answers.first_answer_end(text)
+  else:
+    m = _CODE_BLOCK.search(text)
+    end = m.end() if m else None
+  if end is not None:
+    return end
   q = text.find("?")
-  if m and (q < 0 or m.start() < q):
-    return m.end()
   if q >= 0:
     return q + 1
   return None

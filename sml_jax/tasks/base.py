@@ -40,6 +40,8 @@ class Verdict:
   extracted: str | None = None   # the extracted answer or program
   feedback: str = ""             # verifier output (e.g. failing tests' output): the teacher's
                                  # dynamic privileged information
+  format_failure: bool = False   # math: the turn states an answer without the required anchor
+                                 # ("Final answer: X" / \boxed{X}); counted, not rewarded
 
 
 class Task(Protocol):
@@ -57,6 +59,9 @@ class Task(Protocol):
 
   def leaked(self, problem: Problem, text: str) -> bool:
     """True if a teacher turn states the final answer (math) or the reference program (code)."""
+
+  def redact(self, problem: Problem, text: str) -> str:
+    """`text` with every form `leaked` flags removed: afterwards `leaked(problem, result)` is False."""
 
 
 # --- helpers shared by the task loaders -----------------------------------------------------------

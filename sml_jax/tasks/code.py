@@ -89,7 +89,8 @@ class CodeTask:
     return code_exec.run_tests(programs, [p.tests for p in problems],
                                [p.meta.get("test_setup", "") for p in problems],
                                timeout=self.timeout, allow_unsafe=self.allow_unsafe,
-                               workers=self.workers)
+                               workers=self.workers,
+                               entry_points=[p.entry_point for p in problems])
 
   def verify(self, problem: Problem, student_text: str) -> Verdict:
     return self.verify_batch([problem], [student_text])[0]
@@ -117,6 +118,11 @@ class CodeTask:
     if code is None or not code_extract.defines(code, problem.entry_point):
       return False
     return self.run([problem], [self.program(problem, code)])[0].passed
+
+  def redact(self, problem: Problem, text: str) -> str:
+    """`text` without any program (fenced or unfenced; see `code_extract.remove_programs`), so
+    `leaked` is False on the result whatever the programs did. Prose is kept."""
+    return code_extract.remove_programs(text)
 
 
 class MBPPTask(CodeTask):

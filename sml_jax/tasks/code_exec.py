@@ -137,17 +137,22 @@ def _report(result: sandbox.RunResult, nonce: str, tests: Sequence[str], timeout
 
 def run_tests(programs: Sequence[str], tests: Sequence[Sequence[str]],
               setups: Sequence[str] | None = None, *, timeout: float = 5.0,
-              allow_unsafe: bool = False, workers: int | None = None) -> list[TestReport]:
+              allow_unsafe: bool = False, workers: int | None = None,
+              entry_points: Sequence[str | None] | None = None) -> list[TestReport]:
   """Runs programs[i], then setups[i], then each of tests[i] (python statements, usually asserts),
   each program in its own sandbox, `workers` at a time. `timeout`: wall-clock seconds per program
-  (all its tests together). Returns one TestReport per program, in order."""
+  (all its tests together). `entry_points[i]`: the function tests[i] call (it may shadow a
+  builtin, like MBPP's `sum`; other names of the program that shadow builtins are hidden from the
+  tests). Returns one TestReport per program, in order."""
   if len(tests) != len(programs) or (setups is not None and len(setups) != len(programs)):
     raise ValueError(f"Got {len(programs)} programs, {len(tests)} test lists and "
                      f"{'no' if setups is None else len(setups)} setups; they must match.")
   setups = setups if setups is not None else [""] * len(programs)
+  entry_points = entry_points if entry_points is not None else [None] * len(programs)
   nonces = [secrets.token_hex(16) for _ in programs]
-  stdins = [json.dumps({"nonce": nonce, "program": p, "setup": s, "tests": list(t)})
-            for nonce, p, s, t in zip(nonces, programs, setups, tests)]
+  stdins = [json.dumps({"nonce": nonce, "program": p, "setup": s, "tests": list(t),
+                        "entry_point": e})
+            for nonce, p, s, t, e in zip(nonces, programs, setups, tests, entry_points)]
   harness = _harness_source()
   results = sandbox.run_many([harness] * len(programs), timeout, stdins=stdins, workers=workers,
                              allow_unsafe=allow_unsafe)

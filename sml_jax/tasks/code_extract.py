@@ -96,3 +96,23 @@ def is_function_body(code: str, entry_point: str | None) -> bool:
     return False
   dedented = textwrap.dedent(code)
   return re.search(r"^(?:async\s+def|def|class)\s", dedented, re.M) is None
+
+
+CODE_REMOVED = "[code removed]"
+_ANY_FENCE = re.compile(r"^[ \t]*```[^\n]*\n.*?(?:^[ \t]*```[^\n]*$|\Z)|```.*?(?:```|\Z)", re.S | re.M)
+
+
+def remove_programs(text: str) -> str:
+  """`text` with every program `extract_program` could find replaced by "[code removed]": all
+  ``` fences (any language, closed or left open) and unfenced code-like blocks. Afterwards
+  `extract_program(result)` is None."""
+  text = _ANY_FENCE.sub(CODE_REMOVED, text)
+  for _ in range(100):  # each pass removes at least one block
+    blocks = code_like_blocks(text)
+    if not blocks:
+      break
+    for block in blocks:
+      at = text.find(block)
+      if at >= 0:
+        text = text[:at] + CODE_REMOVED + text[at + len(block):]
+  return text

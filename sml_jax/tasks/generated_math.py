@@ -70,7 +70,8 @@ class ArithmeticTask(math_task.MathTask):
 
   name = "arithmetic"
 
-  def __init__(self, difficulty: int = 0, size: int = 1000):
+  def __init__(self, difficulty: int = 0, size: int = 1000, answer_format: str = "strict"):
+    self.answer_format = math_task.check_answer_format(answer_format)
     if not isinstance(difficulty, int) or not 0 <= difficulty < len(ARITHMETIC_LEVELS):
       raise ValueError(f"arithmetic difficulty must be an int in [0, {len(ARITHMETIC_LEVELS) - 1}], "
                        f"got {difficulty!r}")
@@ -120,7 +121,9 @@ class GSMSymbolicTask(math_task.MathTask):
 
   name = "gsm_symbolic"
 
-  def __init__(self, min_difficulty: int = 0, max_difficulty: int | None = None, size: int = 1000):
+  def __init__(self, min_difficulty: int = 0, max_difficulty: int | None = None, size: int = 1000,
+               answer_format: str = "strict"):
+    self.answer_format = math_task.check_answer_format(answer_format)
     if max_difficulty is not None and max_difficulty < min_difficulty:
       raise ValueError(f"max_difficulty {max_difficulty} < min_difficulty {min_difficulty}")
     if size <= 0:

@@ -84,7 +84,8 @@ class GSM8KTask(math_task.MathTask):
   name = "gsm8k"
 
   def __init__(self, path: str | None = None, test_path: str | None = None,
-               eval_fraction: float = 0.1):
+               eval_fraction: float = 0.1, answer_format: str = "strict"):
+    self.answer_format = math_task.check_answer_format(answer_format)
     if not 0.0 <= eval_fraction < 1.0:
       raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     self.path = path or default_train_path()

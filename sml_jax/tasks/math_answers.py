@@ -1,13 +1,21 @@
 """Math answers: extraction from a turn, equivalence, and the teacher-leak check.
 
-Extraction order (first that applies wins):
-  1. the last `\\boxed{...}` / `\\fbox{...}`;
-  2. the last anchored answer: "Final answer: X", "The answer is X", "Answer: X", "#### X";
-  3. the last number in the last sentence with numbers that is not a question (in a sentence with
-     "=", the first number after the last "="). When the turn also asks something and
-     that number is one of the problem's given numbers, the turn is a question that restates a
-     fact ("She sold 48 clips in April. How many in May?"), not an attempt.
-A turn with nothing extracted is not an attempt.
+Two answer formats (`ANSWER_FORMATS`):
+
+- "strict" (the reward default): only an anchored answer counts, first that applies wins:
+    1. the last `\\boxed{...}` / `\\fbox{...}`;
+    2. the last "Final answer: X" (also "Final answer is X", "**Final Answer:** X"). Inside the
+       anchored segment the answer is the value after its last "=" ("Final answer: 18 + 6 = 24"
+       reads 24), so "$1,200.00" reads 1200.
+  Anything else ("There is 1. Next to this...", "The answer is 7") is not an attempt.
+- "lenient" (for reading other people's transcripts, never the reward default): also
+    2'. the other anchors: "The answer is X", "Answer: X", "#### X";
+    3. the last number in the last sentence with numbers that is not a question (in a sentence
+       with "=", the first number after the last "="). When the turn also asks something and
+       that number is one of the problem's given numbers, the turn is a question that restates a
+       fact ("She sold 48 clips in April. How many in May?"), not an attempt.
+A turn with nothing extracted is not an attempt. A turn where the lenient reading finds an answer
+but the strict one does not is a *format failure* (`Verdict.format_failure`).
 
 Equivalence: a fast exact numeric path (integers, decimals, "1,080", "$5", "3/4", "\\frac{3}{4}",
 "50%") and only otherwise `math_verify` (sympy), bounded by a timeout because sympy can hang on
@@ -33,9 +41,12 @@ log = logging.getLogger(__name__)
 _NUM = (r"(?:(?<![\w.)\]])[-\u2212])?(?<![\w.])\$?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
         r"(?:/\d+)?")
 _NUM_RE = re.compile(_NUM)
+ANSWER_FORMATS = ("strict", "lenient")
 _ANCHOR_RE = re.compile(
     r"(?:^[ \t]*####|\banswer\b[\s*_]*(?:is\b|:|=))[\s*_:=]*",
     re.IGNORECASE | re.MULTILINE)
+# The strict anchor: "Final answer: X" ("final answer is X", "**Final Answer:** X", "Final answer X").
+_FINAL_ANCHOR_RE = re.compile(r"\bfinal\s+answer\b[\s*_]*(?:is\b|:|=)?[\s*_:=]*", re.IGNORECASE)
 # Where an anchored answer stops: end of line, end of sentence, ";", or ", <word>" ("5, since").
 _SEGMENT_END = re.compile(r"\n|(?<=\S)[.;!?](?=\s|$)|,\s+(?=[A-Za-z])")
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -104,10 +115,10 @@ def number_values(text: str, words: bool = False) -> set[fractions.Fraction]:
   return {v for _, _, v in find_numbers(text, words=words)}
 
 
-def _last_boxed(text: str) -> str | None:
-  """Content of the last \\boxed{...} with balanced braces (None if absent or unclosed)."""
-  matches = list(_BOXED_RE.finditer(text))
-  for m in reversed(matches):
+def _boxed_spans(text: str) -> list[tuple[int, int, str]]:
+  """(start, end, content) of every closed, non-empty \\boxed{...} with balanced braces."""
+  spans = []
+  for m in _BOXED_RE.finditer(text):
     depth, i = 1, m.end()
     while i < len(text) and depth:
       depth += {"{": 1, "}": -1}.get(text[i], 0)
@@ -115,8 +126,14 @@ def _last_boxed(text: str) -> str | None:
     if depth == 0:
       content = text[m.end():i - 1].strip()
       if content:
-        return content
-  return None
+        spans.append((m.start(), i, content))
+  return spans
+
+
+def _last_boxed(text: str) -> str | None:
+  """Content of the last \\boxed{...} with balanced braces (None if absent or unclosed)."""
+  spans = _boxed_spans(text)
+  return spans[-1][2] if spans else None
 
 
 def _answer_from_segment(segment: str) -> str | None:
@@ -134,27 +151,51 @@ def _answer_from_segment(segment: str) -> str | None:
   return nums[0][1] if nums else None
 
 
-def _last_anchored(text: str) -> str | None:
-  for m in reversed(list(_ANCHOR_RE.finditer(text))):
+def _anchored(text: str, anchor_re: re.Pattern) -> list[tuple[int, int, str]]:
+  """(anchor start, answer end, answer) of every anchored answer in `text`, in order."""
+  found = []
+  for m in anchor_re.finditer(text):
     segment = _SEGMENT_END.split(text[m.end():], maxsplit=1)[0]
     answer = _answer_from_segment(segment)
     if answer is not None:
-      return answer
-  return None
+      at = segment.rfind(answer)
+      end = m.end() + (at + len(answer) if at >= 0 else len(segment.rstrip()))
+      found.append((m.start(), end, answer))
+  return found
 
 
-def extract_answer(text: str, given: Iterable[fractions.Fraction] = ()) -> str | None:
+def _last_anchored(text: str, anchor_re: re.Pattern = _ANCHOR_RE) -> str | None:
+  found = _anchored(text, anchor_re)
+  return found[-1][2] if found else None
+
+
+def first_answer_end(text: str) -> int | None:
+  """Character offset just after the first strict anchored answer (`\\boxed{X}` or
+  "Final answer: X", the whole anchored expression: "Final answer: 18 + 6 = 24" ends after 24),
+  or None if the turn has none. Where a student turn that answers should be cut."""
+  ends = [end for _, end, content in _boxed_spans(text) if _answer_from_segment(content)]
+  ends += [end for _, end, _ in _anchored(text, _FINAL_ANCHOR_RE)[:1]]
+  return min(ends) if ends else None
+
+
+def extract_answer(text: str, given: Iterable[fractions.Fraction] = (),
+                   lenient: bool = False) -> str | None:
   """The student's final answer in `text`, or None if the turn makes no attempt.
 
   Args:
     text: one student turn.
-    given: numeric values stated in the problem; see the module docstring for how they are used.
+    given: numeric values stated in the problem; used by the lenient last-number reading (see the
+      module docstring).
+    lenient: False (default, the reward's reading): only `\\boxed{X}` / "Final answer: X" count.
+      True: also other anchors and the last number of the turn (reading other transcripts).
   """
   if not text or not text.strip():
     return None
   boxed = _last_boxed(text)
   if boxed is not None:
     return _answer_from_segment(boxed)
+  if not lenient:
+    return _last_anchored(text, _FINAL_ANCHOR_RE)
   anchored = _last_anchored(text)
   if anchored is not None:
     return anchored
@@ -260,3 +301,47 @@ def public_texts(problem: Problem) -> list[str]:
 def answer_leaked(problem: Problem, teacher_text: str) -> bool:
   """True if a teacher turn gives away `problem`'s final answer (see `states_answer`)."""
   return states_answer(problem.answer, teacher_text, public_texts(problem))
+
+
+REDACTED = "[redacted]"
+
+
+def redact_answer(problem: Problem, text: str) -> str:
+  """`text` with every statement of `problem`'s final answer that `answer_leaked` flags removed.
+
+  Replaced by "[redacted]": every number token (digits in any format -- "1,200", "$1,200.00",
+  "2.50" for 2.5, "5/2" -- or number words) whose value equals the answer, unless that value is
+  public (then mentioning it is fine, see `states_answer`); every anchored or boxed statement of
+  the answer ("the answer is 48" when 48 is public). Other numbers are kept. If a leak somehow
+  remains, the sentences that leak are dropped. Afterwards `answer_leaked(problem, result)` is False.
+  """
+  answer = problem.answer
+  if not answer or not text:
+    return text
+  spans = []  # (start, end) to replace
+  for start, end, content in _boxed_spans(text):
+    if answers_equivalent(_answer_from_segment(content) or content, answer):
+      spans.append((start, end))
+  for start, end, stated in _anchored(text, _ANCHOR_RE):
+    if answers_equivalent(stated, answer):
+      spans.append((start, end))
+  gold = parse_number(answer)
+  publics = public_texts(problem)
+  if gold is not None and not any(gold in number_values(t, words=True) for t in publics):
+    spans += [(pos, pos + len(token)) for pos, token, value in find_numbers(text, words=True)
+              if value == gold]
+  out, cursor = [], 0
+  for start, end in sorted(spans):
+    if end <= cursor:
+      continue
+    out.append(text[cursor:max(start, cursor)])
+    out.append(REDACTED)
+    cursor = end
+  out.append(text[cursor:])
+  redacted = "".join(out)
+  if answer_leaked(problem, redacted):  # belt and braces: drop the sentences that still leak
+    redacted = " ".join(s for s in turns.split_sentences(redacted)
+                        if not answer_leaked(problem, s))
+    if answer_leaked(problem, redacted):
+      redacted = REDACTED
+  return redacted

@@ -101,7 +101,8 @@ class GSM8KShardedTask(math_task.MathTask):
   name = "gsm8k_sharded"
 
   def __init__(self, path: str | None = None, test_path: str | None = None,
-               eval_fraction: float = 0.1, min_shards: int = 3):
+               eval_fraction: float = 0.1, min_shards: int = 3, answer_format: str = "strict"):
+    self.answer_format = math_task.check_answer_format(answer_format)
     if min_shards < 2:
       raise ValueError(f"min_shards must be >= 2 (a request and a fact), got {min_shards}")
     self.base = gsm8k.GSM8KTask(path=path, test_path=test_path, eval_fraction=eval_fraction)
@@ -197,7 +198,8 @@ class LiCMathTask(math_task.MathTask):
 
   name = "lic_math"
 
-  def __init__(self, path: str | None = None, strict: bool = True):
+  def __init__(self, path: str | None = None, strict: bool = True, answer_format: str = "strict"):
+    self.answer_format = math_task.check_answer_format(answer_format)
     if not path:
       raise ValueError("lic_math needs path= to a sharded_instructions_600.json-style file")
     self.path = path

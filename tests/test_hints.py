@@ -1,0 +1,157 @@
+"""Privileged hint texts (`dialogue.hints`): informative, varied, deterministic, never leaking."""
+
+import os
+import random
+
+import pytest
+
+from sml_jax.dialogue import hints, prompts
+from sml_jax.tasks import generated_math, gsm8k, underspecified
+from sml_jax.tasks.base import Problem, Verdict
+
+needs_gsm8k = pytest.mark.skipif(not os.path.exists(gsm8k.default_train_path()),
+                                 reason="GSM8K train split not available")
+
+
+def _attempts(p):
+  gold = int(float(p.answer))
+  return [f"Final answer: {gold + 1}", f"So {gold - 1}. Final answer: {gold - 1}",
+          f"Final answer: {gold * 3 + 7}", "Final answer: 0", f"maybe {gold + 2}",
+          "How do I start?", "I am not sure.", f"It is {gold}? No. Final answer: {gold + 10}"]
+
+
+def _math_problems():
+  problems = []
+  for level in (0, 2, 4, 5):
+    problems += generated_math.ArithmeticTask(difficulty=level).problems("train", limit=40)
+  if os.path.exists(gsm8k.default_train_path()):
+    problems += gsm8k.GSM8KTask().problems("train", limit=250, seed=5)
+    problems += underspecified.GSM8KShardedTask().problems("train", limit=80)
+  return problems
+
+
+def test_math_hints_and_questions_never_leak():
+  task = gsm8k.GSM8KTask()  # every math task shares the verifier and `leaked`
+  rng = random.Random(0)
+  n = 0
+  for p in _math_problems():
+    for text in _attempts(p):
+      v = task.verify(p, text)
+      if v.correct:
+        continue
+      for _ in range(2):
+        hint = hints.math_hint(p, text, v, rng)
+        question = hints.template_question(p, text, rng)
+        assert hint and not task.leaked(p, hint), (p.statement, p.answer, hint)
+        assert question.endswith("?") and not task.leaked(p, question), (p.answer, question)
+        n += 1
+      if p.underspecified:
+        for k in range(1, len(p.shards) + 1):
+          q = hints.template_question(p, text, rng, shards_revealed=k)
+          assert not task.leaked(p, q), (p.answer, q)
+  assert n > 500
+
+
+def test_math_hint_says_which_way_and_is_varied():
+  p = generated_math.ArithmeticTask(difficulty=4).problems("train", limit=1)[0]
+  task = gsm8k.GSM8KTask()
+  gold = int(p.answer)
+  high, low = f"Final answer: {gold + 1000}", f"Final answer: {gold - 1000}"
+  high_hints = {hints.math_hint(p, high, task.verify(p, high), random.Random(s)) for s in range(30)}
+  low_hints = {hints.math_hint(p, low, task.verify(p, low), random.Random(s)) for s in range(30)}
+  assert all(("high" in h or "large" in h or "more" in h) for h in high_hints), high_hints
+  assert all(("low" in h or "small" in h or "less" in h) for h in low_hints), low_hints
+  assert all(("far" in h or "a lot" in h) for h in high_hints | low_hints)
+  assert len(high_hints) >= 4  # several templates, chosen by the rng
+  # Deterministic given the rng's seed.
+  assert hints.math_hint(p, high, task.verify(p, high), random.Random(3)) == hints.math_hint(
+      p, high, task.verify(p, high), random.Random(3))
+
+
+def test_format_reminder_when_the_answer_is_not_anchored():
+  p = generated_math.ArithmeticTask(difficulty=0).problems("train", limit=1)[0]
+  v = gsm8k.GSM8KTask().verify(p, "I got 3")
+  assert v.format_failure
+  assert "Final answer: <number>" in hints.math_hint(p, "I got 3", v, random.Random(0))
+
+
+@needs_gsm8k
+def test_gsm8k_steps_come_from_the_worked_solution():
+  p = gsm8k.GSM8KTask().problems("train", limit=None)
+  natalia = next(q for q in p if q.statement.startswith("Natalia sold clips"))
+  steps = hints.solution_steps(natalia)
+  assert [(s.expression, s.value_text) for s in steps] == [("48/2", "24")]  # 48+24=72 skipped
+  hint = hints.math_hint(natalia, "Final answer: 96", Verdict(True, False, "96"), random.Random(0))
+  assert "48/2" in hint and "24" in hint and "72" not in hint
+  # A turn that already reached 24 gets no step (the only non-answer step is done).
+  assert hints.first_unreached_step(natalia, "48/2 = 24. Final answer: 50") is None
+
+
+def test_arithmetic_steps_follow_evaluation_order():
+  p = Problem(id="a", task="arithmetic", domain="math", statement="What is (3 + 4) * 6 - 2?",
+              privileged="", answer="40", meta={"expression": "(3 + 4) * 6 - 2"})
+  assert [(s.expression, s.value_text) for s in hints.solution_steps(p)] == [
+      ("3 + 4", "7"), ("(3 + 4) * 6", "42")]
+  q = hints.template_question(p, "Final answer: 12", random.Random(0))
+  assert "3 + 4" in q and q.endswith("?")
+
+
+SHARDED = Problem(id="s", task="gsm8k_sharded", domain="math", statement="How much do they spend?",
+                  privileged="", answer="57",
+                  shards=("How much do they spend?", "A ticket costs $12.",
+                          "A group of 4 friends buys tickets.", "They share a $9 snack."))
+
+
+def test_shard_reply_answers_the_question_asked_else_reveals_the_next():
+  assert hints.shard_reply(SHARDED, "How much does the snack cost?", 1) == (SHARDED.shards[3], 3)
+  assert hints.shard_reply(SHARDED, "How many friends are there?", 1) == (SHARDED.shards[2], 2)
+  assert hints.shard_reply(SHARDED, "Final answer: 12", 1) == (SHARDED.shards[1], 1)
+  assert hints.shard_reply(SHARDED, "What about the weather?", {0, 1}) == (SHARDED.shards[2], 2)
+  assert hints.shard_reply(SHARDED, "How much is the snack?", 4)[1] is None
+
+
+def test_template_question_asks_for_the_missing_fact():
+  q = hints.template_question(SHARDED, "Final answer: 48", random.Random(0), shards_revealed=2)
+  assert "friends" in q and q.endswith("?") and "4" not in q
+  # The teacher's shard reply to that question is the fact it asks for.
+  assert hints.shard_reply(SHARDED, q, 2) == (SHARDED.shards[2], 2)
+
+
+def test_code_hint_names_the_failing_test_and_what_came_back():
+  fb = ("3 of 3 tests failed.\nFailed: assert f(1) == 2\n  the left side evaluated to: 5\n"
+        "Failed: assert f(2) == 3\n  the left side evaluated to: 6")
+  h = hints.code_hint(Problem("c", "mbpp", "code", "", ""), Verdict(True, False, "x", fb),
+                      random.Random(0))
+  assert "assert f(1) == 2" in h and "5" in h and "f(2)" not in h
+  fb = ("1 of 3 tests failed.\nError in assert f([]) == 0:\nTraceback (most recent call last):\n"
+        '  File "solution.py", line 2, in f\nIndexError: list index out of range')
+  h = hints.code_hint(Problem("c", "mbpp", "code", "", ""), Verdict(True, False, "x", fb),
+                      random.Random(0))
+  assert "assert f([]) == 0" in h and "IndexError: list index out of range" in h
+  h = hints.code_hint(Problem("c", "mbpp", "code", "", ""), Verdict(False, False),
+                      random.Random(0))
+  assert "```python" in h
+
+
+def test_code_hint_from_a_real_verdict():
+  from sml_jax.tasks import code
+  mbpp = code.MBPPTask(timeout=10.0)
+  p = next(q for q in mbpp.all_problems() if q.id == "mbpp/2")
+  v = mbpp.verify(p, "```python\ndef similar_elements(a, b):\n    return a\n```")
+  h = hints.code_hint(p, v, random.Random(0))
+  assert p.tests[0] in h and "(3, 4, 5, 6)" in h, (h, v.feedback)
+  assert not mbpp.leaked(p, h)
+
+
+def test_demo_copy_and_well_formed():
+  demo_lines = [t for _, t in prompts.STUDENT_DEMOS["math"]]
+  assert hints.is_demo_copy("How many apples did Tom have at the start?", demo_lines)
+  assert hints.is_demo_copy("  how many apples did Tom have at the start ", demo_lines)
+  assert not hints.is_demo_copy("How many eggs does she use each day?", demo_lines)
+  assert hints.well_formed("6 + 7 = 13. Final answer: 13", "math")
+  assert hints.well_formed("How many eggs does she use each day?", "math")
+  assert not hints.well_formed("There is 1.Next to this. Alright.", "math")
+  assert not hints.well_formed("The solution is 5.\u8f83\u4f4e\u4e2a\u65f6. Final answer: 5",
+                               "math")
+  assert hints.well_formed("```python\ndef f():\n    return 1\n```", "code")
+  assert not hints.well_formed("def f(): return 1", "code")
