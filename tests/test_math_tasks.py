@@ -322,8 +322,9 @@ def test_split_sentences():
 # --- generated math ------------------------------------------------------------------------------
 
 def test_arithmetic_level0_is_really_easy():
-  problems = generated_math.ArithmeticTask(difficulty=0).problems("train", limit=200)
-  assert len(problems) == 200
+  # Level 0 has ~100 distinct problems in all; the train split holds 80% of them, no repeats.
+  problems = generated_math.ArithmeticTask(difficulty=0).problems("train", limit=70)
+  assert len(problems) == 70
   for p in problems:
     expr = p.meta["expression"]
     a, op, b = expr.split()
@@ -334,7 +335,7 @@ def test_arithmetic_level0_is_really_easy():
 
 def test_arithmetic_difficulty_grows_and_answers_are_exact():
   sizes = []
-  for level in range(len(generated_math.ARITHMETIC_LEVELS)):
+  for level in range(6):  # The ladder 0..5 (level 6, two-digit sums, is a family of its own).
     problems = generated_math.ArithmeticTask(difficulty=level).problems("train", limit=60)
     for p in problems:
       assert generated_math._exact_value(p.meta["expression"]) == int(p.answer)
@@ -364,3 +365,18 @@ def test_gsm_symbolic_difficulty_range():
   assert all(task.verify(p, p.privileged).correct for p in problems)
   with pytest.raises(RuntimeError, match="widen the range"):
     generated_math.GSMSymbolicTask(min_difficulty=40).problems("train", limit=5)
+
+
+@pytest.mark.parametrize("level", [0, 2, 6])
+def test_arithmetic_splits_are_disjoint_by_construction(level):
+  """A problem's split is a function of its expression: no eval problem is a train problem,
+  at any level (level 0 has only ~100 distinct problems, which a seed split used to share)."""
+  from sml_jax.tasks.generated_math import ArithmeticTask, split_of
+  task = ArithmeticTask(level)
+  train = {p.meta["expression"] for p in task.problems("train", seed=0)}
+  train |= {p.meta["expression"] for p in task.problems("train", seed=7)}
+  evals = [p.meta["expression"] for p in task.problems("eval", limit=200, seed=0)]
+  assert len(set(evals)) == len(evals) and not train & set(evals)
+  assert all(split_of(e) == "eval" for e in evals)
+  if level > 0:
+    assert len(evals) == 200

@@ -7,15 +7,19 @@
   the number of steps of the generated worked solution (2..15); `min_difficulty` /
   `max_difficulty` filter on it.
 
-Splits use disjoint generator seed ranges ("train": seed, "eval": seed + 1,000,003, "test":
-seed + 2,000,006). The smallest levels have few distinct problems (level 0 has 100), so train and
-eval overlap there by construction; from level 3 on overlaps are rare.
+Splits are disjoint by construction: an arithmetic problem belongs to the split its expression
+hashes to (80% train, 10% eval, 10% test, `split_of`), whatever generator seed produced it, and
+a split never repeats an expression. The smallest levels have few distinct problems (level 0 has
+100 in all, so about 10 eval problems): ask for more than exist and you get fewer, with a
+warning. `gsm_symbolic` splits use disjoint generator seed ranges ("train": seed, "eval":
+seed + 1,000,003, "test": seed + 2,000,006).
 Everything is deterministic given (split, seed, size).
 """
 
 from __future__ import annotations
 
 import fractions
+import hashlib
 import logging
 import re
 from typing import Any
@@ -42,7 +46,17 @@ ARITHMETIC_LEVELS: tuple[dict[str, Any], ...] = (
          allow_parentheses=True, allow_negation=True),                        # -(3 + 4) * 6
     dict(min_terms=4, max_terms=6, min_digits=2, max_digits=4, operators=("+", "-", "*", "/"),
          allow_parentheses=True, allow_negation=True),                        # reasoning_gym default
+    dict(min_terms=2, max_terms=2, min_digits=2, max_digits=2, operators=("+", "-"),
+         allow_parentheses=False, allow_negation=False),                      # What is 54 + 26?
 )
+# Fractions of distinct expressions in each split (by hash of the expression).
+_SPLIT_BUCKETS = {"train": range(0, 80), "eval": range(80, 90), "test": range(90, 100)}
+
+
+def split_of(expression: str) -> str:
+  """The split an arithmetic expression belongs to: a function of its text only."""
+  bucket = int(hashlib.sha256(" ".join(expression.split()).encode()).hexdigest(), 16) % 100
+  return next(name for name, r in _SPLIT_BUCKETS.items() if bucket in r)
 
 
 def _exact_value(expression: str) -> fractions.Fraction | None:
@@ -86,14 +100,18 @@ class ArithmeticTask(math_task.MathTask):
     n = self.size if limit is None else limit
     config = dict(ARITHMETIC_LEVELS[self.difficulty], format_style="natural", whitespace="single")
     base = seed + _SPLIT_OFFSET[split]
-    # Over-generate: a few complex problems are dropped (floor division != true division).
-    dataset = _generate("basic_arithmetic", config, base, max(2 * n, 16))
-    problems, skipped = [], 0
+    # Over-generate: a split keeps ~10-80% of the expressions, a few complex problems are dropped
+    # (floor division != true division), and small levels repeat expressions.
+    dataset = _generate("basic_arithmetic", config, base, max(20 * n, 64))
+    problems, skipped, seen = [], 0, set()
     for i in range(len(dataset)):
       if len(problems) == n:
         break
       item = dataset[i]
       expression = item["metadata"]["expression"]
+      if expression in seen or split_of(expression) != split:
+        continue
+      seen.add(expression)
       value = _exact_value(expression)
       if value is None or value != int(item["answer"]):
         skipped += 1
@@ -105,7 +123,10 @@ class ArithmeticTask(math_task.MathTask):
           answer=item["answer"], difficulty=self.difficulty,
           meta={"expression": expression}))
     if len(problems) < n:
-      raise RuntimeError(f"generated only {len(problems)} of {n} arithmetic problems")
+      log.warning("arithmetic level %d has only %d distinct %s problems (asked for %d)",
+                  self.difficulty, len(problems), split, n)
+      if not problems:
+        raise RuntimeError(f"arithmetic level {self.difficulty}: no {split} problems generated")
     if skipped:
       log.debug("arithmetic level %d: skipped %d floor-division problems", self.difficulty, skipped)
     return problems
