@@ -145,9 +145,6 @@ def base_config() -> ml_collections.ConfigDict:
 
 # --- ConfigDict -> RunSpec ------------------------------------------------------------------------
 
-# Task constructor arguments that change how a task *verifies* (its data file, sandbox limits);
-# problem-pool arguments (difficulty, subset, ...) only select which problems are drawn.
-VERIFIER_KWARGS = ("path", "timeout", "allow_unsafe")
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -289,8 +286,10 @@ def to_spec(config) -> spec_lib.RunSpec:
   task_kwargs: dict[str, dict] = {}
   for name in config.curricula.keys():
     for entry in _entries(config.curricula[name], f"curricula.{name}"):
-      task_kwargs.setdefault(entry.name, {k: v for k, v in entry.kwargs.items()
-                                          if k in VERIFIER_KWARGS})
+      # The first curriculum entry naming a task gives its arguments (data files, difficulty,
+      # sandbox limits) to every other use of the task: verification, and eval entries
+      # without arguments of their own.
+      task_kwargs.setdefault(entry.name, dict(entry.kwargs))
   teacher = None
   if config.teacher.model or config.teacher.checkpoint:
     teacher = spec_lib.ModelSpec(config.teacher.model or config.model, config.teacher.checkpoint)

@@ -36,13 +36,18 @@ class TaskBook:
   (`RunSpec.task_kwargs`) merged with an entry's own (e.g. an eval entry's `test_path=`)."""
 
   def __init__(self, task_kwargs: Mapping[str, Mapping[str, Any]]):
-    self._kwargs, self._tasks = task_kwargs, {}
+    self._kwargs, self._tasks, self._latest = task_kwargs, {}, {}
 
   def task(self, name: str, kwargs: Mapping[str, Any] | None = None):
+    """The task `name` built with `kwargs`; without them (a verifier lookup by a problem's task
+    name), the instance built last for that name, e.g. an eval entry's `path=`."""
+    if kwargs is None and name in self._latest:
+      return self._latest[name]
     kw = {**self._kwargs.get(name, {}), **(kwargs or {})}
     key = (name, tuple(sorted((k, repr(v)) for k, v in kw.items())))
     if key not in self._tasks:
       self._tasks[key] = task_registry.get_task(name, **kw)
+    self._latest[name] = self._tasks[key]
     return self._tasks[key]
 
 

@@ -58,3 +58,28 @@ def test_first_ppo_inner_step_is_on_policy():
   assert m["first_log_ratio_abs_mean"] < 1e-4, m
   assert m["first_clip_fraction"] == 0.0, m
   assert m["log_ratio_abs_mean"] > 10 * m["first_log_ratio_abs_mean"], m   # The update moved it.
+
+
+def test_eval_tasks_take_curriculum_entries_with_arguments(tmp_path):
+  """--config.eval.tasks accepts task:weight:k=v entries: the official-format GSM8K test file is
+  evaluated whole with split=test, and a Lost-in-Conversation file through lic_math."""
+  gsm = tmp_path / "gsm_test.jsonl"
+  gsm.write_text("".join(json.dumps({"question": f"Tom has {i} apples and buys 2 more. How many "
+                                                 "apples does he have?",
+                                     "answer": f"{i} + 2 = <<{i}+2={i + 2}>>{i + 2}\n#### {i + 2}"})
+                         + "\n" for i in range(3)))
+  lic = REPO / "tests" / "data" / "sharded_instructions_sample.json"
+  for name, tasks, split, n in [("gsm8k", f"gsm8k:1:test_path={gsm}", "test", 3),
+                                ("lic_math", f"lic_math:1:path={lic};strict=false", "eval", None)]:
+    wd = tmp_path / name
+    proc = subprocess.run(
+        [sys.executable, "-m", "sml_jax.main", "--config=configs/tiny_test.py", f"--workdir={wd}",
+         "--config.stages=eval_before", f"--config.eval.tasks={tasks}",
+         f"--config.eval.split={split}", "--config.eval.max_turns=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (wd / "eval" / f"before_{name}.transcripts.jsonl").read_text().splitlines()
+    if n is not None:
+      assert len(rows) == n
+    problems = [json.loads(r)["problem_id"] for r in rows]
+    assert len(problems) >= 1 and len(set(problems)) == len(problems)
