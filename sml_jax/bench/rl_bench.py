@@ -99,8 +99,8 @@ def main(argv) -> None:
                                   batch_multiple=config.train.micro_batch_size)
       state, metrics = steps(state, batch)
       float(metrics["loss"])  # Waits for the step.
-      row["train_tokens"] = int(batch["input_mask"].sum())
-      row["batch_shape"] = list(batch["tokens"].shape)
+      row["train_tokens"] = int(batch.input_mask.sum())
+      row["batch_shape"] = list(batch.tokens.shape)
     row["training_s"] = time.time() - t1
     row["total_s"] = time.time() - t0
     rows.append(row)

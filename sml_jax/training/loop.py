@@ -111,8 +111,8 @@ def _train_batch(exp, examples, needs_old_logprobs: bool):
   length = batching.bucket_length(int(sizes[:, 1].max()), max_len=train.max_len)
   local = batching.make_batch(examples, max_len=train.max_len, buckets=(length,),
                               pad_batch_to=rows)
-  if needs_old_logprobs and "old_logprobs" not in local:   # A host without examples.
-    local["old_logprobs"] = np.zeros_like(local["weights"])
+  if needs_old_logprobs and local.old_logprobs is None:   # A host without examples.
+    local = local.replace(old_logprobs=np.zeros_like(local.weights))
   return distributed.global_batch(local, exp.mesh)
 
 
@@ -124,7 +124,7 @@ class _Steps:
 
   def __call__(self, state, batch):
     micro = self.exp.config.train.micro_batch_size
-    num_micro = max(1, batch["tokens"].shape[0] // micro)
+    num_micro = max(1, batch.tokens.shape[0] // micro)
     if num_micro not in self.steps:
       import dataclasses  # pylint: disable=g-import-not-at-top
       cfg = dataclasses.replace(self.base_cfg, num_micro_batches=num_micro)
@@ -198,12 +198,12 @@ def run_stages(exp, stages, *, run_eval, collect_examples, stage_seed) -> None:
         batch = _train_batch(exp, examples, needs_old_logprobs=train_cfg.needs_old_logprobs)
         if batch is not None:
           if reference_logprobs is not None:
-            batch["ref_logprobs"] = reference_logprobs(exp.reference_params(), batch)
+            batch = batch.replace(ref_logprobs=reference_logprobs(exp.reference_params(), batch))
           for _ in range(rl.inner_steps if kind == "rl" else 1):
             state, m = steps(state, batch)
           m = {k: float(v) for k, v in m.items()}
           t2 = time.time()
-          n_tok = float(_global_sum(batch["input_mask"]))
+          n_tok = float(_global_sum(batch.input_mask))
           row.update({"loss": m["loss"], "grad_norm": m["grad_norm"], "train_tokens": n_tok,
                       "student_tokens": m["num_student_tokens"], "time_training_s": t2 - t1,
                       "tokens_per_s": n_tok / max(t2 - t1, 1e-9)})
