@@ -96,8 +96,9 @@ def random_batch(batch: int, seq: int, seed: int = 0):
   tokens[:, 0] = 2
   mask = np.ones((batch, seq), np.float32)
   mask[:, 0] = 0
-  return batching.Batch(tokens=tokens, positions=np.tile(np.arange(seq, dtype=np.int32), (batch, 1)),
-                        input_mask=np.ones((batch, seq), bool), mask=mask, weights=mask.copy())
+  positions = np.tile(np.arange(seq, dtype=np.int32), (batch, 1))
+  return batching.Batch(tokens=tokens, positions=positions, input_mask=np.ones((batch, seq), bool),
+                        mask=mask, weights=mask.copy())
 
 
 def run_variant(variant: str, args, holder: list) -> dict:

@@ -23,8 +23,8 @@ import numpy as np
 
 # The special ids, `Role` and `loss_mask` belong to the model layer (`models/tokens.py`, where
 # the sampler and the train step read them); re-exported here for dialogue code.
-from sml_jax.models.tokens import (BOS_ID, END_OF_TURN_ID, EOS_ID, PAD_ID,  # pylint: disable=unused-import
-                                   START_OF_TURN_ID, Role, loss_mask)
+from sml_jax.models.tokens import (  # pylint: disable=unused-import
+    BOS_ID, END_OF_TURN_ID, EOS_ID, PAD_ID, START_OF_TURN_ID, Role, loss_mask)
 
 CHAT_ROLES = ("user", "model")
 

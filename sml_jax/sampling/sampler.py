@@ -1,6 +1,6 @@
 """The batched multi-turn sampler: host-side bookkeeping around the jitted `decode` / `append`.
 
-    sampler = Sampler(model, cache_length=1024, mesh=None, dtype=jnp.bfloat16)   # stops: <eot>, <eos>
+    sampler = Sampler(model, cache_length=1024, mesh=None, dtype=jnp.bfloat16)  # stop: <eot>, <eos>
     out = sampler.generate(params, prompts, max_new_tokens=64, temperature=0.0)   # one turn
     state = sampler.start(params, prompts)                          # prefill B conversations
     state, out = sampler.sample(params, state, max_new_tokens=64, temperature=0.7, seed=1,
