@@ -7,7 +7,7 @@ r"""Memory plan: bytes per device of params, optimizer state, activations and KV
 
 Shapes come from `jax.eval_shape` of the model init (no weights are loaded), the split over the
 mesh from the one rules table; the formulas and their assumptions are in
-`sml_jax/parallel/memory.py`. The train step is planned for `config.train.micro_batch_size` rows
+`sml_jax/planning/memory.py`. The train step is planned for `config.train.micro_batch_size` rows
 of `config.train.max_len` tokens; the sampler for the largest batch a stage samples at once
 (RL: problems_per_step x group_size) with `config.sampler.cache_length` slots, student and
 teacher each. When the plan does not fit, meshes that would are listed.
@@ -71,7 +71,7 @@ def device_budget(topology: str) -> tuple[int, int | None, str]:
 def build(config, devices: int, hbm, mesh_sizes=None, sample=None):
   """-> (Plan, student model, teacher model) for `config` on `devices` devices."""
   from sml_jax.models import registry  # pylint: disable=g-import-not-at-top
-  from sml_jax.parallel import memory  # pylint: disable=g-import-not-at-top
+  from sml_jax.planning import memory  # pylint: disable=g-import-not-at-top
   from sml_jax.parallel.mesh import resolve_axis_sizes  # pylint: disable=g-import-not-at-top
   sizes = mesh_sizes or resolve_axis_sizes((config.mesh.data, config.mesh.fsdp, config.mesh.tensor),
                                            devices)

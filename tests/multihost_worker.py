@@ -63,10 +63,10 @@ def main(workdir: str) -> None:
   mesh = make_mesh(data=1, fsdp=2, tensor=1)
   assert [d.process_index for d in mesh.devices.flat] == [0, 1]
   batch = distributed.global_batch(mine, mesh)
-  assert batch["tokens"].shape == full["tokens"].shape
+  assert batch.tokens.shape == full.tokens.shape
   np.testing.assert_array_equal(
-      np.concatenate([np.asarray(s.data) for s in batch["tokens"].addressable_shards]),
-      full["tokens"][4 * pid:4 * pid + 4])
+      np.concatenate([np.asarray(s.data) for s in batch.tokens.addressable_shards]),
+      full.tokens[4 * pid:4 * pid + 4])
 
   tx = opt.make_optimizer(opt.OptimizerConfig(learning_rate=1e-3))
   cfg = tstep.TrainConfig(compute_dtype="float32")

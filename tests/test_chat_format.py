@@ -26,3 +26,18 @@ def test_generation_prompt(tokenizer):
   ids, roles = cf.encode_dialogue(tokenizer, [("user", "Q?")], add_generation_prompt=True)
   assert tokenizer.decode(ids.tolist()[-3:]).endswith("<start_of_turn>model\n")
   assert roles[-1] == Role.TEMPLATE
+
+
+def test_special_ids_match_the_tokenizer(tokenizer):
+  """`models/tokens.py` hard-codes the Gemma 3 special ids; they are the real tokenizer's."""
+  from sml_jax.models import tokens
+  special = tokenizer.special_tokens
+  assert (tokens.PAD_ID, tokens.EOS_ID, tokens.BOS_ID) == (special.PAD, special.EOS, special.BOS)
+  assert (tokens.START_OF_TURN_ID, tokens.END_OF_TURN_ID) == (special.START_OF_TURN,
+                                                              special.END_OF_TURN)
+  for token_id, piece in tokens.SPECIAL_PIECES.items():
+    assert tokenizer._sp.id_to_piece(token_id) == piece   # pylint: disable=protected-access
+  assert tokens.STOP_TOKENS == (tokens.END_OF_TURN_ID, tokens.EOS_ID)
+  # chat_format re-exports the same objects.
+  assert cf.Role is tokens.Role and cf.loss_mask is tokens.loss_mask
+  assert (cf.BOS_ID, cf.END_OF_TURN_ID) == (tokens.BOS_ID, tokens.END_OF_TURN_ID)

@@ -141,21 +141,21 @@ def test_make_batch_pads_right_and_weights_student_tokens():
   ex2 = batching.Example(np.arange(2, 7, dtype=np.int32), np.array([m, t, m, m, u], np.int8),
                          token_weights=np.array([9, 9, 0.5, 2, 9], np.float32))
   b = batching.make_batch([ex1, ex2], buckets=(8, 16), batch_multiple=4)
-  assert b["tokens"].shape == (4, 16) and b["tokens"].dtype == np.int32
-  np.testing.assert_array_equal(b["tokens"][0, :10], np.arange(2, 12))
-  assert (b["tokens"][0, 10:] == 0).all() and (b["tokens"][2:] == 0).all()
-  np.testing.assert_array_equal(b["positions"][1, :6], [0, 1, 2, 3, 4, 0])
-  np.testing.assert_array_equal(b["input_mask"].sum(1), [10, 5, 0, 0])
-  np.testing.assert_array_equal(b["weights"][0, :10], [0, 0, 0, 0, 0, 0, -0.5, -0.5, -0.5, 0])
+  assert b.tokens.shape == (4, 16) and b.tokens.dtype == np.int32
+  np.testing.assert_array_equal(b.tokens[0, :10], np.arange(2, 12))
+  assert (b.tokens[0, 10:] == 0).all() and (b.tokens[2:] == 0).all()
+  np.testing.assert_array_equal(b.positions[1, :6], [0, 1, 2, 3, 4, 0])
+  np.testing.assert_array_equal(b.input_mask.sum(1), [10, 5, 0, 0])
+  np.testing.assert_array_equal(b.weights[0, :10], [0, 0, 0, 0, 0, 0, -0.5, -0.5, -0.5, 0])
   # The first token is never a target, even if the model wrote it.
-  np.testing.assert_array_equal(b["weights"][1, :5], [0, 0, 0.5, 2, 0])
-  np.testing.assert_array_equal(b["mask"][1, :5], [0, 0, 1, 1, 0])
-  assert "old_logprobs" not in b
+  np.testing.assert_array_equal(b.weights[1, :5], [0, 0, 0.5, 2, 0])
+  np.testing.assert_array_equal(b.mask[1, :5], [0, 0, 1, 1, 0])
+  assert b.old_logprobs is None and b.ref_logprobs is None
   stats = batching.batch_stats([ex1, ex2], b)
   assert stats["num_student_tokens"] == 5 and stats["num_truncated"] == 0
   # Truncation at max_len; buckets; errors.
   b = batching.make_batch([ex1], max_len=6, buckets=(8,))
-  assert b["tokens"].shape == (1, 6)
+  assert b.tokens.shape == (1, 6)
   assert batching.bucket_length(300) == 512
   with pytest.raises(ValueError, match="roles"):
     batching.Example(np.arange(3), np.zeros(2, np.int8))

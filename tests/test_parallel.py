@@ -58,7 +58,8 @@ import jax, jax.numpy as np_, numpy as np
 assert jax.device_count() == 8
 from sml_jax.dialogue import chat_format as cf
 from sml_jax.models import registry
-from sml_jax.parallel import distributed, memory, rules
+from sml_jax.parallel import distributed, rules
+from sml_jax.planning import memory
 from sml_jax.parallel.mesh import make_mesh
 from sml_jax.sampling import decode, forward as fwd
 from sml_jax.training import batching, optimizer as opt, train_state as ts, train_step as tstep

@@ -1,4 +1,4 @@
-"""The memory plan (`sml_jax.plan`, `sml_jax/parallel/memory.py`) against what XLA reports for the
+"""The memory plan (`sml_jax.plan`, `sml_jax/planning/memory.py`) against what XLA reports for the
 compiled train step and sampler (`jit(...).lower(...).compile().memory_analysis()`), the TPU
 topology table, and the command line."""
 
@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import pytest
 
 from sml_jax.models import registry
-from sml_jax.parallel import memory
 from sml_jax.parallel import topology
+from sml_jax.planning import memory
 from sml_jax.sampling import decode
 from sml_jax.sampling import forward as fwd
+from sml_jax.training import batching
 from sml_jax.training import optimizer as opt
 from sml_jax.training import train_state as ts
 from sml_jax.training import train_step as tstep
@@ -42,9 +43,9 @@ def _xla_train_step(model, shapes, b: int, t: int, compute_dtype: str):
   fn = jax.jit(functools.partial(tstep.train_step, model=model, optimizer=tx,
                                  cfg=tstep.TrainConfig(compute_dtype=compute_dtype)),
                donate_argnums=0)
-  batch = {k: S((b, t), dt) for k, dt in [("tokens", jnp.int32), ("positions", jnp.int32),
-                                          ("input_mask", jnp.bool_), ("mask", jnp.float32),
-                                          ("weights", jnp.float32)]}
+  batch = batching.Batch(**{k: S((b, t), dt) for k, dt in [
+      ("tokens", jnp.int32), ("positions", jnp.int32), ("input_mask", jnp.bool_),
+      ("mask", jnp.float32), ("weights", jnp.float32)]})
   return fn.lower(state, batch).compile().memory_analysis()
 
 

@@ -306,7 +306,7 @@ def test_padding_is_compacted_away_instead_of_growing_the_cache(setup):
                                 active=[turn % 2 == 0, turn % 2 == 1])
     for i in range(2):
       history[i] += out.tokens[i].tolist()
-    capacities.append(int(state.cache["valid"].shape[1]))
+    capacities.append(state.cache.capacity)
   # The rows take turns: 6 x 40 shared slots would pass 256, but each row holds ~3 x 40 tokens.
   assert max(len(r) for r in rows) - 1 + 6 * 40 > 256
   assert max(len(h) for h in history) + 40 <= 256

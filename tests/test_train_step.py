@@ -68,7 +68,7 @@ def test_sft_drives_loss_down(tiny):
     state, m = step(state, batch)
     losses.append(float(m["loss"]))
   assert int(state.step) == 6
-  assert m["num_student_tokens"] == batch["mask"].sum() > 0
+  assert m["num_student_tokens"] == batch.mask.sum() > 0
   assert losses[-1] < losses[0] - 1.0, losses
   np.testing.assert_allclose(float(m["mean_logprob"]), -losses[-1], rtol=0.05)
 
@@ -82,14 +82,14 @@ def test_teacher_tokens_get_no_gradient(tiny):
   other_student = base[:-2] + [("model", "It is 4."), base[-1]]
   batches = [batching.make_batch(_examples(tok, [d]), buckets=(64,))
              for d in (base, other_teacher, other_student)]
-  assert (batches[0]["tokens"] != batches[1]["tokens"]).any()
+  assert (batches[0].tokens != batches[1].tokens).any()
   g0, g1, g2 = (_grads(model, params, b) for b in batches)
   assert _max_diff(g0, g1) == 0.0
   assert _max_diff(g0, g2) > 1e-3
   # Moving the weight onto teacher tokens does change the gradient (the test can fail).
-  b = dict(batches[0])
-  b["weights"] = ((1 - b["mask"]) * b["input_mask"]).astype(np.float32)
-  b["weights"][:, 0] = 0
+  weights = ((1 - batches[0].mask) * batches[0].input_mask).astype(np.float32)
+  weights[:, 0] = 0
+  b = batches[0].replace(weights=weights)
   assert _max_diff(g0, _grads(model, params, b)) > 1e-3
 
 
@@ -99,7 +99,7 @@ def test_four_micro_batches_equal_one_big_batch(tiny, normaliser, loss):
   advantages = [1.2, -0.4, 0.0, -0.8, 0.5, 1.0, -1.5, 0.3]
   batch = batching.make_batch(_examples(tok, DIALOGUES * 2, advantages), buckets=(64,))
   rng = np.random.default_rng(0)
-  batch["old_logprobs"] = (-rng.uniform(0, 8, batch["tokens"].shape)).astype(np.float32)
+  batch = batch.replace(old_logprobs=(-rng.uniform(0, 8, batch.shape)).astype(np.float32))
   tx = optax.sgd(1.0)  # Linear in the gradient: compares accumulated gradients directly.
   out = []
   for micro in (1, 4):
@@ -121,10 +121,9 @@ def test_ppo_at_ratio_one_equals_nll_and_kl_is_zero_against_itself(tiny):
   model, params, tok = tiny
   batch = batching.make_batch(_examples(tok, weights=[1.0, -1.0, 0.5, -0.5]), buckets=(64,))
   logp = tstep.make_logprob_fn(model, tstep.TrainConfig(**F32))(params, batch)
-  assert logp.shape == batch["tokens"].shape and (logp[:, 0] == 0).all()
-  assert (np.asarray(logp)[batch["mask"] > 0] < 0).all()
-  batch["old_logprobs"] = np.asarray(logp)
-  batch["ref_logprobs"] = np.asarray(logp)
+  assert logp.shape == batch.tokens.shape and (logp[:, 0] == 0).all()
+  assert (np.asarray(logp)[batch.mask > 0] < 0).all()
+  batch = batch.replace(old_logprobs=np.asarray(logp), ref_logprobs=np.asarray(logp))
   tx = optax.sgd(1.0)
   out = {}
   for cfg in (tstep.TrainConfig(**F32), tstep.TrainConfig(loss="ppo", kl_beta=0.5, **F32)):
@@ -133,8 +132,8 @@ def test_ppo_at_ratio_one_equals_nll_and_kl_is_zero_against_itself(tiny):
   (s_nll, m_nll), (s_ppo, m_ppo) = out["nll"], out["ppo"]
   assert _max_diff(s_nll.params, s_ppo.params) < 1e-5
   np.testing.assert_allclose(m_ppo["grad_norm"], m_nll["grad_norm"], rtol=1e-5)
-  np.testing.assert_allclose(m_nll["mean_logprob"], (logp * batch["mask"]).sum() /
-                             batch["mask"].sum(), rtol=1e-5)
+  np.testing.assert_allclose(m_nll["mean_logprob"], (logp * batch.mask).sum() /
+                             batch.mask.sum(), rtol=1e-5)
   assert abs(float(m_ppo["kl"])) < 1e-5 and float(m_ppo["clip_fraction"]) == 0.0
 
 
@@ -174,7 +173,9 @@ def test_bad_batches_and_configs(tiny):
   with pytest.raises(ValueError, match="old_logprobs"):
     tstep.make_train_step(model, tx, tstep.TrainConfig(loss="ppo"))(state, batch)
   with pytest.raises(ValueError, match="weights"):
-    step(state, {k: v for k, v in batch.items() if k != "weights"})
+    step(state, batch.replace(weights=None))
+  with pytest.raises(TypeError, match="batching.Batch"):
+    step(state, batch.arrays())
   for kwargs, field in [({"loss": "dpo"}, "TrainConfig.loss"), ({"kl_beta": -1}, "kl_beta"),
                         ({"num_micro_batches": 0}, "num_micro_batches"),
                         ({"compute_dtype": "float16"}, "compute_dtype")]:

@@ -90,13 +90,15 @@ def model_flops_per_token(cfg, n_params: int, seq: int, n_lora: int = 0, lora: b
 def random_batch(batch: int, seq: int, seed: int = 0):
   """Random tokens, every token after the first a student token (the costliest case)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from sml_jax.training import batching  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   tokens = rng.integers(3, 262_000, (batch, seq)).astype(np.int32)
   tokens[:, 0] = 2
   mask = np.ones((batch, seq), np.float32)
   mask[:, 0] = 0
-  return {"tokens": tokens, "positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1)),
-          "input_mask": np.ones((batch, seq), bool), "mask": mask, "weights": mask.copy()}
+  positions = np.tile(np.arange(seq, dtype=np.int32), (batch, 1))
+  return batching.Batch(tokens=tokens, positions=positions, input_mask=np.ones((batch, seq), bool),
+                        mask=mask, weights=mask.copy())
 
 
 def run_variant(variant: str, args, holder: list) -> dict:

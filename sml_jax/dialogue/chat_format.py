@@ -12,27 +12,21 @@ USER or MODEL (the model must learn to stop, so its `<end_of_turn>` is in the lo
 
 Segments are tokenised separately and concatenated, which is exactly how a multi-turn sampler
 extends its context turn by turn (generated tokens are kept as sampled, never re-tokenised).
-Pure numpy: no jax import.
+Pure numpy: no jax import. Token ids and `Role`: `sml_jax/models/tokens.py`.
 """
 
 from __future__ import annotations
 
-import enum
 from typing import Iterable, Sequence
 
 import numpy as np
 
-BOS_ID, EOS_ID, PAD_ID = 2, 1, 0
-START_OF_TURN_ID, END_OF_TURN_ID = 105, 106
+# The special ids, `Role` and `loss_mask` belong to the model layer (`models/tokens.py`, where
+# the sampler and the train step read them); re-exported here for dialogue code.
+from sml_jax.models.tokens import (  # pylint: disable=unused-import
+    BOS_ID, END_OF_TURN_ID, EOS_ID, PAD_ID, START_OF_TURN_ID, Role, loss_mask)
+
 CHAT_ROLES = ("user", "model")
-
-
-class Role(enum.IntEnum):
-  PAD = 0
-  TEMPLATE = 1
-  USER = 2
-  MODEL = 3
-  DEMO = 4  # model-side text of in-context demonstrations: part of the prompt, never trained
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -103,7 +97,3 @@ def format_dialogue(turns: Iterable[tuple[str, str]], add_generation_prompt: boo
   out = "".join(f"<start_of_turn>{r}\n{t}<end_of_turn>\n" for r, t in turns)
   return out + ("<start_of_turn>model\n" if add_generation_prompt else "")
 
-
-def loss_mask(roles: np.ndarray) -> np.ndarray:
-  """1.0 where the token was written by the model (its text and closing `<end_of_turn>`)."""
-  return (np.asarray(roles) == Role.MODEL).astype(np.float32)

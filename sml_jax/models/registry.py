@@ -6,6 +6,9 @@
 
 `tiny` is a small random-init Gemma 3 style transformer for unit tests; it keeps the real
 262,144-word vocabulary so the real tokenizer works with it.
+
+Import-light on purpose (config validation reads `MODEL_NAMES` at CLI start-up): gemma and jax
+load inside the functions that build or load something. Special token ids: `tokens.py`.
 """
 
 from __future__ import annotations

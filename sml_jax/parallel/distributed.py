@@ -26,7 +26,14 @@ import logging
 import os
 from typing import Any, Mapping, Sequence, TypeVar
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from sml_jax.parallel import rules
+
 T = TypeVar("T")
+B = TypeVar("B")
 ENV_ADDRESS, ENV_NUM, ENV_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
 ENV_MODE = "SML_JAX_DISTRIBUTED"  # "auto" | "off" | unset
 
@@ -90,7 +97,6 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
   Returns True if the distributed runtime is (now or already) initialized, False for a single
   process. Call it before any other JAX computation (JAX fixes its devices at first use).
   """
-  import jax  # pylint: disable=g-import-not-at-top
   if jax.distributed.is_initialized():
     return True
   env = os.environ if environ is None else environ
@@ -131,7 +137,6 @@ def host_range(n: int, process_index: int | None = None,
                process_count: int | None = None) -> tuple[int, int]:
   """[start, stop) of this host's block of n items (the block `host_slice` returns)."""
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if process_count < 1 or not 0 <= process_index < process_count:
@@ -142,52 +147,42 @@ def host_range(n: int, process_index: int | None = None,
   return start, start + base + (process_index < extra)
 
 
-def global_batch(local_batch: Mapping[str, Any], mesh) -> dict:
+def global_batch(local_batch: B, mesh) -> B:
   """Per-host numpy rows -> global jax.Arrays, batch dim sharded like `rules.batch_sharding`.
 
-  local_batch: {key: [B / process_count, ...]} (this host's `host_slice` of the global batch,
-  same shapes on every host). Returns {key: jax.Array [B, ...]}. On one process it is just a
-  sharded `device_put`.
+  local_batch: a pytree (e.g. a `training.batching.Batch`) of [B / process_count, ...] arrays
+  (this host's `host_slice` of the global batch, same shapes on every host). Returns the same
+  pytree of jax.Array [B, ...]. On one process it is just a sharded `device_put`.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
-  return {k: jax.make_array_from_process_local_data(rules.batch_sharding(mesh, v.ndim), v)
-          for k, v in local_batch.items()}
+  return jax.tree.map(
+      lambda v: jax.make_array_from_process_local_data(rules.batch_sharding(mesh, v.ndim), v),
+      local_batch)
 
 
 def sync(name: str) -> None:
   """Barrier across hosts (no-op on one process), e.g. before reading files another host wrote."""
-  import jax  # pylint: disable=g-import-not-at-top
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
 
 
 def is_primary() -> bool:
   """Process 0 writes the workdir's shared files (metrics, transcripts, evals, report)."""
-  import jax  # pylint: disable=g-import-not-at-top
   return jax.process_index() == 0
 
 
-def allgather_rows(row) -> "np.ndarray":
+def allgather_rows(row) -> np.ndarray:
   """A small int/float vector from every host -> [process_count, len(row)] (process order)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   row = np.asarray(row).reshape(1, -1)
   if jax.process_count() == 1:
     return row
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(row, tiled=True))
 
 
 def gather_json(items: Sequence[Any]) -> list[Any]:
   """Every host's list of JSON-able items -> one list, hosts in process order, on every host
   (e.g. the transcripts of each host's conversations)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
     return list(items)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   data = np.frombuffer(json.dumps(list(items)).encode(), np.uint8)
   size = int(allgather_rows([data.size]).max())
   padded = np.zeros((1, size), np.uint8)
@@ -205,9 +200,6 @@ def to_local_mesh(tree, local_mesh):
 
   Goes through host memory (`process_allgather`), once per RL step for the student's params.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
     return tree
   full = multihost_utils.process_allgather(tree, tiled=True)

@@ -16,6 +16,7 @@ import math
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
 AXES = ("data", "fsdp", "tensor")
@@ -46,7 +47,6 @@ def device_grid(shape: tuple[int, ...], devices: list) -> np.ndarray:
   """Devices arranged as `shape` (data, fsdp, tensor), topology-aware on TPU."""
   if devices[0].platform != "tpu":
     return np.asarray(devices).reshape(shape)
-  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
   num_slices = len({getattr(d, "slice_index", 0) for d in devices})
   try:
     if num_slices > 1 and shape[0] % num_slices == 0:

@@ -28,8 +28,8 @@ PARAM_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     (r".*", ()),                                                   # norms, scalars: replicated
 )
 # KV caches. gemma's layout per layer: layer_i/{k, v} (B, L, K, D), end_index (B,), positions
-# (B, L); the sampler's (`sampling/forward.py`): layer_i/{keys, values} (B*K, C, D), pos and
-# valid (B, C).
+# (B, L); the sampler's (`sampling/forward.KVCache`): layers/i/{keys, values} (B*K, C, D), pos
+# and valid (B, C).
 CACHE_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     (r"(^|/)(k|v)(/\d+)?$", (BATCH_AXES, None, "tensor", None)),
     (r"(^|/)(keys|values)$", (BATCH_AXES, None, None)),  # sampler: (B*K, C, D), row b*K + k
@@ -57,7 +57,8 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules) -> P:
 
 
 def _path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  """A pytree path as "a/b/0/c": dict keys, sequence indices and dataclass field names."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
 def tree_shardings(tree, mesh: Mesh, rules=PARAM_RULES):

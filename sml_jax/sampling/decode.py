@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
+from sml_jax.parallel import rules
 from sml_jax.sampling import forward as fwd
+from sml_jax.sampling.forward import KVCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +55,48 @@ def _constrain(tree, mesh, rules_fn):
   return jax.lax.with_sharding_constraint(tree, rules_fn(tree, mesh))
 
 
-def _cache_constraint(cache, mesh):
-  from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
+def _cache_constraint(cache: KVCache, mesh) -> KVCache:
   return _constrain(cache, mesh, rules.cache_shardings)
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """The carry of `decode`'s while loop (B rows, N = buffer tokens).
+
+  step:       () int32, decode steps taken (the next writes at cache slot index + step).
+  cache:      the `KVCache`.
+  pending:    (B,) int32, each row's last token, not yet in the cache (fed at the next step).
+  positions:  (B,) int32, the RoPE position of `pending`.
+  running:    (B,) bool, the row is still decoding.
+  stopped:    (B,) bool, the row ended on a stop token.
+  wrote_text: (B,) bool, the row wrote a token that is not blank (for `LineStop`).
+  counts:     (B,) int32, tokens generated per row.
+  tokens:     (B, N) int32, generated tokens (0 after a row's count).
+  logprobs:   (B, N) float32, their log-probs under the sampling distribution (0 likewise).
+  """
+  step: jax.Array
+  cache: KVCache
+  pending: jax.Array
+  positions: jax.Array
+  running: jax.Array
+  stopped: jax.Array
+  wrote_text: jax.Array
+  counts: jax.Array
+  tokens: jax.Array
+  logprobs: jax.Array
+
+
+@flax.struct.dataclass
+class DecodeOutput:
+  """What `decode` returns: the updated `cache`, tokens (B, N) int32, logprobs (B, N) float32,
+  counts (B,) int32, stopped (B,) bool (as in `DecodeState`), and steps () int32 (cache slots
+  used from `index`)."""
+  cache: KVCache
+  tokens: jax.Array
+  logprobs: jax.Array
+  counts: jax.Array
+  stopped: jax.Array
+  steps: jax.Array
 
 
 def choose_tokens(policy: Policy, logits, temperature, top_p, keys, round_dtype):
@@ -147,89 +188,89 @@ def inverse_cdf_sample(weights, u, block: int = 512):
 
 
 @functools.partial(jax.jit, static_argnames=("arch", "dtype", "mesh"), donate_argnames=("cache",))
-def append(params, cache, tokens, counts, start_pos, index, *, arch: fwd.Arch, dtype, mesh=None):
+def append(params, cache: KVCache, tokens, counts, start_pos, index, *, arch: fwd.Arch, dtype,
+           mesh=None) -> KVCache:
   """Writes `counts[b]` tokens of row b (tokens (B, P), right-padded) into cache slots from
   `index`, at RoPE positions start_pos[b] + 0, 1, ...; marks them valid. Returns the cache."""
   params = prepare_params(arch, params, dtype)
   cache = _cache_constraint(cache, mesh)
   p = tokens.shape[1]
-  capacity = cache["valid"].shape[1]
+  capacity = cache.capacity
   rel = jnp.arange(capacity)[None, :] - index                       # (1, C)
   new = (rel >= 0) & (rel < counts[:, None])                         # (B, C)
   causal = rel[:, None, :] <= jnp.arange(p)[None, :, None]           # (1, P, C)
-  mask = cache["valid"][:, None, :] | (new[:, None, :] & causal)     # (B, P, C)
+  mask = cache.valid[:, None, :] | (new[:, None, :] & causal)       # (B, P, C)
   positions = start_pos[:, None] + jnp.arange(p, dtype=jnp.int32)[None, :]
   _, cache = fwd.forward(arch, params, tokens, positions, cache, index, mask)
-  cache["valid"] = cache["valid"] | new
-  return _cache_constraint(cache, mesh)
+  return _cache_constraint(cache.replace(valid=cache.valid | new), mesh)
 
 
 @functools.partial(
     jax.jit, static_argnames=("arch", "dtype", "policy", "buffer", "mesh"),
     donate_argnames=("cache",))
-def decode(params, cache, pending, positions, active, index, max_new, temperature, top_p,
+def decode(params, cache: KVCache, pending, positions, active, index, max_new, temperature, top_p,
            row_keys, stop_tokens, line_end, blank, *, arch: fwd.Arch, dtype, policy: Policy,
-           buffer: int, mesh=None):
+           buffer: int, mesh=None) -> DecodeOutput:
   """Autoregressive decoding until every active row hit a stop token or `max_new` tokens (or,
   with `policy.line_stop`, a `line_end` token after a token not in `blank`).
 
   pending (B,): each row's last context token, not yet in the cache (fed first); positions (B,):
   its RoPE position. Step s writes at slot index + s for every row (rows that are not running
-  write a masked, invalid slot). Returns a dict with the new cache, tokens (B, buffer),
-  logprobs (B, buffer), counts (B,), stopped (B,) and steps (slots used).
+  write a masked, invalid slot). Returns a `DecodeOutput` (the new cache, tokens and logprobs
+  (B, buffer), counts and stopped (B,), steps: slots used).
   """
   params = prepare_params(arch, params, dtype)
   batch = pending.shape[0]
-  state = {
-      "step": jnp.zeros((), jnp.int32),
-      "cache": _cache_constraint(cache, mesh),
-      "pending": pending, "positions": positions, "running": active,
-      "stopped": jnp.zeros((batch,), jnp.bool_),
-      "wrote_text": jnp.zeros((batch,), jnp.bool_),
-      "counts": jnp.zeros((batch,), jnp.int32),
-      "tokens": jnp.zeros((batch, buffer), jnp.int32),
-      "logprobs": jnp.zeros((batch, buffer), jnp.float32),
-  }
+  state = DecodeState(
+      step=jnp.zeros((), jnp.int32),
+      cache=_cache_constraint(cache, mesh),
+      pending=pending, positions=positions, running=active,
+      stopped=jnp.zeros((batch,), jnp.bool_),
+      wrote_text=jnp.zeros((batch,), jnp.bool_),
+      counts=jnp.zeros((batch,), jnp.int32),
+      tokens=jnp.zeros((batch, buffer), jnp.int32),
+      logprobs=jnp.zeros((batch, buffer), jnp.float32),
+  )
 
-  def cond(s):
-    return (s["step"] < max_new) & jnp.any(s["running"])
+  def cond(s: DecodeState):
+    return (s.step < max_new) & jnp.any(s.running)
 
-  def body(s):
-    step, running = s["step"], s["running"]
+  def body(s: DecodeState) -> DecodeState:
+    step, running = s.step, s.running
     slot = index + step
-    cache = dict(s["cache"])
-    cache["valid"] = jax.lax.dynamic_update_slice(cache["valid"], running[:, None], (0, slot))
-    hidden, cache = fwd.forward(arch, params, s["pending"][:, None], s["positions"][:, None],
-                                cache, slot, cache["valid"][:, None, :])
+    cache = s.cache.replace(
+        valid=jax.lax.dynamic_update_slice(s.cache.valid, running[:, None], (0, slot)))
+    hidden, cache = fwd.forward(arch, params, s.pending[:, None], s.positions[:, None],
+                                cache, slot, cache.valid[:, None, :])
     logits = fwd.logits_from_hidden(arch, params, hidden[:, 0])
     keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
     tokens, logprobs = choose_tokens(policy, logits, temperature, top_p, keys, dtype)
     is_stop = jnp.isin(tokens, stop_tokens)
     ends = is_stop
     if policy.line_stop:
-      ends = ends | (jnp.isin(tokens, line_end) & s["wrote_text"])
-    wrote_text = s["wrote_text"] | (running & ~jnp.isin(tokens, blank))
+      ends = ends | (jnp.isin(tokens, line_end) & s.wrote_text)
+    wrote_text = s.wrote_text | (running & ~jnp.isin(tokens, blank))
     column = lambda buf, val: jax.lax.dynamic_update_slice(buf, val[:, None], (0, step))
-    return {
-        "step": step + 1,
-        "cache": _cache_constraint(cache, mesh),
-        "pending": jnp.where(running, tokens, s["pending"]),
-        "positions": s["positions"] + running,
-        "running": running & ~ends,
-        "stopped": s["stopped"] | (running & is_stop),
-        "wrote_text": wrote_text,
-        "counts": s["counts"] + running,
-        "tokens": column(s["tokens"], jnp.where(running, tokens, 0)),
-        "logprobs": column(s["logprobs"], jnp.where(running, logprobs, 0.0)),
-    }
+    return DecodeState(
+        step=step + 1,
+        cache=_cache_constraint(cache, mesh),
+        pending=jnp.where(running, tokens, s.pending),
+        positions=s.positions + running,
+        running=running & ~ends,
+        stopped=s.stopped | (running & is_stop),
+        wrote_text=wrote_text,
+        counts=s.counts + running,
+        tokens=column(s.tokens, jnp.where(running, tokens, 0)),
+        logprobs=column(s.logprobs, jnp.where(running, logprobs, 0.0)),
+    )
 
   s = jax.lax.while_loop(cond, body, state)
-  return {"cache": s["cache"], "tokens": s["tokens"], "logprobs": s["logprobs"],
-          "counts": s["counts"], "stopped": s["stopped"], "steps": s["step"]}
+  return DecodeOutput(cache=s.cache, tokens=s.tokens, logprobs=s.logprobs, counts=s.counts,
+                      stopped=s.stopped, steps=s.step)
 
 
 @functools.partial(jax.jit, static_argnames=("capacity", "mesh"))
-def resize(cache, *, capacity: int, mesh=None):
+def resize(cache: KVCache, *, capacity: int, mesh=None) -> KVCache:
   """Grows (zero-pads) or shrinks the slot axis of a cache to `capacity` (a new buffer: shapes
   differ, so donating the old one would not help)."""
   def fit(x):
@@ -241,10 +282,10 @@ def resize(cache, *, capacity: int, mesh=None):
 
 
 @functools.partial(jax.jit, static_argnames=("batch", "mesh"))
-def broadcast_row(cache, *, batch: int, mesh=None):
+def broadcast_row(cache: KVCache, *, batch: int, mesh=None) -> KVCache:
   """Row 0 of a cache repeated for `batch` rows: a prompt prefix shared by every row is
   prefilled once, then copied (K/V rows are b*K + k, so row 0 is the first K rows)."""
-  rows = cache["valid"].shape[0]
+  rows = cache.valid.shape[0]
 
   def tile(x):
     per_row = x.shape[0] // rows
@@ -253,10 +294,10 @@ def broadcast_row(cache, *, batch: int, mesh=None):
 
 
 @functools.partial(jax.jit, static_argnames=("mesh",), donate_argnames=("cache",))
-def compact(cache, *, mesh=None):
+def compact(cache: KVCache, *, mesh=None) -> KVCache:
   """Moves each row's valid slots to the front (order kept): frees the padding slots that rows
   of different lengths leave behind. K/V carry their RoPE already, so slots can move."""
-  order = jnp.argsort(~cache["valid"], axis=1, stable=True)          # valid slots first
+  order = jnp.argsort(~cache.valid, axis=1, stable=True)          # valid slots first
 
   def gather(x):
     idx = jnp.repeat(order, x.shape[0] // order.shape[0], axis=0)     # K/V rows are b*K + k
@@ -265,9 +306,8 @@ def compact(cache, *, mesh=None):
   return _cache_constraint(jax.tree.map(gather, cache), mesh)
 
 
-def init_cache(arch: fwd.Arch, batch: int, capacity: int, dtype, mesh=None) -> dict[str, Any]:
+def init_cache(arch: fwd.Arch, batch: int, capacity: int, dtype, mesh=None) -> KVCache:
   cache = fwd.init_cache(arch, batch, capacity, dtype)
   if mesh is not None:
-    from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
     cache = jax.device_put(cache, rules.cache_shardings(cache, mesh))
   return cache

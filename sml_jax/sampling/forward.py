@@ -4,8 +4,7 @@ It follows the gemma library's math op for op (`gemma/gm/nn/_modules.py`: RMSNor
 `x * rsqrt(mean(x^2) + 1e-6) * (1 + scale)`, RoPE, QK-norm, GQA, sliding windows, GELU-gated MLP)
 so greedy tokens match `gm.text.Sampler`, but it owns the KV cache layout:
 
-    cache = {"layer_i": {"keys": (B*K, C, D), "values": (B*K, C, D)} for each layer i,
-             "pos": (B, C) int32 RoPE position of each slot, "valid": (B, C) bool}
+    cache = KVCache(layers=(LayerCache(keys, values), ...), pos, valid)   # see `KVCache`
 
 One write pointer `index` (a scalar, shared by all rows) says where the next T tokens go; the
 per-row `valid` mask says which slots hold real context (rows of different lengths leave padding
@@ -15,8 +14,8 @@ slots behind, which stay invalid). Positions are per row (RoPE positions ignore 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -83,15 +82,44 @@ def apply_rope(x, positions, *, base_frequency: int, scale_factor: float = 1.0):
   return out.astype(x.dtype)
 
 
-def init_cache(arch: Arch, batch: int, capacity: int, dtype) -> dict[str, Any]:
+@flax.struct.dataclass
+class LayerCache:
+  """One attention layer's K/V for B rows and C slots (K kv heads, D head dim).
+
+  keys, values: (B*K, C, D) in the cache dtype; row b*K + k holds kv head k of batch row b (one
+  leading batch dim keeps both attention products plain batched matmuls, see `_attention`).
+  """
+  keys: jax.Array
+  values: jax.Array
+
+
+@flax.struct.dataclass
+class KVCache:
+  """The sampler's KV cache (a pytree: jit arguments, donation and sharding rules see its leaves
+  as `layers/{i}/keys`, `layers/{i}/values`, `pos`, `valid`).
+
+  layers: one `LayerCache` per layer, (B*K, C, D) each.
+  pos:    (B, C) int32, the RoPE position of the token in each slot.
+  valid:  (B, C) bool, the slot holds real context (padding slots and dropped tails are False).
+  """
+  layers: tuple[LayerCache, ...]
+  pos: jax.Array
+  valid: jax.Array
+
+  @property
+  def capacity(self) -> int:
+    """C, the slots per row."""
+    return int(self.valid.shape[1])
+
+
+def init_cache(arch: Arch, batch: int, capacity: int, dtype) -> KVCache:
+  """An empty cache for `batch` rows of `capacity` slots (K/V in `dtype`)."""
   shape = (batch * arch.num_kv_heads, capacity, arch.head_dim)
-  cache = {f"layer_{i}": {"keys": jnp.zeros(shape, dtype), "values": jnp.zeros(shape, dtype)}
-           for i in range(arch.num_layers)}
-  return {
-      **cache,
-      "pos": jnp.zeros((batch, capacity), jnp.int32),
-      "valid": jnp.zeros((batch, capacity), jnp.bool_),
-  }
+  return KVCache(
+      layers=tuple(LayerCache(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype))
+                   for _ in range(arch.num_layers)),
+      pos=jnp.zeros((batch, capacity), jnp.int32),
+      valid=jnp.zeros((batch, capacity), jnp.bool_))
 
 
 def decode_layout(arch: Arch, params):
@@ -187,7 +215,7 @@ def _mlp(arch: Arch, p, x):
   return project(act, p["wl"])
 
 
-def forward(arch: Arch, params, tokens, positions, cache, index, mask):
+def forward(arch: Arch, params, tokens, positions, cache: KVCache, index, mask):
   """Runs T new tokens per row through the model, writing their K/V at slots [index, index+T).
 
   params: in `decode_layout`. tokens, positions: (B, T) int32; mask: (B, T, C) bool, which cache
@@ -197,15 +225,14 @@ def forward(arch: Arch, params, tokens, positions, cache, index, mask):
   emb = params["embedder"]["input_embedding"]
   x = emb[(tokens,)]
   x = x * jnp.sqrt(arch.embed_dim).astype(x.dtype)
-  cache_pos = jax.lax.dynamic_update_slice(cache["pos"], positions.astype(jnp.int32), (0, index))
-  new_cache = dict(cache, pos=cache_pos)
+  cache_pos = jax.lax.dynamic_update_slice(cache.pos, positions.astype(jnp.int32), (0, index))
+  layers = []
   for i in range(arch.num_layers):
-    name = f"layer_{i}"
-    p = params[name]
+    p = params[f"layer_{i}"]
     h = rms_norm(x, p["pre_attention_norm"])
-    a, k_i, v_i = _attention(arch, i, p, h, positions, cache[name]["keys"],
-                             cache[name]["values"], cache_pos, mask, index)
-    new_cache[name] = {"keys": k_i, "values": v_i}
+    a, k_i, v_i = _attention(arch, i, p, h, positions, cache.layers[i].keys,
+                             cache.layers[i].values, cache_pos, mask, index)
+    layers.append(LayerCache(keys=k_i, values=v_i))
     if arch.use_post_attn_norm:
       a = rms_norm(a, p["post_attention_norm"])
     a = a + x
@@ -215,7 +242,7 @@ def forward(arch: Arch, params, tokens, positions, cache, index, mask):
       h = rms_norm(h, p["post_ffw_norm"])
     x = h + a
   x = rms_norm(x, params["final_norm"]["scale"])
-  return x, new_cache
+  return x, cache.replace(layers=tuple(layers), pos=cache_pos)
 
 
 def logits_from_hidden(arch: Arch, params, h):

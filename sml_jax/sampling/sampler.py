@@ -1,6 +1,6 @@
 """The batched multi-turn sampler: host-side bookkeeping around the jitted `decode` / `append`.
 
-    sampler = Sampler(model, cache_length=1024, mesh=None, dtype=jnp.bfloat16, stop_tokens=(106, 1))
+    sampler = Sampler(model, cache_length=1024, mesh=None, dtype=jnp.bfloat16)  # stop: <eot>, <eos>
     out = sampler.generate(params, prompts, max_new_tokens=64, temperature=0.0)   # one turn
     state = sampler.start(params, prompts)                          # prefill B conversations
     state, out = sampler.sample(params, state, max_new_tokens=64, temperature=0.7, seed=1,
@@ -25,14 +25,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sml_jax.models import tokens as token_ids
+from sml_jax.parallel import rules
+from sml_jax.parallel.mesh import BATCH_AXES
 from sml_jax.sampling import decode
 from sml_jax.sampling import forward as fwd
+from sml_jax.sampling.forward import KVCache
 
 MIN_CAPACITY = 128
 MIN_CHUNK = 16
@@ -71,7 +75,7 @@ class TurnOutput:
 @dataclasses.dataclass
 class ChatState:
   """A batch of conversations: their KV cache and token histories."""
-  cache: dict[str, Any] | None
+  cache: KVCache | None
   history: list[list[int]]            # full context ids per real row
   pointer: int                        # next free cache slot (shared by all rows)
   padded_batch: int                   # rows in the cache (batch padded to the mesh)
@@ -87,13 +91,13 @@ class ChatState:
 
   @property
   def capacity(self) -> int:
-    return 0 if self.cache is None else int(self.cache["valid"].shape[1])
+    return 0 if self.cache is None else self.cache.capacity
 
   def tokens(self, i: int) -> np.ndarray:
     """Row i's full context ids (prompt, generated and appended tokens)."""
     return np.asarray(self.history[i], np.int32)
 
-  def _take(self) -> dict[str, Any]:
+  def _take(self) -> KVCache:
     if self.cache is None:
       raise ValueError("This ChatState was already consumed by a sample/append call (its cache "
                        "is donated); use the state that call returned.")
@@ -105,8 +109,9 @@ class Sampler:
   """Batched, sharded, multi-turn sampler for `gm.nn` Gemma 3 text models (plain or LoRA)."""
 
   def __init__(self, model, cache_length: int = 1024, mesh=None, dtype=jnp.bfloat16,
-               stop_tokens: Sequence[int] = (106, 1), min_shared_prefix: int = 32):
-    """`min_shared_prefix`: when all prompts of `start` begin with the same tokens (e.g. the
+               stop_tokens: Sequence[int] = token_ids.STOP_TOKENS, min_shared_prefix: int = 32):
+    """`stop_tokens`: a row's turn ends when it writes one (default <end_of_turn>, <eos>).
+    `min_shared_prefix`: when all prompts of `start` begin with the same tokens (e.g. the
     instructions and in-context demos of a dialogue), a common prefix at least this long is
     prefilled once and copied to every row (0 disables)."""
     if cache_length < 2:
@@ -228,7 +233,7 @@ class Sampler:
         arch=self.arch, dtype=self.dtype, policy=policy,
         buffer=_bucket(max_new_tokens, MIN_BUFFER), mesh=self.mesh)
     tokens, logprobs, counts, stopped, steps = jax.device_get(
-        (out["tokens"], out["logprobs"], out["counts"], out["stopped"], out["steps"]))
+        (out.tokens, out.logprobs, out.counts, out.stopped, out.steps))
     history = [list(h) for h in state.history]
     result_tokens, result_lps = [], []
     for i in range(b):
@@ -236,7 +241,7 @@ class Sampler:
       result_tokens.append(np.asarray(tokens[i, :n], np.int32))
       result_lps.append(np.asarray(logprobs[i, :n], np.float32))
       history[i].extend(int(t) for t in tokens[i, :n])
-    new_state = ChatState(cache=out["cache"], history=history,
+    new_state = ChatState(cache=out.cache, history=history,
                           pointer=state.pointer + int(steps), padded_batch=padded)
     return new_state, TurnOutput(tokens=result_tokens, logprobs=result_lps,
                                  stopped=np.asarray(stopped[:b], bool) & active)
@@ -286,7 +291,7 @@ class Sampler:
       chunk = max(longest, self.cache_length - state.pointer)
     cache = self._room(state, chunk)
     pointer = state.pointer
-    if pointer + chunk > int(cache["valid"].shape[1]):   # compacted: pointer moved
+    if pointer + chunk > cache.capacity:   # compacted: pointer moved
       chunk = longest
     tokens = np.zeros((padded, chunk), np.int32)
     counts = np.zeros(padded, np.int32)
@@ -301,13 +306,13 @@ class Sampler:
     return ChatState(cache=cache, history=history, pointer=pointer + longest,
                      padded_batch=padded)
 
-  def _room(self, state: ChatState, slots: int) -> dict[str, Any]:
+  def _room(self, state: ChatState, slots: int) -> KVCache:
     """Takes the state's cache, with room for `slots` after the pointer: compacted when that
     keeps a smaller capacity than growing would (every decode step attends over the whole
     capacity, so padding slots cost time on every later step), else grown. Updates
     `state.pointer` when compacting."""
     cache = state._take()
-    capacity = int(cache["valid"].shape[1])
+    capacity = cache.capacity
     if state.pointer + slots <= capacity:
       return cache
     resident = max(max(len(h) for h in state.history) - 1, 0)   # longest row's cached tokens
@@ -330,7 +335,6 @@ class Sampler:
   def _padded_batch(self, b: int) -> int:
     if self.mesh is None:
       return b
-    from sml_jax.parallel.mesh import BATCH_AXES  # pylint: disable=g-import-not-at-top
     n = int(np.prod([self.mesh.shape[a] for a in BATCH_AXES]))
     return -(-b // n) * n
 
@@ -339,14 +343,12 @@ class Sampler:
     for arrays already placed that way (e.g. by the trainer)."""
     if self.mesh is None:
       return params
-    from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
     return jax.device_put(params, rules.param_shardings(params, self.mesh))
 
   def _rows(self, x):
     """Puts a batch-leading host array on device (sharded over the data axes with a mesh)."""
     if self.mesh is None:
       return jnp.asarray(x)
-    from sml_jax.parallel import rules  # pylint: disable=g-import-not-at-top
     return jax.device_put(x, rules.batch_sharding(self.mesh, np.ndim(x) or 1))
 
   def _policy(self, temperature, top_k, top_p) -> decode.Policy:
@@ -397,9 +399,9 @@ def _common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
 
 
 @functools.partial(jax.jit, donate_argnums=0)
-def _drop_tail(cache, keep):
+def _drop_tail(cache: KVCache, keep) -> KVCache:
   """Invalidates each row's cache slots at positions >= keep[row]."""
-  return {**cache, "valid": cache["valid"] & (cache["pos"] < keep[:, None])}
+  return cache.replace(valid=cache.valid & (cache.pos < keep[:, None]))
 
 
 def _empty_output(b: int) -> TurnOutput:

@@ -118,8 +118,8 @@ class Trainer:
     length = batching.bucket_length(int(sizes[:, 1].max()), max_len=train.max_len)
     local = batching.make_batch(examples, max_len=train.max_len, buckets=(length,),
                                 pad_batch_to=rows)
-    if needs_old_logprobs and "old_logprobs" not in local:   # A host without examples.
-      local["old_logprobs"] = np.zeros_like(local["weights"])
+    if needs_old_logprobs and local.old_logprobs is None:   # A host without examples.
+      local = local.replace(old_logprobs=np.zeros_like(local.weights))
     return distributed.global_batch(local, self.exp.mesh)
 
   def reference_logprobs(self, batch, settings: TrainSettings):
@@ -137,9 +137,9 @@ class Trainer:
     if batch is None:
       return state, None
     if settings.kl_beta > 0:
-      batch["ref_logprobs"] = self.reference_logprobs(batch, settings)
+      batch = batch.replace(ref_logprobs=self.reference_logprobs(batch, settings))
     micro = self.exp.spec.train.micro_batch_size
-    step = self._step(self._config(settings, max(1, batch["tokens"].shape[0] // micro)))
+    step = self._step(self._config(settings, max(1, batch.tokens.shape[0] // micro)))
     inner = []
     for _ in range(settings.inner_steps):
       state, m = step(state, batch)
@@ -148,6 +148,6 @@ class Trainer:
     if len(inner) > 1:   # The first inner step is on-policy: its PPO ratio is 1.
       metrics.update({f"first_{k}": inner[0][k] for k in ("loss", "clip_fraction", "log_ratio_abs_mean")
                       if k in inner[0]})
-    metrics["train_tokens"] = global_sum(batch["input_mask"])
+    metrics["train_tokens"] = global_sum(batch.input_mask)
     return state, metrics
 

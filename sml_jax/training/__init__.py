@@ -1,7 +1,7 @@
 """sml_jax.training: the one compiled train step and everything around it (import-light).
 
     batching.make_batch(examples, max_len, batch_multiple=M)   Example(ids, roles, weight, ...)
-        -> {tokens, positions, input_mask, mask, weights[, old_logprobs, ref_logprobs]} [B, T]
+        -> Batch(tokens, positions, input_mask, mask, weights, old_logprobs?, ref_logprobs?)
     advantages.grpo_advantages(rewards, group_size, eps)       GRPO, normalised per group
     optimizer.make_optimizer(OptimizerConfig(...))             AdamW, warmup + cosine, clipping
     train_state.create_train_state(model, params, tx, seed)    full finetune or LoRA (split)
@@ -12,5 +12,7 @@
     metrics.MetricsWriter(workdir, total_steps, resume_step)   metrics.jsonl + TensorBoard + tqdm
 
 Formulas: `losses.py` (per-token losses, normalisers), `logprobs.py` (fused unembedding).
-Stages (rollouts -> weights -> step) live in `loop.py` / `rollouts.py`.
+Token ids and roles come from `sml_jax.models.tokens`; nothing here imports `sml_jax.dialogue`.
+`loop.py` and `rollouts.py` (conversations -> examples) sit above the dialogue layer: they are
+stage code kept here for now (see the layer table in `tests/test_layers.py`).
 """

@@ -10,17 +10,11 @@ last, never attends to anything that matters: its weight is 0).
 
 Per-token arrays are aligned with the token they describe *as a target*: `weights[b, t]` is the
 weight of predicting `tokens[b, t]` from `tokens[b, :t]`, so `weights[:, 0]` must be 0 (nothing
-predicts the first token). Student tokens are `Role.MODEL` (`chat_format.loss_mask`); their
+predicts the first token). Student tokens are `Role.MODEL` (`models.tokens.loss_mask`); their
 weight is the example's `weight` (1 for SFT, the advantage for RL) unless `token_weights` is given.
 
-Batch keys (numpy):
-  tokens        int32 [B, T]
-  positions     int32 [B, T]
-  input_mask    bool  [B, T]    real (non-pad) tokens
-  mask          float32 [B, T]  1 on student tokens (normaliser, KL, metrics)
-  weights       float32 [B, T]  per-token loss weight
-  old_logprobs  float32 [B, T]  (only if every example has them) sampler log-probs, for PPO
-  ref_logprobs  float32 [B, T]  (only if every example has them) reference log-probs, for KL
+The batch is a `Batch` (a pytree: its arrays are numpy on the host, jax.Arrays once placed);
+fields and shapes are in its docstring.
 
 T is the smallest of `buckets` holding the longest example (so few shapes get compiled), capped
 at `max_len`; longer examples are truncated on the right (their tail loses its weight) and
@@ -30,13 +24,50 @@ counted in `batch_stats`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
+import flax.struct
 import numpy as np
 
-from sml_jax.dialogue.chat_format import PAD_ID, loss_mask
+from sml_jax.models.tokens import PAD_ID, loss_mask
 
 DEFAULT_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+REQUIRED = ("tokens", "positions", "input_mask", "mask", "weights")
+OPTIONAL = ("old_logprobs", "ref_logprobs")
+
+
+@flax.struct.dataclass
+class Batch:
+  """One train batch of B rows x T tokens (numpy on the host, jax.Arrays on device).
+
+  tokens        int32   [B, T]  ids, right-padded with PAD_ID
+  positions     int32   [B, T]  0..len-1 per row, 0 on padding
+  input_mask    bool    [B, T]  real (non-pad) tokens
+  mask          float32 [B, T]  1 on student tokens, as targets (normaliser, KL, metrics)
+  weights       float32 [B, T]  per-token loss weight (1 for SFT, the advantage for RL)
+  old_logprobs  float32 [B, T]  sampler log-probs, for PPO; None when absent
+  ref_logprobs  float32 [B, T]  reference log-probs, for the KL term; None when absent
+
+  A pytree (None fields have no leaves): `jax.tree.map` places or splits every array at once;
+  `batch.replace(ref_logprobs=...)` adds a field.
+  """
+  tokens: Any
+  positions: Any
+  input_mask: Any
+  mask: Any
+  weights: Any
+  old_logprobs: Any = None
+  ref_logprobs: Any = None
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """(B, T)."""
+    return tuple(self.tokens.shape)
+
+  def arrays(self) -> dict[str, Any]:
+    """{field: array} of the fields that are present (not None), in field order."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +106,8 @@ def round_up(n: int, multiple: int) -> int:
 
 def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
                buckets: Sequence[int] = DEFAULT_BUCKETS, batch_multiple: int = 1,
-               pad_batch_to: int | None = None) -> dict[str, np.ndarray]:
-  """Examples -> the padded batch dict described in the module docstring.
+               pad_batch_to: int | None = None) -> Batch:
+  """Examples -> the padded `Batch` described in the module docstring (numpy arrays).
 
   batch_multiple: pad B with empty rows (all weights 0) up to a multiple of this (micro-batches
     x data-parallel devices). pad_batch_to: pad B to exactly this many rows (fixed shapes); with
@@ -103,8 +134,7 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
       "mask": np.zeros((b, t), np.float32),
       "weights": np.zeros((b, t), np.float32),
   }
-  optional = [k for k in ("old_logprobs", "ref_logprobs")
-              if examples and all(getattr(e, k) is not None for e in examples)]
+  optional = [k for k in OPTIONAL if examples and all(getattr(e, k) is not None for e in examples)]
   for k in optional:
     out[k] = np.zeros((b, t), np.float32)
 
@@ -121,29 +151,30 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
     out["weights"][i, :n] = mask * tw
     for k in optional:
       out[k][i, :n] = getattr(ex, k)[:n]
-  return out
+  return Batch(**out)
 
 
-def batch_stats(examples: Sequence[Example], batch: dict[str, np.ndarray]) -> dict[str, float]:
+def batch_stats(examples: Sequence[Example], batch: Batch) -> dict[str, float]:
   """Host-side counts for metrics: sequences, real / student tokens, truncated examples, fill."""
-  t = batch["tokens"].shape[1]
+  t = batch.tokens.shape[1]
   return {
       "num_sequences": float(len(examples)),
-      "num_tokens": float(batch["input_mask"].sum()),
-      "num_student_tokens": float(batch["mask"].sum()),
+      "num_tokens": float(batch.input_mask.sum()),
+      "num_student_tokens": float(batch.mask.sum()),
       "num_truncated": float(sum(len(e.ids) > t for e in examples)),
-      "padding_fraction": float(1.0 - batch["input_mask"].mean()),
+      "padding_fraction": float(1.0 - batch.input_mask.mean()),
   }
 
 
-def split_micro_batches(batch: dict[str, np.ndarray], num_micro: int) -> list[dict[str, np.ndarray]]:
+def split_micro_batches(batch: Batch, num_micro: int) -> list[Batch]:
   """Host-side split into `num_micro` batches, strided the same way the train step splits them
   (row i goes to micro-batch i % num_micro); for tests and debugging."""
-  b = batch["tokens"].shape[0]
+  b = batch.tokens.shape[0]
   if b % num_micro:
     raise ValueError(f"Batch size {b} is not a multiple of num_micro_batches={num_micro}.")
-  return [{k: v[m::num_micro] for k, v in batch.items()} for m in range(num_micro)]
+  return [batch.replace(**{k: v[m::num_micro] for k, v in batch.arrays().items()})
+          for m in range(num_micro)]
 
 
-__all__ = ["Example", "make_batch", "batch_stats", "bucket_length", "split_micro_batches",
-           "DEFAULT_BUCKETS"]
+__all__ = ["Batch", "Example", "make_batch", "batch_stats", "bucket_length",
+           "split_micro_batches", "DEFAULT_BUCKETS"]

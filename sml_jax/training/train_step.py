@@ -3,7 +3,7 @@
     cfg = TrainConfig(loss="nll", num_micro_batches=4)
     step = make_train_step(model, make_optimizer(opt_cfg), cfg, mesh=mesh,
                            schedule=make_schedule(opt_cfg))
-    state, metrics = step(state, batch)     # batch: `batching.make_batch(...)` dict (numpy ok)
+    state, metrics = step(state, batch)     # batch: a `batching.Batch` (`make_batch`; numpy ok)
 
 SFT and RL differ only in the batch's per-token `weights` (1 vs the advantage on student
 tokens) and, through the static `TrainConfig`, in the optional PPO ratio clip and KL terms; so
@@ -39,15 +39,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sml_jax.dialogue.chat_format import PAD_ID
+from sml_jax.models.tokens import PAD_ID
 from sml_jax.parallel import mesh as mesh_lib
 from sml_jax.parallel import rules
 from sml_jax.training import logprobs as logprobs_lib
 from sml_jax.training import losses
-from sml_jax.training.train_state import TrainState, merge_params
+from sml_jax.training.batching import Batch
+from sml_jax.training.train_state import TrainState, merge_params, state_shardings
 
-Batch = dict[str, Any]
-REQUIRED_KEYS = ("tokens", "positions", "input_mask", "mask", "weights")
+REQUIRED_KEYS = ("tokens", "positions", "input_mask", "mask", "weights")   # Batch fields
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 
@@ -111,8 +111,8 @@ def attention_mask(input_mask: jax.Array) -> jax.Array:
 
 def hidden_states(model, params, batch: Batch) -> jax.Array:
   """The trunk's final-norm output h [B, T, D] (params already in the compute dtype)."""
-  out = model.apply({"params": params}, batch["tokens"], positions=batch["positions"],
-                    attention_mask=attention_mask(batch["input_mask"]),
+  out = model.apply({"params": params}, batch.tokens, positions=batch.positions,
+                    attention_mask=attention_mask(batch.input_mask),
                     return_hidden_states=True)
   return out.hidden_states
 
@@ -123,13 +123,13 @@ def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig
   params = merge_params(trainable, frozen)
   h = hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch)
   b, t, d = h.shape
-  scale, denominator = losses.token_scale_and_denominator(batch["mask"], cfg.normaliser)
-  aux = {"weights": batch["weights"], "mask": batch["mask"], "scale": scale}
+  scale, denominator = losses.token_scale_and_denominator(batch.mask, cfg.normaliser)
+  aux = {"weights": batch.weights, "mask": batch.mask, "scale": scale}
   for key in ("old_logprobs", "ref_logprobs"):
-    if key in batch:
-      aux[key] = batch[key]
+    if getattr(batch, key) is not None:
+      aux[key] = getattr(batch, key)
   aux = {k: _shift_left(v.astype(jnp.float32)).reshape(-1) for k, v in aux.items()}
-  targets = _shift_left(batch["tokens"], PAD_ID).reshape(-1)
+  targets = _shift_left(batch.tokens, PAD_ID).reshape(-1)
   softcap = getattr(getattr(model, "config", None), "final_logit_softcap", None)
   loss_sum, logp = logprobs_lib.fused_token_loss(
       functools.partial(_token_loss, cfg=cfg), h.reshape(b * t, d),
@@ -153,13 +153,13 @@ def batch_logprobs(params, batch: Batch, *, model, cfg: TrainConfig) -> jax.Arra
   dtype = DTYPES[cfg.compute_dtype]
   h = hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch)
   b, t, d = h.shape
-  targets = _shift_left(batch["tokens"], PAD_ID).reshape(-1)
+  targets = _shift_left(batch.tokens, PAD_ID).reshape(-1)
   softcap = getattr(getattr(model, "config", None), "final_logit_softcap", None)
   logp = logprobs_lib.token_logprobs(h.reshape(b * t, d), params["embedder"]["input_embedding"],
                                      targets, chunk_size=cfg.logits_chunk_size, softcap=softcap,
                                      compute_dtype=dtype).reshape(b, t)
   logp = jnp.concatenate([jnp.zeros_like(logp[:, :1]), logp[:, :-1]], axis=1)
-  return jnp.where(batch["input_mask"], logp, 0.0)
+  return jnp.where(batch.input_mask, logp, 0.0)
 
 
 def make_logprob_fn(model, cfg: TrainConfig | None = None) -> Callable[[Any, Batch], jax.Array]:
@@ -168,16 +168,19 @@ def make_logprob_fn(model, cfg: TrainConfig | None = None) -> Callable[[Any, Bat
 
 
 def check_batch(batch: Batch, cfg: TrainConfig, data_parallel: int = 1) -> None:
-  """Clear errors for missing keys and shapes the step cannot split."""
-  missing = [k for k in REQUIRED_KEYS if k not in batch]
-  if cfg.needs_old_logprobs:
-    missing += [] if "old_logprobs" in batch else ["old_logprobs (loss='ppo')"]
-  if cfg.needs_ref_logprobs:
-    missing += [] if "ref_logprobs" in batch else ["ref_logprobs (kl_beta > 0)"]
+  """Clear errors for a wrong type, missing fields and shapes the step cannot split."""
+  if not isinstance(batch, Batch):
+    raise TypeError(f"The train step takes a batching.Batch (see make_batch), got "
+                    f"{type(batch).__name__}.")
+  missing = [k for k in REQUIRED_KEYS if getattr(batch, k) is None]
+  if cfg.needs_old_logprobs and batch.old_logprobs is None:
+    missing.append("old_logprobs (loss='ppo')")
+  if cfg.needs_ref_logprobs and batch.ref_logprobs is None:
+    missing.append("ref_logprobs (kl_beta > 0)")
   if missing:
     raise ValueError(f"Train batch is missing {', '.join(missing)}.")
-  shape = tuple(batch["tokens"].shape)
-  for k, v in batch.items():
+  shape = tuple(batch.tokens.shape)
+  for k, v in batch.arrays().items():
     if tuple(v.shape) != shape:
       raise ValueError(f"Train batch '{k}' has shape {tuple(v.shape)}, expected {shape}.")
   need = cfg.num_micro_batches * data_parallel
@@ -259,17 +262,17 @@ class TrainStep:
   def _jit(self, state: TrainState, batch: Batch):
     if self.mesh is None:
       return jax.jit(self._fn, donate_argnums=0)
-    from sml_jax.training.train_state import state_shardings  # pylint: disable=g-import-not-at-top
     s_sh = state_shardings(state, self.mesh)
-    b_sh = {k: rules.batch_sharding(self.mesh, v.ndim) for k, v in batch.items()}
+    b_sh = jax.tree.map(lambda v: rules.batch_sharding(self.mesh, v.ndim), batch)
     return jax.jit(self._fn, in_shardings=(s_sh, b_sh), out_shardings=(s_sh, None),
                    donate_argnums=0)
 
   def put_batch(self, batch: Batch) -> Batch:
     """Host batch -> device arrays (sharded over the batch axes with a mesh)."""
     if self.mesh is None:
-      return jax.tree.map(jnp.asarray, dict(batch))
-    return {k: jax.device_put(v, rules.batch_sharding(self.mesh, v.ndim)) for k, v in batch.items()}
+      return jax.tree.map(jnp.asarray, batch)
+    return jax.tree.map(lambda v: jax.device_put(v, rules.batch_sharding(self.mesh, v.ndim)),
+                        batch)
 
   def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     check_batch(batch, self.cfg, self.data_parallel)

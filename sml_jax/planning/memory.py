@@ -1,7 +1,7 @@
 """Bytes per device of one SML run: params, AdamW state, train-step activations, KV caches.
 
 Estimates from shapes only (`jax.eval_shape` of the model init, no weights), divided over the
-mesh by the one rules table (`rules.py`): a leaf's bytes are split by the mesh axes its
+mesh by the one rules table (`parallel/rules.py`): a leaf's bytes are split by the mesh axes its
 PartitionSpec names. Batch-like arrays are split over the data-parallel axes (data x fsdp) and
 their head / MLP / vocab dims over `tensor` (what GSPMD propagates from the weights' specs).
 `plan.py` prints them; `tests/test_plan.py` checks them against XLA's `memory_analysis()`.
@@ -53,7 +53,8 @@ from jax.sharding import AbstractMesh
 
 from sml_jax.parallel import rules
 from sml_jax.parallel.mesh import AXES, BATCH_AXES
-from sml_jax.training import logprobs
+from sml_jax.sampling import forward
+from sml_jax.training import logprobs, train_state
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 HEADROOM = 0.9  # Fraction of HBM a plan may use and still "fit".
@@ -117,7 +118,6 @@ def model_shapes(model) -> dict[str, Any]:
 
 def split_trainable(model, shapes) -> tuple[dict, dict]:
   """-> (trainable, frozen) like `train_state.create_train_state`: LoRA trains its factors."""
-  from sml_jax.training import train_state  # pylint: disable=g-import-not-at-top
   if train_state.is_lora(model):
     base, lora = train_state.split_params(shapes)
     return lora, base
@@ -218,7 +218,6 @@ def logits_copies(temperature: float, top_p: float | None) -> int:
 
 def cache_shapes(model, ss: SampleShape):
   """The sampler's cache pytree at full capacity as ShapeDtypeStructs (`forward.init_cache`)."""
-  from sml_jax.sampling import forward  # pylint: disable=g-import-not-at-top
   arch = forward.Arch.from_model(model)
   return jax.eval_shape(lambda: forward.init_cache(arch, ss.batch, ss.cache_length,
                                                    DTYPES[ss.dtype]))
@@ -249,7 +248,6 @@ def sampler_temp_bytes(d: Dims, mesh, ss: SampleShape, qkv_bytes: int) -> dict[s
 
 def party_bytes(model, shapes, mesh, ss: SampleShape) -> dict[str, int]:
   """One party (student or teacher) of the sampler: params, cache, temporaries."""
-  from sml_jax.training import train_state  # pylint: disable=g-import-not-at-top
   base = train_state.split_params(shapes)[0] if train_state.is_lora(model) else shapes
   cache = kv_cache_bytes(model, mesh, ss)
   temps = sampler_temp_bytes(Dims.from_model(model), mesh, ss,
