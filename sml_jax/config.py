@@ -176,7 +176,10 @@ def _entries(text: str, field: str) -> tuple[spec_lib.TaskEntry, ...]:
   return tuple(out)
 
 
-def _train_settings(st, kind: str) -> spec_lib.TrainSettings:
+def _train_settings(st, kind: str, temperature: float = 1.0,
+                    truncated: bool = False) -> spec_lib.TrainSettings:
+  """`temperature` / `truncated`: how rl's rollouts are sampled (dialogue.temperature; top-k or
+  top-p set); greedy rollouts (temperature 0) are scored at temperature 1."""
   _need(st.learning_rate > 0, f"{kind}.learning_rate", f"must be positive, got {st.learning_rate}")
   _need(st.warmup_steps >= 0, f"{kind}.warmup_steps", f"must be >= 0, got {st.warmup_steps}")
   _need(st.kl_beta >= 0, f"{kind}.kl_beta", f"must be >= 0, got {st.kl_beta}")
@@ -189,7 +192,8 @@ def _train_settings(st, kind: str) -> spec_lib.TrainSettings:
   return spec_lib.TrainSettings(
       learning_rate=st.learning_rate, warmup_steps=st.warmup_steps, kl_beta=st.kl_beta,
       loss="ppo" if st.inner_steps > 1 else "nll", inner_steps=st.inner_steps,
-      clip_eps=st.clip_eps)
+      clip_eps=st.clip_eps, temperature=temperature or 1.0,
+      recompute_old_logprobs=st.inner_steps > 1 and truncated)
 
 
 def train_stage_spec(config, name: str, kind: str) -> spec_lib.TrainStageSpec:
@@ -212,7 +216,9 @@ def train_stage_spec(config, name: str, kind: str) -> spec_lib.TrainStageSpec:
   return spec_lib.TrainStageSpec(
       name=name, kind=kind, steps=st.steps,
       curriculum=_entries(config.curricula[st.curriculum], f"curricula.{st.curriculum}"),
-      problems_per_step=st.problems_per_step, train=_train_settings(st, kind), **extra)
+      problems_per_step=st.problems_per_step, train=_train_settings(
+          st, kind, temperature=config.dialogue.temperature,
+          truncated=bool(config.dialogue.top_k) or config.dialogue.top_p < 1.0), **extra)
 
 
 def _eval_stage(config, name: str) -> spec_lib.EvalSpec:

@@ -53,6 +53,14 @@ class TrainSettings:
   inner_steps: int = 1               # optimizer steps per batch (> 1 only for rl: PPO)
   clip_eps: float = 0.2              # PPO ratio clip
   kl_beta: float = 0.0               # KL to the frozen initial policy
+  # The policy trained is softmax(logits / temperature): the rollouts' sampling temperature for
+  # rl (its log-probs are then those of the distribution that sampled), 1 for SFT stages.
+  temperature: float = 1.0
+  # PPO with top-k / top-p rollouts: the sampler's log-probs are of the truncated distribution,
+  # the train step's of the full tempered one; the old log-probs are then recomputed by the
+  # train step before the first inner step (ratio exactly 1 there; truncation only filters
+  # which tokens are sampled).
+  recompute_old_logprobs: bool = False
 
   @property
   def needs_old_logprobs(self) -> bool:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from configs import tiny_test
 from sml_jax import config as config_lib
@@ -32,12 +33,15 @@ def test_ppo_and_kl_in_rl_leave_the_sft_stage_plain(tmp_path):
   assert not any(k in r for r in sft for k in ("kl", "clip_fraction", "first_loss"))
 
 
-def test_first_ppo_inner_step_is_on_policy():
-  """The train step's log-probs of the sampled student tokens equal the sampler's: on the first
-  inner step the PPO ratio is 1 (no clipping); the second step sees the moved policy."""
+@pytest.mark.parametrize("temperature, top_k", [(1.0, 0), (0.7, 0), (0.7, 40)])
+def test_first_ppo_inner_step_is_on_policy(temperature, top_k):
+  """The train step scores the student's tokens under the distribution that sampled them
+  (logits / temperature): on the first inner step the PPO ratio is 1 (no clipping); the second
+  step sees the moved policy. With top-k the old log-probs are the train step's own."""
   c = tiny_test.get_config()
   c.rl.inner_steps = 2
-  c.dialogue.temperature = 1.0
+  c.dialogue.temperature = temperature
+  c.dialogue.top_k = top_k
   spec = config_lib.to_spec(c)
   rl_spec = next(s for s in spec.stages if s.kind == "rl")
   exp = Experiment(spec)

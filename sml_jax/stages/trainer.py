@@ -77,7 +77,7 @@ class Trainer:
     self.exp = exp
     self.tx = make_run_optimizer(exp.spec.optimizer)
     self._steps: dict[TrainConfig, object] = {}
-    self._ref_logprobs = None
+    self._logprob_fns: dict[tuple, object] = {}
 
   def initial_state(self):
     exp = self.exp
@@ -92,7 +92,8 @@ class Trainer:
 
   def _config(self, settings: TrainSettings, num_micro: int) -> TrainConfig:
     return TrainConfig(loss=settings.loss, clip_eps=settings.clip_eps, kl_beta=settings.kl_beta,
-                       compute_dtype=self.exp.spec.compute_dtype, num_micro_batches=num_micro)
+                       compute_dtype=self.exp.spec.compute_dtype, num_micro_batches=num_micro,
+                       temperature=settings.temperature)
 
   def _step(self, cfg: TrainConfig):
     if cfg not in self._steps:
@@ -122,12 +123,17 @@ class Trainer:
       local = local.replace(old_logprobs=np.zeros_like(local.weights))
     return distributed.global_batch(local, self.exp.mesh)
 
+  def _logprobs(self, model, params, batch, settings: TrainSettings):
+    """Teacher-forced log-probs of `batch` [B, T] under `params` at the stage's temperature."""
+    cfg = self._config(settings, 1)
+    key = (id(model), cfg)
+    if key not in self._logprob_fns:
+      self._logprob_fns[key] = make_logprob_fn(model, cfg)
+    return self._logprob_fns[key](params, batch)
+
   def reference_logprobs(self, batch, settings: TrainSettings):
-    """The frozen initial policy's log-probs of `batch` (for the KL term), teacher-forced."""
-    if self._ref_logprobs is None:
-      self._ref_logprobs = make_logprob_fn(self.exp.reference.model,
-                                           self._config(settings, 1))
-    return self._ref_logprobs(self.exp.reference_params(), batch)
+    """The frozen initial policy's log-probs of `batch` (for the KL term)."""
+    return self._logprobs(self.exp.reference.model, self.exp.reference_params(), batch, settings)
 
   def train(self, state, examples, settings: TrainSettings, learning_rate: float):
     """`settings.inner_steps` updates on the batch of `examples` -> (state, metrics or None).
@@ -136,6 +142,9 @@ class Trainer:
     batch = self.batch(examples, settings.needs_old_logprobs)
     if batch is None:
       return state, None
+    if settings.recompute_old_logprobs:   # See TrainSettings.recompute_old_logprobs.
+      batch = batch.replace(old_logprobs=self._logprobs(
+          self.exp.model, state.full_params(), batch, settings))
     if settings.kl_beta > 0:
       batch = batch.replace(ref_logprobs=self.reference_logprobs(batch, settings))
     micro = self.exp.spec.train.micro_batch_size

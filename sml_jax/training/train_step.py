@@ -61,6 +61,9 @@ class TrainConfig:
   num_micro_batches: int = 1         # gradient accumulation inside the step
   compute_dtype: str = "bfloat16"    # activations / matmuls; master params stay float32
   logits_chunk_size: int = logprobs_lib.DEFAULT_CHUNK_SIZE  # tokens per unembedding chunk
+  # The policy's temperature: log-probs of softmax(logits / temperature), the distribution the
+  # rollouts were sampled from (so the first PPO inner step has ratio 1). 1.0 for SFT.
+  temperature: float = 1.0
 
   def __post_init__(self):
     losses.get_policy_loss(self.loss)
@@ -75,6 +78,8 @@ class TrainConfig:
     if self.compute_dtype not in DTYPES:
       raise ValueError(f"TrainConfig.compute_dtype must be one of {sorted(DTYPES)}, got "
                        f"{self.compute_dtype!r}.")
+    if not self.temperature > 0:
+      raise ValueError(f"TrainConfig.temperature must be > 0, got {self.temperature}.")
     if self.logits_chunk_size < 1:
       raise ValueError(f"TrainConfig.logits_chunk_size must be >= 1, got "
                        f"{self.logits_chunk_size}.")
@@ -109,6 +114,16 @@ def attention_mask(input_mask: jax.Array) -> jax.Array:
   return causal[None] & input_mask[:, None, :]
 
 
+def _tempered(h: jax.Array, model, cfg: TrainConfig) -> jax.Array:
+  """h / temperature: without a final-logit softcap (Gemma 3 has none), logits / T = (h / T) E^T,
+  so the chunked unembedding and its gradient need no change."""
+  if cfg.temperature == 1.0:
+    return h
+  if getattr(getattr(model, "config", None), "final_logit_softcap", None) is not None:
+    raise ValueError("TrainConfig.temperature != 1 needs a model without final-logit softcap.")
+  return (h.astype(jnp.float32) / cfg.temperature).astype(h.dtype)
+
+
 def hidden_states(model, params, batch: Batch) -> jax.Array:
   """The trunk's final-norm output h [B, T, D] (params already in the compute dtype)."""
   out = model.apply({"params": params}, batch.tokens, positions=batch.positions,
@@ -121,7 +136,8 @@ def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig
   """-> (loss_sum, (denominator, metric sums)) for one micro-batch of [b, T] arrays."""
   dtype = DTYPES[cfg.compute_dtype]
   params = merge_params(trainable, frozen)
-  h = hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch)
+  h = _tempered(hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch),
+                model, cfg)
   b, t, d = h.shape
   scale, denominator = losses.token_scale_and_denominator(batch.mask, cfg.normaliser)
   aux = {"weights": batch.weights, "mask": batch.mask, "scale": scale}
@@ -151,7 +167,8 @@ def batch_logprobs(params, batch: Batch, *, model, cfg: TrainConfig) -> jax.Arra
   """log p(tokens[:, t] | tokens[:, :t]) [B, T] float32 under `params` (full tree), aligned
   like `weights`; 0 at t = 0 and on padding. For reference / old log-probs and evaluation."""
   dtype = DTYPES[cfg.compute_dtype]
-  h = hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch)
+  h = _tempered(hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch),
+                model, cfg)
   b, t, d = h.shape
   targets = _shift_left(batch.tokens, PAD_ID).reshape(-1)
   softcap = getattr(getattr(model, "config", None), "final_logit_softcap", None)
