@@ -11,7 +11,7 @@ import pytest
 from configs import tiny_test
 from sml_jax import config as config_lib
 from sml_jax.experiment import Experiment
-from sml_jax.stages import base, examples, rollout
+from sml_jax.stages import base, examples, kinds, rollout
 from sml_jax.stages.trainer import Trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -87,3 +87,43 @@ def test_eval_tasks_take_curriculum_entries_with_arguments(tmp_path):
       assert len(rows) == n
     problems = [json.loads(r)["problem_id"] for r in rows]
     assert len(problems) >= 1 and len(set(problems)) == len(problems)
+
+
+def test_rl_update_with_signal_moves_rewarded_turns_up(tmp_path):
+  """End to end on `tiny`: SFT on reference solutions teaches it to answer a tiny task (so its
+  sampled dialogues are sometimes right and sometimes wrong), then one GRPO step on its own
+  rollouts: advantages are non-zero, the update happens, the rewarded conversations' student
+  tokens gain log-probability and the unrewarded ones lose it."""
+  data = tmp_path / "sums.jsonl"
+  data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?",
+                                      "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}) + "\n"
+                          for a, b in [(2, 2), (3, 1), (1, 3), (4, 0)] * 4))
+  c = tiny_test.get_config()
+  c.curricula.math = f"gsm8k:1:path={data};eval_fraction=0.0"
+  c.stages = "sft,rl"
+  c.dialogue.update({"max_turns": 1, "student_max_tokens": 16, "temperature": 1.0})
+  c.sft.update({"steps": 25, "learning_rate": 3e-3, "problems_per_step": 4})
+  c.rl.update({"steps": 1, "learning_rate": 3e-3, "problems_per_step": 2, "group_size": 8})
+  spec = config_lib.to_spec(c)
+  sft_spec, rl_spec = spec.stages
+  exp = Experiment(spec)
+  trainer = Trainer(exp)
+  ctx = base.Context(exp=exp, trainer=trainer, workdir=str(tmp_path / "wd"))
+  state = kinds.make_stage(sft_spec).run(ctx, trainer.initial_state())
+  stage = rollout.RLStage(rl_spec)
+  for step in range(10):   # The first step whose groups carry a signal.
+    problems, seed = stage.problems(exp, step=step, stage_index=1)
+    got = stage.collect(exp, state, problems, seed, first_problem=0)
+    exs, adv = examples.rl_examples(got.conversations, rl_spec.group_size, rl_spec.adv_eps)
+    if exs:
+      break
+  assert exs, "tiny never earned a reward after SFT"
+  assert (adv > 0).any() and (adv < 0).any()
+  batch = trainer.batch(exs, needs_old_logprobs=False)
+  score = lambda s: np.asarray(trainer._logprobs(exp.model, s.full_params(), batch, rl_spec.train))
+  before = score(state)
+  state, m = trainer.train(state, exs, rl_spec.train, learning_rate=rl_spec.train.learning_rate)
+  assert m is not None and m["grad_norm"] > 0
+  delta = ((score(state) - before) * np.asarray(batch.mask)).sum(axis=1)[:len(exs)]
+  weights = np.asarray([e.weight for e in exs])
+  assert delta[weights > 0].mean() > 0 and delta[weights < 0].mean() < 0, (delta, weights)

@@ -1,6 +1,6 @@
-"""The Stage protocol, the registry of stage kinds, and the one training iteration.
+"""The Stage protocol and the one training iteration (the kinds are in `kinds.py`).
 
-    stage = make_stage(spec)                 # spec: a TrainStageSpec or EvalSpec
+    stage = kinds.make_stage(spec)           # spec: a TrainStageSpec or EvalSpec
     state = stage.run(ctx, state, first_step)   # -> None when a SIGTERM checkpoint stopped it
 
 A training stage is `steps` iterations of
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, NamedTuple, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -61,22 +61,6 @@ class Stage(Protocol):
   def run(self, ctx: Context, state, first_step: int = 0):
     """Runs the stage from `first_step` -> the new state, or None if a SIGTERM checkpoint
     was saved and the run should exit."""
-
-
-_REGISTRY: dict[str, Callable[[Any], Stage]] = {}
-
-
-def register(kind: str):
-  def decorator(cls):
-    _REGISTRY[kind] = cls
-    return cls
-  return decorator
-
-
-def make_stage(spec: TrainStageSpec | EvalSpec) -> Stage:
-  if spec.kind not in _REGISTRY:
-    raise ValueError(f"unknown stage kind {spec.kind!r}; known: {', '.join(sorted(_REGISTRY))}")
-  return _REGISTRY[spec.kind](spec)
 
 
 def conversation_stats(convs: Sequence[dict]) -> dict[str, float]:

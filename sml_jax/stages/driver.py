@@ -23,10 +23,7 @@ from sml_jax.experiment import Experiment
 from sml_jax.parallel import distributed
 from sml_jax.spec import RunSpec
 from sml_jax.stages import base
-# Importing the stage modules registers their kinds.
-from sml_jax.stages import eval as _eval  # pylint: disable=unused-import
-from sml_jax.stages import rollout as _rollout  # pylint: disable=unused-import
-from sml_jax.stages import sft as _sft  # pylint: disable=unused-import
+from sml_jax.stages import kinds
 from sml_jax.stages.trainer import Trainer
 from sml_jax.training.checkpointing import Checkpointer
 from sml_jax.training.metrics import MetricsWriter
@@ -45,7 +42,7 @@ class _NoMetrics:
 def run_stages(exp: Experiment, workdir: str) -> bool:
   """Runs (or resumes) every stage. False when a SIGTERM checkpoint stopped the run."""
   spec = exp.spec
-  stages = [base.make_stage(s) for s in spec.stages]
+  stages = [kinds.make_stage(s) for s in spec.stages]
   trainer = Trainer(exp)
   state = trainer.initial_state()
   ckpt = Checkpointer(workdir, every=spec.train.checkpoint_every, keep=spec.train.keep_checkpoints)

@@ -19,7 +19,7 @@ from sml_jax import evaluation
 from sml_jax import rng
 from sml_jax.parallel import distributed
 from sml_jax.spec import EvalSpec, TaskEntry
-from sml_jax.stages.base import Context, register
+from sml_jax.stages.base import Context
 
 
 def read_partial(path: str) -> dict[int, list[dict]]:
@@ -38,7 +38,6 @@ def read_partial(path: str) -> dict[int, list[dict]]:
   return done
 
 
-@register("eval")
 class EvalStage:
 
   def __init__(self, spec: EvalSpec):

@@ -13,7 +13,7 @@ Each host rolls out its block of the step's problems; conversation j of the bloc
 from __future__ import annotations
 
 from sml_jax.stages import examples
-from sml_jax.stages.base import Collected, TrainingStage, register
+from sml_jax.stages.base import Collected, TrainingStage
 
 
 class RolloutStage(TrainingStage):
@@ -35,7 +35,6 @@ class RolloutStage(TrainingStage):
                      {f"time_{k}_s": v for k, v in runner.seconds.items()})
 
 
-@register("rl")
 class RLStage(RolloutStage):
 
   @property
@@ -48,14 +47,12 @@ class RLStage(RolloutStage):
     return out
 
 
-@register("offline_sml")
 class OfflineSMLStage(RolloutStage):
 
   def to_examples(self, convs):
     return examples.offline_sml_examples(convs)
 
 
-@register("qprime_sft")
 class QPrimeSFTStage(RolloutStage):
   qprime = True
 

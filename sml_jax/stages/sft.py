@@ -5,10 +5,9 @@ opening (and in-context demonstrations) as a dialogue; the loss is on that turn 
 from __future__ import annotations
 
 from sml_jax.stages import examples
-from sml_jax.stages.base import Collected, TrainingStage, register
+from sml_jax.stages.base import Collected, TrainingStage
 
 
-@register("sft")
 class SFTStage(TrainingStage):
 
   def collect(self, exp, state, problems, seed: int, first_problem: int) -> Collected:
