@@ -101,8 +101,11 @@ def test_rl_update_with_signal_moves_rewarded_turns_up(tmp_path):
   c = tiny_test.get_config()
   c.curricula.math = f"gsm8k:1:path={data};eval_fraction=0.0"
   c.stages = "sft,rl"
-  c.dialogue.update({"max_turns": 1, "student_max_tokens": 16, "temperature": 1.0})
-  c.sft.update({"steps": 25, "learning_rate": 3e-3, "problems_per_step": 4})
+  c.dialogue.update({"max_turns": 1, "student_max_tokens": 16, "temperature": 1.0,
+                     "fewshot": False})
+  # Every answer is 4: 60 SFT steps teach the random-init model "... Final answer: 4" often
+  # enough that sampled groups hold both right and wrong answers.
+  c.sft.update({"steps": 60, "learning_rate": 3e-2, "problems_per_step": 4})
   c.rl.update({"steps": 1, "learning_rate": 3e-3, "problems_per_step": 2, "group_size": 8})
   spec = config_lib.to_spec(c)
   sft_spec, rl_spec = spec.stages
