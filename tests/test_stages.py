@@ -6,11 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from configs import tiny_test
 from sml_jax import config as config_lib
 from sml_jax.experiment import Experiment
-from sml_jax.stages import base, examples, rollout
+from sml_jax.stages import base, examples, rollout, sft  # noqa: F401 (registers `sft`)
 from sml_jax.stages.trainer import Trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -58,3 +59,50 @@ def test_first_ppo_inner_step_is_on_policy():
   assert m["first_log_ratio_abs_mean"] < 1e-4, m
   assert m["first_clip_fraction"] == 0.0, m
   assert m["log_ratio_abs_mean"] > 10 * m["first_log_ratio_abs_mean"], m   # The update moved it.
+
+
+def test_iteration_rows_count_truncation_and_out_of_context(tmp_path):
+  """train.max_len below the SFT examples' length: the row's truncated_rate > 0 and the cut tokens
+  are counted; a KV cache that fits the opening but not a second turn: every RL conversation ends
+  out of context and the row's out_of_context_rate says so. Rows go through metrics.jsonl into the
+  report's training table; transcripts carry student_tokens."""
+  from sml_jax import evaluation
+  from sml_jax.training.metrics import MetricsWriter
+  c = tiny_test.get_config()
+  c.train.max_len = 300               # the openings (few-shot demos) are ~290 tokens
+  c.sampler.cache_length = 305        # room for the opening and one 8-token student turn only
+  c.dialogue.qprime_q = 0.0
+  c.sft.steps = c.rl.steps = 1
+  spec = config_lib.to_spec(c)
+  exp = Experiment(spec)
+  writer = MetricsWriter(tmp_path, tensorboard=False, progress=False)
+  ctx = base.Context(exp=exp, trainer=Trainer(exp), workdir=str(tmp_path), metrics=writer)
+  state = ctx.trainer.initial_state()
+  for i, s in enumerate(spec.stages):
+    if s.kind in ("sft", "rl"):
+      ctx.stage_index = i
+      state = base.make_stage(s).run(ctx, state)
+  writer.close()
+  rows = {r["stage"]: r for r in evaluation.read_train_log(str(tmp_path))}
+
+  i = next(i for i, s in enumerate(spec.stages) if s.kind == "sft")
+  sft_examples = examples.reference_examples(
+      base.make_stage(spec.stages[i]).problems(exp, 0, i)[0], exp.tokenizer, spec.dialogue.fewshot)
+  lengths = np.array([len(e.ids) for e in sft_examples])
+  assert (lengths > 300).any()
+  assert rows["sft"]["truncated_rate"] == pytest.approx(np.mean(lengths > 300))
+  assert rows["sft"]["train_tokens_cut"] == float(np.maximum(lengths - 300, 0).sum()) > 0
+  assert rows["sft"]["well_formed_rate"] is None    # no conversations: not measured
+
+  convs = [json.loads(line) for line in
+           (tmp_path / "rollouts" / "rl" / "step_00000.jsonl").read_text().splitlines()]
+  assert convs and all(t["out_of_context"] for t in convs)
+  assert all(t["student_tokens"] > 290 for t in convs)
+  assert rows["rl"]["out_of_context_rate"] == 1.0
+  assert "truncated_rate" in rows["rl"] and "train_tokens_cut" in rows["rl"]
+
+  evaluation.write_report(str(tmp_path))
+  report = (tmp_path / "report.md").read_text()
+  assert "mean truncated" in report
+  sft_line = next(line for line in report.splitlines() if line.startswith("| sft |"))
+  assert f"| {np.mean(lengths > 300):.3f} |" in sft_line
