@@ -106,3 +106,23 @@ def test_iteration_rows_count_truncation_and_out_of_context(tmp_path):
   assert "mean truncated" in report
   sft_line = next(line for line in report.splitlines() if line.startswith("| sft |"))
   assert f"| {np.mean(lengths > 300):.3f} |" in sft_line
+
+
+def test_conversation_stats_quality_rates():
+  """Training rows: quality rates over the step's rollouts; a flag no transcript carries is None."""
+  def t(flags, out_of_context, solved_turn=None):
+    turns = [{"role": "user", "text": "q", "flags": {}}]
+    turns += [{"role": "student", "text": "a", "flags": f} for f in flags]
+    return {"problem_id": "p", "turns": turns, "solved": solved_turn is not None,
+            "solved_turn": solved_turn, "reward": float(solved_turn is not None), "max_turns": 2,
+            "num_student_turns": len(flags), "out_of_context": out_of_context}
+  wf = {"well_formed": True, "format_failure": False, "demo_copy": False}
+  bad = {"well_formed": False, "format_failure": True, "demo_copy": True}
+  row = base.conversation_stats([t([wf, bad], True), t([wf], False, solved_turn=1),
+                                 t([wf, wf], False), t([wf], False)])
+  assert row["well_formed_rate"] == pytest.approx(5 / 6)
+  assert row["format_failure_rate"] == row["demo_copy_rate"] == pytest.approx(1 / 6)
+  assert row["out_of_context_rate"] == 0.25 and row["success_rate"] == 0.25
+  assert "truncated_rate" not in row    # the iteration counts it over training examples
+  old = base.conversation_stats([{k: v for k, v in t([{}], False).items() if k != "out_of_context"}])
+  assert old["well_formed_rate"] is None and old["out_of_context_rate"] is None

@@ -36,7 +36,7 @@ ROWS = (
     ("format_failure_rate", "student answers without an anchor (format failures)", "rate"),
     ("demo_copy_rate", "turns copying a demonstration", "rate"),
     ("out_of_context_rate", "conversations ended by the KV cache (out of context)", "rate"),
-    ("truncated_rate", "conversations longer than train.max_len", "rate"),
+    ("truncated_rate", "conversations longer than train.max_len (cut if trained)", "rate"),
     ("lic_mean_p", "LiC mean P (0-100)", "pct"),
     ("lic_aptitude", "LiC aptitude A90 (0-100)", "pct"),
     ("lic_unreliability", "LiC unreliability U90-10 (0-100)", "pct"),
