@@ -11,7 +11,7 @@ import pytest
 from configs import tiny_test
 from sml_jax import config as config_lib
 from sml_jax.experiment import Experiment
-from sml_jax.stages import base, examples, rollout, sft  # noqa: F401 (registers `sft`)
+from sml_jax.stages import base, eval as eval_stage, examples, rollout, sft  # noqa: F401
 from sml_jax.stages.trainer import Trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -63,8 +63,8 @@ def test_first_ppo_inner_step_is_on_policy():
 
 def test_iteration_rows_count_truncation_and_out_of_context(tmp_path):
   """train.max_len below the SFT examples' length: the row's truncated_rate > 0 and the cut tokens
-  are counted; a KV cache that fits the opening but not a second turn: every RL conversation ends
-  out of context and the row's out_of_context_rate says so. Rows go through metrics.jsonl into the
+  are counted; a KV cache that fits the opening but not a second turn: every RL and eval
+  conversation ends out of context and the row / eval JSON's out_of_context_rate says so. Rows go through metrics.jsonl into the
   report's training table; transcripts carry student_tokens."""
   from sml_jax import evaluation
   from sml_jax.training.metrics import MetricsWriter
@@ -79,7 +79,7 @@ def test_iteration_rows_count_truncation_and_out_of_context(tmp_path):
   ctx = base.Context(exp=exp, trainer=Trainer(exp), workdir=str(tmp_path), metrics=writer)
   state = ctx.trainer.initial_state()
   for i, s in enumerate(spec.stages):
-    if s.kind in ("sft", "rl"):
+    if s.kind in ("sft", "rl") or s.name == "eval_before":
       ctx.stage_index = i
       state = base.make_stage(s).run(ctx, state)
   writer.close()
@@ -101,6 +101,12 @@ def test_iteration_rows_count_truncation_and_out_of_context(tmp_path):
   assert rows["rl"]["out_of_context_rate"] == 1.0
   assert "truncated_rate" in rows["rl"] and "train_tokens_cut" in rows["rl"]
 
+  # The eval JSON: out of context counted; truncated_rate against the run's train.max_len.
+  ev = evaluation.read_evals(str(tmp_path))["before_arithmetic"]
+  assert ev["out_of_context_rate"] == 1.0 and ev["truncated_max_len"] == 300
+  tokens = [t["student_tokens"] for t in evaluation.read_transcripts(str(tmp_path),
+                                                                     "before_arithmetic")]
+  assert ev["truncated_rate"] == pytest.approx(np.mean(np.array(tokens) > 300))
   evaluation.write_report(str(tmp_path))
   report = (tmp_path / "report.md").read_text()
   assert "mean truncated" in report
@@ -124,5 +130,7 @@ def test_conversation_stats_quality_rates():
   assert row["format_failure_rate"] == row["demo_copy_rate"] == pytest.approx(1 / 6)
   assert row["out_of_context_rate"] == 0.25 and row["success_rate"] == 0.25
   assert "truncated_rate" not in row    # the iteration counts it over training examples
-  old = base.conversation_stats([{k: v for k, v in t([{}], False).items() if k != "out_of_context"}])
+  old = t([{}], False)
+  del old["out_of_context"]
+  old = base.conversation_stats([old])
   assert old["well_formed_rate"] is None and old["out_of_context_rate"] is None

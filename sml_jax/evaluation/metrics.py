@@ -115,7 +115,8 @@ def quality_counts(t: dict, max_len: int | None = None) -> dict[str, tuple[int, 
   return out
 
 
-def quality_rates(transcripts: Sequence[dict], max_len: int | None = None) -> dict[str, float | None]:
+def quality_rates(transcripts: Sequence[dict],
+                  max_len: int | None = None) -> dict[str, float | None]:
   """The quality rates (`QUALITY_KEYS`) of `transcripts`, without CIs (for training rows)."""
   per_conv = [quality_counts(t, max_len) for t in transcripts]
   return {f"{name}_rate": _ratio([c[name][0] for c in per_conv], [c[name][1] for c in per_conv])
@@ -139,8 +140,8 @@ def lic_per_problem(scores: list[np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def compute_metrics(transcripts: Sequence[dict], max_k: int | None = None, *,
-                    max_len: int | None = None, n_resamples: int = bootstrap.N_RESAMPLES, seed: int = 0,
-                    level: float = bootstrap.LEVEL) -> dict[str, Any]:
+                    max_len: int | None = None, n_resamples: int = bootstrap.N_RESAMPLES,
+                    seed: int = 0, level: float = bootstrap.LEVEL) -> dict[str, Any]:
   """The metrics documented in the module docstring, for `transcripts` (validated first)."""
   ts = schema.validate_transcripts(transcripts)
   if max_k is not None and (not isinstance(max_k, int) or max_k < 1):

@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 RATE_KEYS = (("question_rate", "question rate"), ("premature_answer_rate", "premature answers"),
              ("teacher_leak_rate", "teacher leaks"))
 # Dialogue-quality rates: drawn only when some eval of the report measured them.
-QUALITY_RATE_KEYS = (("well_formed_rate", "well-formed"), ("format_failure_rate", "format failures"),
-                     ("demo_copy_rate", "demo copies"), ("out_of_context_rate", "out of context"),
+QUALITY_RATE_KEYS = (("well_formed_rate", "well-formed"),
+                     ("format_failure_rate", "format failures"), ("demo_copy_rate", "demo copies"), ("out_of_context_rate", "out of context"),
                      ("truncated_rate", "> train.max_len"))
 TRAIN_KEYS = (("reward_mean", "mean reward"), ("success_rate", "success rate"), ("loss", "loss"),
               ("well_formed_rate", "well-formed student turns"),
@@ -99,8 +99,9 @@ def plot_rates(evals: dict[str, dict], pairs: Sequence[tuple[str, str, str]], pa
       top = max(top, float(np.nanmax(np.append(ys + err[1], 0))))
       for x in xs[~np.isfinite(ys)]:  # undefined (e.g. no underspecified problem): say so, not 0
         ax.text(x + offset, 0, "n/a", ha="center", va="bottom", fontsize="small")
+    tilt = len(rate_keys) > 3
     ax.set_xticks(xs, [label for _, label in rate_keys], fontsize="small",
-                  rotation=30 if len(rate_keys) > 3 else 0, ha="right" if len(rate_keys) > 3 else "center")
+                  rotation=30 if tilt else 0, ha="right" if tilt else "center")
     ax.set(title=title, ylabel="rate", ylim=(0, min(1.02, max(0.05, 1.2 * top))))
     ax.legend(fontsize="small")
   fig.savefig(path, dpi=110)
