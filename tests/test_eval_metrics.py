@@ -155,6 +155,10 @@ def test_bootstrap_drops_undefined_resamples():
     (lambda t: t.update(solved_turn=5), r"in \[1, 3\]"),
     (lambda t: t.update(solved=False), "must be null"),
     (lambda t: t.update(max_turns=0), "max_turns"),
+    (lambda t: t["turns"][1]["flags"].update(well_formed="yes"), "well_formed"),
+    (lambda t: t["turns"][2]["flags"].update(demo_copy=1), "demo_copy"),
+    (lambda t: t.update(out_of_context="no"), "out_of_context"),
+    (lambda t: t.update(student_tokens=-1), "student_tokens"),
 ])
 def test_malformed_transcripts_are_rejected(mutate, message):
   t = four_conversations()[1]
@@ -163,6 +167,62 @@ def test_malformed_transcripts_are_rejected(mutate, message):
     metrics.compute_metrics([four_conversations()[0], t])
 
 
-def test_bad_max_k():
+def test_bad_max_k_and_max_len():
   with pytest.raises(ValueError, match="max_k"):
     metrics.compute_metrics(four_conversations(), max_k=0)
+  with pytest.raises(ValueError, match="max_len"):
+    metrics.compute_metrics(four_conversations(), max_len=0)
+
+
+QUALITY = ("well_formed_rate", "format_failure_rate", "demo_copy_rate", "out_of_context_rate",
+           "truncated_rate")
+
+
+def test_quality_rates_are_not_measured_on_old_transcripts():
+  """Transcripts without the quality flags (written before they existed): every quality rate is
+  None (not measured), not 0, and the keys are there."""
+  m = metrics.compute_metrics(four_conversations(), max_len=10)
+  for key in QUALITY:
+    assert key in m and m[key] is None and m[f"{key}_ci"] is None, key
+  assert m["truncated_max_len"] == 10
+  assert metrics.compute_metrics([])["truncated_rate"] is None
+
+
+def quality_conversations():
+  s, t = "student", "teacher"
+  good = {"attempt": True, "well_formed": True, "format_failure": False, "demo_copy": False}
+  bare = {"attempt": True, "well_formed": False, "format_failure": True, "demo_copy": False}
+  copy = {"question": True, "well_formed": True, "format_failure": False, "demo_copy": True}
+  t_copy, t_ok = {"demo_copy": True}, {"demo_copy": False}
+  return [
+      conv("a", [(s, bare), (t, t_copy), (s, copy), (t, t_ok), (s, {**good, "correct": True})],
+           out_of_context=False, student_tokens=120),
+      conv("b", [(s, bare), (t, t_ok), (s, good)], max_turns=2, out_of_context=False,
+           student_tokens=90),
+      conv("c", [(s, good), (t, t_ok)], out_of_context=True, student_tokens=300),
+      # An old transcript among new ones: its turns and its conversation are not counted.
+      conv("old", [(s, S_ATTEMPT), (t, T_PLAIN), (s, S_ATTEMPT)]),
+  ]
+
+
+def test_quality_rates_match_hand_computation():
+  m = metrics.compute_metrics(quality_conversations(), max_len=100)
+  # Student turns with the flags: a 3, b 2, c 1 -> 6; well-formed: all but the two bare ones.
+  assert m["well_formed_rate"] == pytest.approx(4 / 6)
+  assert m["format_failure_rate"] == pytest.approx(2 / 6)
+  # demo_copy over turns of any party: 6 student + 4 teacher turns; copies: a's question and a's
+  # first teacher reply.
+  assert m["demo_copy_rate"] == pytest.approx(2 / 10)
+  assert m["out_of_context_rate"] == pytest.approx(1 / 3)          # "old" carries no such key
+  assert m["truncated_rate"] == pytest.approx(2 / 3)               # 120 and 300 > 100
+  assert m["truncated_max_len"] == 100
+  for key in QUALITY:
+    lo, hi = m[f"{key}_ci"]
+    assert 0 <= lo <= m[key] <= hi <= 1, key
+  # No max_len: truncation is not measured, the other rates are unchanged.
+  m2 = metrics.compute_metrics(quality_conversations())
+  assert m2["truncated_rate"] is None and m2["truncated_max_len"] is None
+  assert m2["well_formed_rate"] == m["well_formed_rate"]
+  # The training rows' rates (no CIs) are the same numbers.
+  q = metrics.quality_rates(quality_conversations(), max_len=100)
+  assert q == {key: m[key] for key in QUALITY}

@@ -41,8 +41,10 @@ def before_after(workdir):
 
 def write_train_log(workdir):
   rows = [{"step": s, "stage": "qprime_sft", "loss": 2.0 - 0.1 * s, "tokens_per_s": 50.0,
-           "time_training_s": 1.5} for s in range(5)]
+           "time_training_s": 1.5, "truncated_rate": 0.2, "well_formed_rate": None}
+          for s in range(5)]
   rows += [{"step": s, "stage": "rl", "loss": 0.1, "reward_mean": 0.1 * s, "success_rate": 0.1 * s,
+            "well_formed_rate": 0.5 + 0.05 * s, "truncated_rate": 0.0,
             "tokens_per_s": 20.0, "time_sampling_s": 3.0, "time_training_s": 2.0} for s in range(6)]
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -101,14 +103,15 @@ def test_report_table_plots_and_viewer(tmp_path):
   assert "0.500 [" in row4 and "0.750 [" in row4 and "+0.250" in row4
   assert "mean turns to success | 2.000 [" in table                     # before: (1 + 3) / 2
   assert "premature" not in table                                       # undefined: row dropped
+  assert "well-formed" not in table and "out of context" not in table   # not measured: dropped
 
   report = (tmp_path / "report.md").read_text()
   assert table in report and "checkpoint=ckpt/7" in report
   for png in ("success_by_turn.png", "rates.png", "training.png"):
     assert f"]({png})" in report
     assert_png(tmp_path / png)
-  assert "| qprime_sft | 5 | 1.600 | – | – | 50.0 | – | 7.5 |" in report
-  assert "| rl | 6 | 0.100 | 0.500 | 0.500 | 20.0 | 18.0 | 12.0 |" in report
+  assert "| qprime_sft | 5 | 1.600 | – | – | – | 0.200 | 50.0 | – | 7.5 |" in report
+  assert "| rl | 6 | 0.100 | 0.500 | 0.500 | 0.750 | 0.000 | 20.0 | 18.0 | 12.0 |" in report
 
   page = (tmp_path / "transcripts.html").read_text()
   html.parser.HTMLParser().feed(page)
@@ -151,3 +154,57 @@ def test_evaluation_imports_no_jax():
   code = ("import sys, sml_jax.evaluation.report, sml_jax.evaluation as e; e.compute_metrics([]); "
           "assert not {'jax', 'gemma', 'tensorflow'} & set(sys.modules), sorted(sys.modules)")
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def quality_conv(pid, solved_turn, well_formed, out_of_context=False, student_tokens=50):
+  """`conv` with the dialogue-quality flags on every turn and the conversation fields."""
+  t = conv(pid, solved_turn)
+  for turn in t["turns"]:
+    if turn["role"] == "student":
+      turn["flags"].update(well_formed=well_formed, format_failure=not well_formed,
+                           demo_copy=False)
+    elif turn["role"] == "teacher":
+      turn["flags"]["demo_copy"] = not well_formed
+  return {**t, "out_of_context": out_of_context, "student_tokens": student_tokens}
+
+
+def test_report_shows_quality_rows(tmp_path):
+  """before: no well-formed turn, one copying teacher reply per exchange, one conversation out of
+  context; after: all well-formed. Rows with CIs and a delta; rates.png gets the quality bars;
+  transcripts.html marks the exceptions."""
+  workdir = str(tmp_path)
+  before = [quality_conv("p0", None, False, out_of_context=True, student_tokens=500),
+            quality_conv("p1", 1, False)]
+  after = [quality_conv("p0", 1, True), quality_conv("p1", 1, True)]
+  mb = evaluation.write_eval(workdir, "before_gsm8k", before, max_len=100)
+  evaluation.write_eval(workdir, "after_gsm8k", after, max_len=100)
+  assert mb["well_formed_rate"] == 0.0 and mb["format_failure_rate"] == 1.0
+  assert mb["demo_copy_rate"] == pytest.approx(3 / 8)    # 3 teacher turns copy; 5 student + 3
+  assert mb["out_of_context_rate"] == 0.5 and mb["truncated_rate"] == 0.5
+  table = evaluation.write_report(workdir)
+
+  def row(label):
+    return [c.strip() for c in next(line for line in table.splitlines()
+                                    if f"| {label} |" in line).strip("|").split("|")]
+  assert row("well-formed student turns")[2:] == ["0.000 [0.000, 0.000]", "1.000 [1.000, 1.000]",
+                                                  "+1.000"]
+  assert row("student answers without an anchor (format failures)")[4] == "-1.000"
+  assert row("turns copying a demonstration")[2].startswith("0.375 [")
+  assert row("conversations ended by the KV cache (out of context)")[2].startswith("0.500 [")
+  assert row("conversations longer than train.max_len (cut if trained)")[2:] == [
+      "0.500 [0.000, 1.000]", "0.000 [0.000, 0.000]", "-0.500"]
+  assert "truncated_max_len" not in (tmp_path / "report.md").read_text().split("Runs:")[1]
+  assert_png(tmp_path / "rates.png")
+  page = (tmp_path / "transcripts.html").read_text()
+  assert '<span class="flag not_well_formed">not well-formed</span>' in page
+  assert '<span class="flag format_failure">format_failure</span>' in page
+  assert '<span class="flag out_of_context">out of context</span>' in page
+  assert "500 student-context tokens" in page
+
+
+def test_training_plot_shows_well_formed_rate(tmp_path):
+  log = write_train_log(str(tmp_path))
+  assert [k for k, _ in plots.TRAIN_KEYS][:4] == ["reward_mean", "success_rate", "loss",
+                                                   "well_formed_rate"]
+  assert plots.plot_training(log, str(tmp_path / "t.png"))
+  assert_png(tmp_path / "t.png")

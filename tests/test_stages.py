@@ -130,3 +130,78 @@ def test_rl_update_with_signal_moves_rewarded_turns_up(tmp_path):
   delta = ((score(state) - before) * np.asarray(batch.mask)).sum(axis=1)[:len(exs)]
   weights = np.asarray([e.weight for e in exs])
   assert delta[weights > 0].mean() > 0 and delta[weights < 0].mean() < 0, (delta, weights)
+
+
+def test_iteration_rows_count_truncation_and_out_of_context(tmp_path):
+  """train.max_len below the SFT examples' length: the row's truncated_rate > 0 and the cut tokens
+  are counted; a KV cache that fits the opening but not a second turn: every RL and eval
+  conversation ends out of context and the row / eval JSON's out_of_context_rate says so. Rows go through metrics.jsonl into the
+  report's training table; transcripts carry student_tokens."""
+  from sml_jax import evaluation
+  from sml_jax.training.metrics import MetricsWriter
+  c = tiny_test.get_config()
+  c.train.max_len = 300               # the openings (few-shot demos) are ~290 tokens
+  c.sampler.cache_length = 305        # room for the opening and one 8-token student turn only
+  c.dialogue.qprime_q = 0.0
+  c.sft.steps = c.rl.steps = 1
+  spec = config_lib.to_spec(c)
+  exp = Experiment(spec)
+  writer = MetricsWriter(tmp_path, tensorboard=False, progress=False)
+  ctx = base.Context(exp=exp, trainer=Trainer(exp), workdir=str(tmp_path), metrics=writer)
+  state = ctx.trainer.initial_state()
+  for i, s in enumerate(spec.stages):
+    if s.kind in ("sft", "rl") or s.name == "eval_before":
+      ctx.stage_index = i
+      state = kinds.make_stage(s).run(ctx, state)
+  writer.close()
+  rows = {r["stage"]: r for r in evaluation.read_train_log(str(tmp_path))}
+
+  i = next(i for i, s in enumerate(spec.stages) if s.kind == "sft")
+  sft_examples = examples.reference_examples(
+      kinds.make_stage(spec.stages[i]).problems(exp, 0, i)[0], exp.tokenizer, spec.dialogue.fewshot)
+  lengths = np.array([len(e.ids) for e in sft_examples])
+  assert (lengths > 300).any()
+  assert rows["sft"]["truncated_rate"] == pytest.approx(np.mean(lengths > 300))
+  assert rows["sft"]["train_tokens_cut"] == float(np.maximum(lengths - 300, 0).sum()) > 0
+  assert rows["sft"]["well_formed_rate"] is None    # no conversations: not measured
+
+  convs = [json.loads(line) for line in
+           (tmp_path / "rollouts" / "rl" / "step_00000.jsonl").read_text().splitlines()]
+  assert convs and all(t["out_of_context"] for t in convs)
+  assert all(t["student_tokens"] > 290 for t in convs)
+  assert rows["rl"]["out_of_context_rate"] == 1.0
+  assert "truncated_rate" in rows["rl"] and "train_tokens_cut" in rows["rl"]
+
+  # The eval JSON: out of context counted; truncated_rate against the run's train.max_len.
+  ev = evaluation.read_evals(str(tmp_path))["before_arithmetic"]
+  assert ev["out_of_context_rate"] == 1.0 and ev["truncated_max_len"] == 300
+  tokens = [t["student_tokens"] for t in evaluation.read_transcripts(str(tmp_path),
+                                                                     "before_arithmetic")]
+  assert ev["truncated_rate"] == pytest.approx(np.mean(np.array(tokens) > 300))
+  evaluation.write_report(str(tmp_path))
+  report = (tmp_path / "report.md").read_text()
+  assert "mean truncated" in report
+  sft_line = next(line for line in report.splitlines() if line.startswith("| sft |"))
+  assert f"| {np.mean(lengths > 300):.3f} |" in sft_line
+
+
+def test_conversation_stats_quality_rates():
+  """Training rows: quality rates over the step's rollouts; a flag no transcript carries is None."""
+  def t(flags, out_of_context, solved_turn=None):
+    turns = [{"role": "user", "text": "q", "flags": {}}]
+    turns += [{"role": "student", "text": "a", "flags": f} for f in flags]
+    return {"problem_id": "p", "turns": turns, "solved": solved_turn is not None,
+            "solved_turn": solved_turn, "reward": float(solved_turn is not None), "max_turns": 2,
+            "num_student_turns": len(flags), "out_of_context": out_of_context}
+  wf = {"well_formed": True, "format_failure": False, "demo_copy": False}
+  bad = {"well_formed": False, "format_failure": True, "demo_copy": True}
+  row = base.conversation_stats([t([wf, bad], True), t([wf], False, solved_turn=1),
+                                 t([wf, wf], False), t([wf], False)])
+  assert row["well_formed_rate"] == pytest.approx(5 / 6)
+  assert row["format_failure_rate"] == row["demo_copy_rate"] == pytest.approx(1 / 6)
+  assert row["out_of_context_rate"] == 0.25 and row["success_rate"] == 0.25
+  assert "truncated_rate" not in row    # the iteration counts it over training examples
+  old = t([{}], False)
+  del old["out_of_context"]
+  old = base.conversation_stats([old])
+  assert old["well_formed_rate"] is None and old["out_of_context_rate"] is None

@@ -23,6 +23,26 @@ its denominator is empty.
   question_rate                student turns flagged `question` / all student turns.
   teacher_leak_rate            teacher turns flagged `leak` / all teacher turns.
 
+Dialogue quality (issue 14). A flag or field that a transcript does not carry is "not measured",
+never False: each rate counts only the turns / conversations that carry it, and is None when none
+do (transcripts written before the flag existed still load and give None, not 0).
+  well_formed_rate             student turns flagged `well_formed` (an anchored answer attempt or a
+                               question about the problem) / student turns carrying the flag.
+  format_failure_rate          student turns flagged `format_failure` (an answer without the
+                               `Final answer:` / `\\boxed{}` anchor) / student turns carrying it.
+  demo_copy_rate               turns of any party flagged `demo_copy` (reproduces a line of an
+                               in-context demonstration) / turns of any party carrying it.
+  out_of_context_rate          conversations with `out_of_context` true (ended early: another turn
+                               would not fit the sampler's KV cache) / conversations carrying it.
+  truncated_rate               conversations whose student context (`student_tokens`) is longer
+                               than `max_len` / conversations carrying `student_tokens`; None when
+                               no `max_len` is given. Evaluation trains nothing, so nothing is cut:
+                               with `max_len` = the run's `train.max_len` (what the eval stage
+                               passes) it is the fraction of eval dialogues that training would cut,
+                               i.e. how far the eval horizon reaches past what training sees. The
+                               cut by the KV cache during the dialogue is `out_of_context_rate`.
+  truncated_max_len            the `max_len` used (None: not given).
+
 Lost-in-Conversation summary (Laban et al. 2025, arXiv:2505.06120), over the problems simulated
 at least twice (grouped by (task, problem_id); others are left out): each simulation scores
 S = 100 if solved else 0 (LiC's binary-task score; the turn discount is left to mean_reward).
@@ -69,6 +89,40 @@ def _turn_counts(t: dict) -> dict[str, int]:
   }
 
 
+QUALITY_FLAGS = {"well_formed": ("student",), "format_failure": ("student",),
+                 "demo_copy": ("user", "student", "teacher")}
+QUALITY_KEYS = ("well_formed_rate", "format_failure_rate", "demo_copy_rate", "out_of_context_rate",
+                "truncated_rate")
+
+
+def _measured(value) -> bool:
+  return value is not None
+
+
+def quality_counts(t: dict, max_len: int | None = None) -> dict[str, tuple[int, int]]:
+  """Per-conversation (numerator, denominator) of each quality rate of the module docstring
+  (`<name>_rate` = sum of numerators / sum of denominators over conversations)."""
+  out = {}
+  for name, roles in QUALITY_FLAGS.items():
+    values = [turn.get("flags", {}).get(name) for turn in t["turns"] if turn["role"] in roles]
+    values = [bool(v) for v in values if _measured(v)]
+    out[name] = (sum(values), len(values))
+  ooc = t.get("out_of_context")
+  out["out_of_context"] = (int(bool(ooc)), 1) if _measured(ooc) else (0, 0)
+  n_tok = t.get("student_tokens")
+  out["truncated"] = ((int(n_tok > max_len), 1) if max_len is not None and _measured(n_tok)
+                      else (0, 0))
+  return out
+
+
+def quality_rates(transcripts: Sequence[dict],
+                  max_len: int | None = None) -> dict[str, float | None]:
+  """The quality rates (`QUALITY_KEYS`) of `transcripts`, without CIs (for training rows)."""
+  per_conv = [quality_counts(t, max_len) for t in transcripts]
+  return {f"{name}_rate": _ratio([c[name][0] for c in per_conv], [c[name][1] for c in per_conv])
+          for name in (*QUALITY_FLAGS, "out_of_context", "truncated")}
+
+
 def lic_scores(transcripts: Sequence[dict]) -> list[np.ndarray]:
   """Per problem simulated >= 2 times, its simulations' scores (100 * solved): list of [R_i]."""
   groups = collections.defaultdict(list)
@@ -86,12 +140,15 @@ def lic_per_problem(scores: list[np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def compute_metrics(transcripts: Sequence[dict], max_k: int | None = None, *,
-                    n_resamples: int = bootstrap.N_RESAMPLES, seed: int = 0,
-                    level: float = bootstrap.LEVEL) -> dict[str, Any]:
+                    max_len: int | None = None, n_resamples: int = bootstrap.N_RESAMPLES,
+                    seed: int = 0, level: float = bootstrap.LEVEL) -> dict[str, Any]:
   """The metrics documented in the module docstring, for `transcripts` (validated first)."""
   ts = schema.validate_transcripts(transcripts)
   if max_k is not None and (not isinstance(max_k, int) or max_k < 1):
     raise ValueError(f"max_k must be a positive int or None, got {max_k!r}.")
+  if max_len is not None and (not isinstance(max_len, int) or isinstance(max_len, bool)
+                              or max_len < 1):
+    raise ValueError(f"max_len must be a positive int or None, got {max_len!r}.")
   n = len(ts)
   k_max = max_k if max_k is not None else max((t["max_turns"] for t in ts), default=0)
 
@@ -104,6 +161,10 @@ def compute_metrics(transcripts: Sequence[dict], max_k: int | None = None, *,
   per_conv = [_turn_counts(t) for t in ts]
   c = {key: np.array([x[key] for x in per_conv], np.float64).reshape(n)
        for key in ("student", "question", "teacher", "leak", "attempt", "premature")}
+  quality = [quality_counts(t, max_len) for t in ts]
+  q = {name: (np.array([x[name][0] for x in quality], np.float64).reshape(n),
+              np.array([x[name][1] for x in quality], np.float64).reshape(n))
+       for name in (*QUALITY_FLAGS, "out_of_context", "truncated")}
   under = np.array([schema.is_underspecified(t) for t in ts], np.float64).reshape(n)
   ones = np.ones(n)
 
@@ -117,6 +178,7 @@ def compute_metrics(transcripts: Sequence[dict], max_k: int | None = None, *,
       "premature_conversation_rate": ((c["premature"] > 0) * under, under),
       "question_rate": (c["question"], c["student"]),
       "teacher_leak_rate": (c["leak"], c["teacher"]),
+      **{f"{name}_rate": num_den for name, num_den in q.items()},
   }
   counts = bootstrap.resample_counts(n, n_resamples, seed)
   out: dict[str, Any] = {"num_conversations": n, "max_k": k_max}
@@ -129,6 +191,7 @@ def compute_metrics(transcripts: Sequence[dict], max_k: int | None = None, *,
     out[f"{key}_ci"] = bootstrap.ratio_ci(counts, num, den, level) if out[key] is not None else None
   out["num_solved"] = int(solved.sum())
   out["num_underspecified"] = int(under.sum())
+  out["truncated_max_len"] = max_len
 
   scores = lic_scores(ts)
   lic = lic_per_problem(scores) if scores else {}

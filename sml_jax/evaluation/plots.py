@@ -4,8 +4,10 @@
 state, so plotting is safe in threads and never tries to open a window.
 
   success_by_turn.png  success by student turn k, before vs after (95% CI bands), one panel per pair
-  rates.png            question / premature-answer / teacher-leak rates, before vs after
-  training.png         reward, success rate and loss over training steps, coloured by stage
+  rates.png            question / premature-answer / teacher-leak rates (+ the dialogue-quality
+                       rates some eval measured), before vs after
+  training.png         reward, success rate, loss, well-formed rate and truncated fraction over
+                       training steps (panels with no logged value are left out), by stage
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from matplotlib.figure import Figure
 
 RATE_KEYS = (("question_rate", "question rate"), ("premature_answer_rate", "premature answers"),
              ("teacher_leak_rate", "teacher leaks"))
-TRAIN_KEYS = (("reward_mean", "mean reward"), ("success_rate", "success rate"), ("loss", "loss"))
+# Dialogue-quality rates: drawn only when some eval of the report measured them.
+QUALITY_RATE_KEYS = (("well_formed_rate", "well-formed"),
+                     ("format_failure_rate", "format failures"), ("demo_copy_rate", "demo copies"), ("out_of_context_rate", "out of context"),
+                     ("truncated_rate", "> train.max_len"))
+TRAIN_KEYS = (("reward_mean", "mean reward"), ("success_rate", "success rate"), ("loss", "loss"),
+              ("well_formed_rate", "well-formed student turns"),
+              ("truncated_rate", "examples cut at train.max_len"))
 COLORS = {"before": "tab:gray", "after": "tab:blue"}
 
 
@@ -72,14 +80,18 @@ def plot_rates(evals: dict[str, dict], pairs: Sequence[tuple[str, str, str]], pa
   """Grouped bars (with CI whiskers) of the behaviour rates, one panel per pair. None if no pairs."""
   if not pairs:
     return None
-  fig = Figure(figsize=(4.8 * min(len(pairs), 3), 3.4 * -(-len(pairs) // 3)), layout="constrained")
-  xs = np.arange(len(RATE_KEYS))
+  names = [n for _, b, a in pairs for n in (b, a)]
+  rate_keys = RATE_KEYS + tuple((k, label) for k, label in QUALITY_RATE_KEYS
+                                if any(evals[n].get(k) is not None for n in names))
+  fig = Figure(figsize=(max(4.8, 0.9 * len(rate_keys)) * min(len(pairs), 3),
+                        3.4 * -(-len(pairs) // 3)), layout="constrained")
+  xs = np.arange(len(rate_keys))
   for ax, (title, b, a) in zip(_grid(fig, len(pairs)), pairs):
     top = 0.0
     for offset, (name, label) in ((-0.2, (b, "before")), (0.2, (a, "after"))):
       m = evals[name]
-      ys = _finite([m.get(k) for k, _ in RATE_KEYS])
-      cis = [m.get(f"{k}_ci") for k, _ in RATE_KEYS]
+      ys = _finite([m.get(k) for k, _ in rate_keys])
+      cis = [m.get(f"{k}_ci") for k, _ in rate_keys]
       err = np.array([[y - c[0], c[1] - y] if c and np.isfinite(y) else [0, 0]
                       for y, c in zip(ys, cis)]).T
       ax.bar(xs + offset, np.nan_to_num(ys), width=0.4, yerr=np.clip(err, 0, None), capsize=3,
@@ -87,7 +99,9 @@ def plot_rates(evals: dict[str, dict], pairs: Sequence[tuple[str, str, str]], pa
       top = max(top, float(np.nanmax(np.append(ys + err[1], 0))))
       for x in xs[~np.isfinite(ys)]:  # undefined (e.g. no underspecified problem): say so, not 0
         ax.text(x + offset, 0, "n/a", ha="center", va="bottom", fontsize="small")
-    ax.set_xticks(xs, [label for _, label in RATE_KEYS], fontsize="small")
+    tilt = len(rate_keys) > 3
+    ax.set_xticks(xs, [label for _, label in rate_keys], fontsize="small",
+                  rotation=30 if tilt else 0, ha="right" if tilt else "center")
     ax.set(title=title, ylabel="rate", ylim=(0, min(1.02, max(0.05, 1.2 * top))))
     ax.legend(fontsize="small")
   fig.savefig(path, dpi=110)
@@ -108,14 +122,15 @@ def global_steps(log: Sequence[dict]) -> np.ndarray:
 
 
 def plot_training(log: Sequence[dict], path: str) -> str | None:
-  """reward_mean, success_rate and loss against step, one colour per stage. None if nothing logged."""
+  """TRAIN_KEYS against step, one colour per stage. None if nothing logged."""
   keys = [(k, label) for k, label in TRAIN_KEYS if any(r.get(k) is not None for r in log)]
   if not keys:
     return None
   xs = global_steps(log)
   stages = list(dict.fromkeys(str(r.get("stage", "train")) for r in log))
-  fig = Figure(figsize=(4.4 * len(keys), 3.4), layout="constrained")
-  for ax, (key, label) in zip(_grid(fig, len(keys), max_cols=len(keys)), keys):
+  cols = min(len(keys), 3)
+  fig = Figure(figsize=(4.4 * cols, 3.4 * -(-len(keys) // cols)), layout="constrained")
+  for ax, (key, label) in zip(_grid(fig, len(keys), max_cols=cols), keys):
     for color, stage in enumerate(stages):
       rows = [(x, r.get(key)) for x, r in zip(xs, log) if str(r.get("stage", "train")) == stage]
       x, y = np.array([p[0] for p in rows]), _finite([p[1] for p in rows])

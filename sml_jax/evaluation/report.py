@@ -32,6 +32,11 @@ ROWS = (
     ("premature_answer_rate", "premature answer rate", "rate"),
     ("premature_conversation_rate", "conversations with a premature answer", "rate"),
     ("teacher_leak_rate", "teacher leak rate", "rate"),
+    ("well_formed_rate", "well-formed student turns", "rate"),
+    ("format_failure_rate", "student answers without an anchor (format failures)", "rate"),
+    ("demo_copy_rate", "turns copying a demonstration", "rate"),
+    ("out_of_context_rate", "conversations ended by the KV cache (out of context)", "rate"),
+    ("truncated_rate", "conversations longer than train.max_len (cut if trained)", "rate"),
     ("lic_mean_p", "LiC mean P (0-100)", "pct"),
     ("lic_aptitude", "LiC aptitude A90 (0-100)", "pct"),
     ("lic_unreliability", "LiC unreliability U90-10 (0-100)", "pct"),
@@ -96,7 +101,8 @@ def evals_table(evals: dict[str, dict], names: Sequence[str], show_k: Sequence[i
 
 
 def training_table(log: Sequence[dict]) -> str:
-  """Markdown: per stage, its steps, last loss / reward / success and where the time went."""
+  """Markdown: per stage, its steps, last loss / reward / success / well-formed rate, the mean
+  fraction of training examples cut at train.max_len, and where the time went."""
   stages = list(dict.fromkeys(str(r.get("stage", "train")) for r in log))
 
   def col(rs, key):
@@ -109,12 +115,15 @@ def training_table(log: Sequence[dict]) -> str:
   for stage in stages:
     rs = [r for r in log if str(r.get("stage", "train")) == stage]
     rows.append([stage, str(len(rs)),
-                 *(agg(col(rs, k), lambda v: v[-1], "num") for k in ("loss", "reward_mean", "success_rate")),
+                 *(agg(col(rs, k), lambda v: v[-1], "num")
+                   for k in ("loss", "reward_mean", "success_rate", "well_formed_rate")),
+                 agg(col(rs, "truncated_rate"), np.mean, "rate"),
                  agg(col(rs, "tokens_per_s"), np.mean, "one"),
                  agg(col(rs, "time_sampling_s"), np.sum, "one"),
                  agg(col(rs, "time_training_s"), np.sum, "one")])
   return _md_table(["stage", "logged steps", "last loss", "last reward", "last success",
-                    "mean tokens/s", "sampling s", "training s"], rows)
+                    "last well-formed", "mean truncated", "mean tokens/s", "sampling s",
+                    "training s"], rows)
 
 
 def _extras(m: dict, metric_keys: set[str]) -> str:
@@ -159,7 +168,10 @@ def write_report(workdir: str, *, show_k: Sequence[int] = SHOW_K, max_viewer_ite
   md = [f"# SML report\n\nWorkdir: `{os.path.abspath(workdir)}`\n",
         "## Evaluation\n",
         "Cells: value [95% bootstrap CI, resampling conversations (problems for LiC)]. Rates are "
-        "fractions of turns; LiC scores are 0-100 over repeated simulations of a problem. "
+        "fractions of turns (out-of-context and truncated: of conversations); a quality flag a "
+        "transcript does not carry is not measured (–), not counted as false; truncated: longer "
+        "than train.max_len, i.e. would be cut if trained (eval trains nothing). LiC scores are "
+        "0-100 over repeated simulations of a problem. "
         "Definitions: `sml_jax/evaluation/metrics.py`.\n",
         table_text + "\n",
         image("success_by_turn.png", "success by turn"),

@@ -10,7 +10,11 @@
      "solved": true, "solved_turn": 2, "num_student_turns": 2, "reward": 0.7}
 
 `solved_turn` is the 1-based index of the correct student turn (null when unsolved). Optional:
-`"underspecified": true` marks a sharded problem even when no turn carries a shard/premature flag.
+`"underspecified": true` marks a sharded problem even when no turn carries a shard/premature flag;
+`"out_of_context": bool` (ended early: another turn would not fit the KV cache);
+`"student_tokens": int` (length of the student's token context, for `truncated_rate`).
+Optional dialogue-quality flags (`QUALITY_FLAGS`, bool; absent = not measured): student turns
+`format_failure`, `well_formed`, `demo_copy`; teacher turns `demo_copy`.
 Validation is structural (types, required keys, index ranges): it catches a broken writer early
 with the offending record named, instead of a wrong number in a report.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 ROLES = ("user", "student", "teacher")
+QUALITY_FLAGS = ("format_failure", "well_formed", "demo_copy")
 REQUIRED_KEYS = ("problem_id", "turns", "solved", "solved_turn", "reward", "max_turns")
 
 
@@ -42,12 +47,21 @@ def validate_transcript(t: Any, i: int = 0) -> dict:
       raise ValueError(f"{where}, turn {j}: expected a dict with role in {ROLES}, got {turn!r:.200}.")
     if not isinstance(turn.get("text", ""), str) or not isinstance(turn.get("flags", {}), dict):
       raise ValueError(f"{where}, turn {j}: 'text' must be a str and 'flags' a dict.")
+    for name in QUALITY_FLAGS:
+      value = turn.get("flags", {}).get(name)
+      if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{where}, turn {j}: flag {name!r} must be a bool, got {value!r:.100}.")
   if not isinstance(t["max_turns"], int) or t["max_turns"] < 1:
     raise ValueError(f"{where}: 'max_turns' must be a positive int, got {t['max_turns']!r}.")
   if not isinstance(t["reward"], (int, float)) or isinstance(t["reward"], bool):
     raise ValueError(f"{where}: 'reward' must be a number, got {t['reward']!r}.")
   if not isinstance(t["solved"], bool):
     raise ValueError(f"{where}: 'solved' must be a bool, got {t['solved']!r}.")
+  if t.get("out_of_context") is not None and not isinstance(t["out_of_context"], bool):
+    raise ValueError(f"{where}: 'out_of_context' must be a bool, got {t['out_of_context']!r}.")
+  st_tok = t.get("student_tokens")
+  if st_tok is not None and (not isinstance(st_tok, int) or isinstance(st_tok, bool) or st_tok < 0):
+    raise ValueError(f"{where}: 'student_tokens' must be a non-negative int, got {st_tok!r}.")
   n_student = sum(turn["role"] == "student" for turn in t["turns"])
   st = t["solved_turn"]
   if t["solved"]:

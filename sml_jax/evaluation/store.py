@@ -39,15 +39,18 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def write_eval(workdir: str, name: str, transcripts: Sequence[dict], extra: dict | None = None,
-               *, max_k: int | None = None) -> dict[str, Any]:
+               *, max_k: int | None = None, max_len: int | None = None) -> dict[str, Any]:
   """Computes the metrics of `transcripts` and writes eval/<name>.json and its transcripts.
+
+  `max_len` (the run's `train.max_len`) defines `truncated_rate` (see `metrics.py`).
 
   `extra` (e.g. model, checkpoint, task, teacher) is stored at the top level of the JSON beside
   the metrics and `name`; it may not reuse a metric key. Returns the written dict.
   """
   check_name(name)
   transcripts = schema.validate_transcripts(transcripts)
-  result = {"name": name, **metrics_lib.compute_metrics(transcripts, max_k=max_k)}
+  result = {"name": name, **metrics_lib.compute_metrics(transcripts, max_k=max_k,
+                                                                max_len=max_len)}
   clash = sorted(set(extra or {}) & set(result))
   if clash:
     raise ValueError(f"extra keys {clash} collide with metric keys of eval {name!r}.")

@@ -26,6 +26,8 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 .flag.correct { background: #2ca02c; color: #fff; } .flag.premature { background: #ff7f0e; color: #fff; }
 .flag.leak { background: #d62728; color: #fff; } .flag.question { background: #9467bd; color: #fff; }
 .flag.shard { background: #17becf; color: #fff; }
+.flag.format_failure, .flag.not_well_formed { background: #8c564b; color: #fff; }
+.flag.demo_copy, .flag.out_of_context { background: #e377c2; color: #fff; }
 .meta { color: #555; font-size: 0.85em; }
 .solved { color: #2ca02c; font-weight: 600; } .unsolved { color: #d62728; font-weight: 600; }
 details { border-top: 1px solid #ddd; padding: 0.3em 0; } summary { cursor: pointer; }
@@ -51,7 +53,10 @@ def _outcome(t: dict | None) -> str:
 def _flags(flags: dict) -> str:
   badges = []
   for name, value in flags.items():
-    if value is True:
+    if name == "well_formed":   # true on most turns: flag the exceptions
+      if value is False:
+        badges.append('<span class="flag not_well_formed">not well-formed</span>')
+    elif value is True:
       badges.append(f'<span class="flag {_e(name)}">{_e(name)}</span>')
     elif value not in (False, None, "", 0):
       badges.append(f'<span class="flag">{_e(name)}={_e(value)}</span>')
@@ -64,6 +69,10 @@ def render_conversation(t: dict | None) -> str:
     return '<p class="meta">(no conversation for this problem)</p>'
   meta = (f'{_outcome(t)} · reward {_e(round(float(t["reward"]), 4))} · teacher {_e(t.get("teacher", "?"))}'
           f' · max_turns {_e(t["max_turns"])}')
+  if t.get("student_tokens") is not None:
+    meta += f' · {_e(t["student_tokens"])} student-context tokens'
+  if t.get("out_of_context"):
+    meta += ' <span class="flag out_of_context">out of context</span>'
   turns = [f'<div class="turn {_e(turn["role"])}"><span class="role">{_e(turn["role"])}</span>'
            f'{_flags(turn.get("flags", {}))}<pre>{_e(turn.get("text", ""))}</pre></div>'
            for turn in t["turns"]]

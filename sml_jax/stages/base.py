@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sml_jax import rng
+from sml_jax.evaluation import metrics as metrics_lib
 from sml_jax.evaluation import store
 from sml_jax.parallel import distributed
 from sml_jax.spec import EvalSpec, TrainStageSpec
@@ -63,8 +64,17 @@ class Stage(Protocol):
     was saved and the run should exit."""
 
 
-def conversation_stats(convs: Sequence[dict]) -> dict[str, float]:
-  """Means over conversation transcripts (`Conversation.to_json`)."""
+def transcript(conv) -> dict:
+  """`conv.to_json()` plus `student_tokens` (its student context's length, for `truncated_rate`)."""
+  t = conv.to_json()
+  t.setdefault("student_tokens", len(conv.student.ids))
+  return t
+
+
+def conversation_stats(convs: Sequence[dict]) -> dict[str, float | None]:
+  """Means over conversation transcripts (`transcript`), and the dialogue-quality rates of
+  `evaluation.metrics` (None when no transcript carries the flag: not measured). Rollouts are
+  not cut at train.max_len here; the row's `truncated_rate` counts the training examples."""
   rewards = np.asarray([c["reward"] for c in convs], np.float32)
   turns = [t for c in convs for t in c["turns"] if t["role"] == "student"]
   mean = lambda xs: float(np.mean(xs)) if len(xs) else 0.0
@@ -75,6 +85,7 @@ def conversation_stats(convs: Sequence[dict]) -> dict[str, float]:
       "question_rate": mean([t["flags"].get("question", False) for t in turns]),
       "mean_student_turns": mean([c["num_student_turns"] for c in convs]),
       "num_conversations": float(len(convs)),
+      **{k: v for k, v in metrics_lib.quality_rates(convs).items() if k != "truncated_rate"},
   }
 
 
@@ -109,11 +120,20 @@ class TrainingStage:
     t0 = time.time()
     got = (self.collect(exp, state, problems[lo:hi], seed, first_problem=lo) if hi > lo
            else Collected([], [], {}))
-    convs = distributed.gather_json([c.to_json() for c in got.conversations])
+    convs = distributed.gather_json([transcript(c) for c in got.conversations])
     t1 = time.time()
-    num_examples = int(distributed.allgather_rows([len(got.examples)]).sum())
+    # Examples longer than train.max_len lose their tail in batching (the trainer batches at
+    # the run's max_len): counted here, before batching, over every host.
+    max_len = exp.spec.train.max_len
+    lengths = [len(e.ids) for e in got.examples]
+    num_examples, num_cut, tokens_cut = distributed.allgather_rows(
+        [len(lengths), sum(n > max_len for n in lengths),
+         sum(max(0, n - max_len) for n in lengths)]).sum(axis=0).tolist()
     row = {"stage": self.spec.name, **conversation_stats(convs),
-           "num_examples": float(num_examples), "time_sampling_s": t1 - t0, **got.seconds}
+           "num_examples": float(num_examples),
+           "truncated_rate": num_cut / num_examples if num_examples else None,
+           "train_tokens_cut": float(tokens_cut),
+           "time_sampling_s": t1 - t0, **got.seconds}
     lr = float(stage_schedule(self.spec.train, self.spec.steps,
                               exp.spec.optimizer.schedule)(step))
     state, m = ctx.trainer.train(state, got.examples, self.spec.train, lr)
@@ -159,6 +179,8 @@ class TrainingStage:
 
 def _log_line(stage: str, step: int, steps: int, row: dict) -> None:
   loss = f"loss {row['loss']:.4f}" if "loss" in row else "no update"
+  cut = (f" ({row['truncated_rate']:.0%} cut at train.max_len)"
+         if row.get("truncated_rate") else "")
   tqdm.write(f"[{stage}] step {step + 1}/{steps}: reward {row['reward_mean']:.3f}, success "
-        f"{row['success_rate']:.3f}, {int(row['num_examples'])} examples, {loss} "
+        f"{row['success_rate']:.3f}, {int(row['num_examples'])} examples{cut}, {loss} "
         f"({row['time_sampling_s'] + row['time_training_s']:.0f} s)")

@@ -19,7 +19,7 @@ from sml_jax import evaluation
 from sml_jax import rng
 from sml_jax.parallel import distributed
 from sml_jax.spec import EvalSpec, TaskEntry
-from sml_jax.stages.base import Context
+from sml_jax.stages.base import Context, transcript
 
 
 def read_partial(path: str) -> dict[int, list[dict]]:
@@ -81,7 +81,7 @@ class EvalStage:
                          seed=rng.stream(exp.spec.seed, "eval_batch", first_problem=i),
                          repeats=ev.repeats, on_turn=lambda: bar.update(),
                          first_row=lo * ev.repeats) if hi > lo else []
-      done[i] = distributed.gather_json([c.to_json() for c in convs])
+      done[i] = distributed.gather_json([transcript(c) for c in convs])
       if primary:
         os.makedirs(eval_dir, exist_ok=True)
         with open(partial, "a", encoding="utf-8") as f:
@@ -93,7 +93,7 @@ class EvalStage:
       distributed.sync(f"eval {name}")   # Process 0 writes the results.
       return None
     metrics = evaluation.write_eval(
-        ctx.workdir, name, transcripts,
+        ctx.workdir, name, transcripts, max_len=exp.spec.train.max_len,
         extra={"model": exp.spec.student.name, "checkpoint": exp.spec.student.checkpoint,
                "task": entry.name, "teacher_kind": ev.teacher, "seconds": round(time.time() - t0, 1),
                # Where this run's time went (batches kept from an interrupted run excluded).
