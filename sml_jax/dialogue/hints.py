@@ -189,7 +189,7 @@ def math_hint(problem: Problem, attempt_text: str, verdict: Verdict, rng) -> str
     parts.append(rng.choice(_FORMAT_REMINDERS))
   elif attempt is not None and gold is not None and attempt != gold:
     side = "high" if attempt > gold else "low"
-    shown = verdict.extracted.strip()
+    shown = _fmt(attempt)  # the number, not its raw text ("2.$$" -> "2")
     parts.append(rng.choice(_DIRECTION[side]).format(
         attempt=shown, size=_size_bucket(attempt, gold, rng)))
   step = first_unreached_step(problem, attempt_text)
@@ -224,6 +224,8 @@ def expression_hint(problem: Problem, rng) -> str | None:
   if parsed is None:
     return None
   a, op, b = parsed
+  if op in "+-" and 0 in (b, a if op == "+" else b):
+    return f"{'Adding' if op == '+' else 'Taking away'} 0 does not change a number."
   if op == "+" and a >= 10 and b >= 10:
     (ta, oa), (tb, ob) = divmod(a, 10), divmod(b, 10)
     return rng.choice((
