@@ -142,6 +142,8 @@ ANSWER_42 = Problem(id="q", task="gsm8k", domain="math",
 class FakeWriter:
   """`generate` returns `text` for every prompt (as a model-written question would come back)."""
 
+  cache_length = 2048
+
   def __init__(self, tokenizer, text):
     self.tok, self.text = tokenizer, text
 

@@ -341,8 +341,10 @@ _STEP_ANSWERS = (
     "Start from this: {expr} = {value}{context}.",
     "Work out {expr} first: it comes to {value}{context}.",
 )
-_ALL_STEPS = ("You have every step you need now: put them together and give your final answer.",
-              "Nothing else is missing: combine what you have and end with 'Final answer: <number>'.")
+# No step left to name (or none found in the solution): a nudge that claims nothing about the
+# student's progress.
+_ALL_STEPS = ("Write down each quantity the problem gives, then combine them one step at a time.",
+              "Start from the numbers in the problem and work out one quantity at a time.")
 _TEST_ANSWERS = ("Your function must also pass `{test}`.", "Here is another test it must pass: `{test}`.",
                  "Good question: check it against `{test}`.")
 

@@ -54,21 +54,31 @@ def write_questions(convs: Sequence[Conversation], *, writer: str, task_lookup: 
                     tokenizer, max_tokens: int, fewshot: bool, seed: int, row_ids: np.ndarray,
                     sampler=None, params=None, temperature: float = 0.0) -> list[Written]:
   """One checked question per conversation, about its latest (failed) student turn. `row_ids`
-  int64 [len(convs)]: the conversations' global rows (the keys of every random draw)."""
+  int64 [len(convs)]: the conversations' global rows (the keys of every random draw). The model
+  writer sees two of its domain's demonstrations (chosen per row); a row whose prompt would not
+  fit the writer's cache gets a template question."""
   if writer not in WRITERS:
     raise ValueError(f"dialogue.qprime_writer must be one of {WRITERS}, got {writer!r}.")
   draws = [random.Random(f"qprime:{seed}:{int(r)}") for r in row_ids]
   drafts: list[str | None] = [None] * len(convs)
+  too_long = set()
   if writer == "model":
     qprompts = [opening_segment(tokenizer, prompts.qprime_prompt(c.problem, c.turns[-1].text),
-                                prompts.qprime_demos(c.problem, fewshot))[0].tolist() for c in convs]
-    out = sampler.generate(params, qprompts, max_new_tokens=max_tokens, temperature=temperature,
-                           seed=seed, row_ids=row_ids)
-    drafts = [_question(cf.decode_turn(tokenizer, toks)) for toks in out.tokens]
+                                _demos(c, fewshot, draw))[0].tolist()
+                for c, draw in zip(convs, draws)]
+    # A prompt that leaves no room for the question in the writer's cache: template instead.
+    too_long = {k for k, q in enumerate(qprompts) if len(q) + max_tokens > sampler.cache_length}
+    todo = [k for k in range(len(convs)) if k not in too_long]
+    if todo:
+      out = sampler.generate(params, [qprompts[k] for k in todo], max_new_tokens=max_tokens,
+                             temperature=temperature, seed=seed,
+                             row_ids=np.asarray(row_ids)[todo])
+      for k, toks in zip(todo, out.tokens):
+        drafts[k] = _question(cf.decode_turn(tokenizer, toks))
   written = []
-  for c, draft, draw in zip(convs, drafts, draws):
+  for k, (c, draft, draw) in enumerate(zip(convs, drafts, draws)):
     check = lambda q: _problem_with(q, c, task_lookup, tokenizer, max_tokens, fewshot)
-    rejected = None
+    rejected = "too_long" if k in too_long else None
     if draft is not None:
       rejected = check(draft)
       if rejected is None:
@@ -80,6 +90,15 @@ def write_questions(convs: Sequence[Conversation], *, writer: str, task_lookup: 
       question = FALLBACK
     written.append(Written(question, "template", rejected))
   return written
+
+
+def _demos(c: Conversation, fewshot: bool, draw: random.Random, k: int = 2):
+  """`k` of the domain's Q-priming demonstrations (question-writer prompts stay short), chosen
+  per row: no single demonstration is the one every question is written after."""
+  pool = prompts.qprime_demos(c.problem, fewshot)
+  pairs = [pool[j:j + 2] for j in range(0, len(pool), 2)]
+  chosen = sorted(draw.sample(range(len(pairs)), min(k, len(pairs))))
+  return tuple(turn for j in chosen for turn in pairs[j])
 
 
 def _problem_with(question: str, c: Conversation, task_lookup, tokenizer, max_tokens: int,
