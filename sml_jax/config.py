@@ -101,7 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
       "max_turns": 4, "gamma": 0.7, "teacher": "llm", "student_max_tokens": 256,
       "teacher_max_tokens": 96, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
       "teacher_temperature": 0.0, "leak_policy": "redact", "qprime_q": 0.75, "qprime_max_tokens": 64,
-      "fewshot": True,
+      "qprime_writer": "model", "fewshot": True,
   })
   c.curricula = ml_collections.ConfigDict({
       "math": curriculum(("gsm8k", 1.0)),

@@ -17,7 +17,6 @@ from sml_jax.dialogue.conversation import turn_reward
 from sml_jax.dialogue import teachers
 from sml_jax.dialogue.episode import DialogueConfig, EpisodeRunner
 from sml_jax.dialogue.party import rows_that_do_not_fit
-from sml_jax.dialogue.teachers import redact
 from sml_jax.sampling import Sampler
 from sml_jax.tasks.base import Problem, Verdict
 
@@ -48,6 +47,9 @@ class FixedVerdictTask:
 
   def leaked(self, problem, text):
     return self.leak_all
+
+  def redact(self, problem, text):
+    return text.replace(SECRET, "[redacted]")
 
 
 def _problem(i, solve_at):
@@ -205,17 +207,16 @@ def test_llm_teacher_leaks_are_counted_and_redacted(sampler, tokenizer, tiny):
   teacher_turns = [t for c in convs for t in c.turns if t.role == "teacher"]
   assert teacher_turns and all(t.flags["leak"] for t in teacher_turns)
   assert runner.stats["teacher_leaks"] == runner.stats["teacher_turns"] == len(teacher_turns)
+  # Still flagged after `task.redact` (this task flags everything): a safe line reaches the
+  # student, and the teacher's own context holds that line, not its draw.
+  assert {t.text for t in teacher_turns} == {teachers.SAFE_LINES["math"]}
+  assert runner.stats["leak_fallbacks"] == len(teacher_turns)
+  for c in convs:
+    assert teachers.SAFE_LINES["math"] in tokenizer.decode(c.teacher.ids)
   # The teacher's own context carries the briefing with the privileged text; the student's does not.
   for c in convs:
     assert SECRET in tokenizer.decode(c.teacher.ids)
     assert SECRET not in tokenizer.decode(c.student.ids)
-
-
-def test_redact_removes_answers_and_code():
-  p = _problem(4, 0)
-  assert redact("It is 7, so 17 is wrong", p) == "It is [redacted], so 17 is wrong"
-  code = Problem(id="c", task="mbpp", domain="code", statement="", privileged="")
-  assert "def" not in redact("Try:\n```python\ndef f(): pass\n```", code)
 
 
 def test_qpriming_replaces_failed_attempts_by_questions(sampler, tokenizer, tiny):

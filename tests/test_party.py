@@ -115,7 +115,7 @@ def _setup(kind, convs=()):
 
 
 def test_teacher_registry_names_the_field_for_an_unknown_kind():
-  assert set(teachers.TEACHERS) == {"scripted", "llm"} == set(teachers.TEACHER_KINDS)
+  assert set(teachers.TEACHERS) == {"scripted", "hint", "llm"} == set(teachers.TEACHER_KINDS)
   with pytest.raises(ValueError, match=r"dialogue\.teacher.*'oracle'"):
     teachers.make_teacher(_setup("oracle"))
   assert isinstance(teachers.make_teacher(_setup("scripted")), teachers.ScriptedTeacher)
@@ -133,5 +133,5 @@ def test_scripted_teacher_replies_with_feedback_or_the_next_shard():
   replies = teacher.reply(convs, {0: verdict, 1: verdict}, turn=1)
   assert replies[0] == teachers.Reply(prompts.scripted_feedback(plain, verdict))
   assert replies[1].shard and not replies[1].leak and "Ann has 3." in replies[1].text
-  assert replies[1].flags == {"leak": False, "shard": True}
+  assert replies[1].flags == {"leak": False, "shard": True, "demo_copy": False}
   assert convs[1].shards_revealed == 2

@@ -30,32 +30,42 @@ class Turn:
 
 @dataclasses.dataclass
 class Context:
-  """A growing token context with per-token roles and per-token sampler log-probs."""
+  """A growing token context with per-token roles, per-token sampler log-probs, and whether each
+  token was sampled by the party's model (`sampled`): only sampled tokens have a meaningful
+  log-prob, so only they carry policy-gradient weight. Not sampled: prompts, replies, template
+  tokens, an `<end_of_turn>` appended after a cut, a Q-priming question written for the student."""
   ids: list[int] = dataclasses.field(default_factory=list)
   roles: list[int] = dataclasses.field(default_factory=list)
   logprobs: list[float] = dataclasses.field(default_factory=list)
+  sampled: list[bool] = dataclasses.field(default_factory=list)
 
-  def extend(self, ids, roles, logprobs=None) -> None:
+  def extend(self, ids, roles, logprobs=None, sampled: bool | None = None) -> None:
+    """Appends tokens; `sampled` defaults to whether sampler `logprobs` are given."""
     ids, roles = list(map(int, ids)), list(map(int, roles))
     assert len(ids) == len(roles), (len(ids), len(roles))
     self.ids += ids
     self.roles += roles
     self.logprobs += list(map(float, logprobs)) if logprobs is not None else [0.0] * len(ids)
+    self.sampled += [logprobs is not None if sampled is None else bool(sampled)] * len(ids)
 
   def truncate(self, n: int) -> None:
     """Keeps the first `n` tokens (e.g. to replace the latest turn)."""
-    del self.ids[n:], self.roles[n:], self.logprobs[n:]
+    del self.ids[n:], self.roles[n:], self.logprobs[n:], self.sampled[n:]
 
   def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids int32 [T], roles int8 [T], logprobs float32 [T])."""
     return (np.asarray(self.ids, np.int32), np.asarray(self.roles, np.int8),
             np.asarray(self.logprobs, np.float32))
 
+  def sampled_mask(self) -> np.ndarray:
+    """bool [T]: the tokens the party's model sampled (see the class docstring)."""
+    return np.asarray(self.sampled, bool)
+
 
 @dataclasses.dataclass
 class Conversation:
   problem: Problem
-  teacher_kind: str              # "llm" | "scripted"
+  teacher_kind: str              # a kind of `teachers.TEACHERS`: "scripted" | "llm" | "hint"
   max_turns: int
   repeat: int = 0
   turns: list[Turn] = dataclasses.field(default_factory=list)
@@ -63,8 +73,19 @@ class Conversation:
   teacher: Context = dataclasses.field(default_factory=Context)
   solved_turn: int | None = None  # 1-based student turn that was correct
   shards_revealed: int = 1       # underspecified: shards shown so far (shard 0 is in the opening)
+  shown_shards: list[int] = dataclasses.field(default_factory=lambda: [0])  # ... which, in order
   reward: float = 0.0
   out_of_context: bool = False   # ended early: another turn would not fit the KV cache
+
+  def show_shard(self, index: int) -> None:
+    """Counts shard `index` as revealed to the student."""
+    assert index not in self.shown_shards, (index, self.shown_shards)
+    self.shown_shards.append(index)
+    self.shards_revealed = len(self.shown_shards)
+
+  def next_hidden_shard(self) -> int | None:
+    """The first shard not yet revealed, or None."""
+    return next((k for k in range(len(self.problem.shards)) if k not in self.shown_shards), None)
 
   @property
   def num_student_turns(self) -> int:

@@ -4,9 +4,11 @@ Many conversations advance together, one student turn at a time:
 
     student turn  sample turn t for every conversation still going, cut at its natural end
     verify        the task's verifiers, batched per task
-    score         flags (attempt / question / premature), solved -> reward gamma ** (t - 1);
-                  Q-priming: some failed attempts become a model-written question
-    teacher turn  a reply per conversation that goes on (`teachers`: scripted, llm)
+    score         flags (attempt / question / premature, and for dialogue-quality metrics
+                  format_failure / well_formed / demo_copy), solved -> reward gamma ** (t - 1);
+                  Q-priming: some failed attempts become a checked question (`questions`), which
+                  the teacher answers as a question (its verdict replaces the attempt's)
+    teacher turn  a reply per conversation that goes on (`teachers`: scripted, hint, llm)
     append        the reply joins the student's context (and KV cache: no re-prefill)
 
 The KV-cache rows of both parties are kept in `party.Party`; randomness comes from named streams
@@ -23,23 +25,28 @@ import numpy as np
 
 from sml_jax import rng
 from sml_jax.dialogue import chat_format as cf
+from sml_jax.dialogue import hints
 from sml_jax.dialogue import prompts
 from sml_jax.dialogue import turn_end
 from sml_jax.dialogue.conversation import Conversation, Turn, opening_segment, reply_segment, turn_reward
 from sml_jax.dialogue.party import Party, Sampled, reply_template_tokens
+from sml_jax.dialogue.questions import WRITERS as QPRIME_WRITERS
 from sml_jax.dialogue.questions import write_questions
 from sml_jax.dialogue.teachers import LEAK_POLICIES, TEACHER_KINDS, TeacherSetup, make_teacher
 from sml_jax.tasks.base import Problem, Task, Verdict
 from sml_jax.tasks.turns import classify_turn as default_classify_turn
 
-__all__ = ["DialogueConfig", "EpisodeRunner", "LEAK_POLICIES", "TEACHER_KINDS"]
+__all__ = ["DialogueConfig", "EpisodeRunner", "LEAK_POLICIES", "QPRIME_WRITERS", "TEACHER_KINDS"]
+
+# The verdict a Q-priming question gets in place of the attempt it replaced: no answer to judge.
+QUESTION_VERDICT = Verdict(attempted=False, correct=False)
 
 
 @dataclasses.dataclass(frozen=True)
 class DialogueConfig:
   max_turns: int = 4               # student turns per conversation
   gamma: float = 0.7               # turn discount of the reward
-  teacher: str = "scripted"        # a kind of `teachers.TEACHERS`: "scripted" | "llm"
+  teacher: str = "scripted"        # a kind of `teachers.TEACHERS`: "scripted" | "hint" | "llm"
   student_max_tokens: int = 256
   teacher_max_tokens: int = 96
   temperature: float = 1.0         # student sampling temperature (0 = greedy)
@@ -49,6 +56,7 @@ class DialogueConfig:
   leak_policy: str = "redact"      # what to do with a teacher turn that states the answer
   qprime_q: float = 0.0            # Q-priming: replace a failed attempt at turn t w.p. q ** t
   qprime_max_tokens: int = 64
+  qprime_writer: str = "model"     # who writes Q-priming questions: "model" | "template"
   fewshot: bool = True             # in-context demonstrations of the dialogue format (Role.DEMO)
   cut_turns: bool = True           # end turns where their text ends (see turn_end.py)
 
@@ -61,6 +69,9 @@ class DialogueConfig:
       raise ValueError(f"dialogue.teacher must be one of {TEACHER_KINDS}, got {self.teacher!r}.")
     if self.leak_policy not in LEAK_POLICIES:
       raise ValueError(f"dialogue.leak_policy must be one of {LEAK_POLICIES}, got {self.leak_policy!r}.")
+    if self.qprime_writer not in QPRIME_WRITERS:
+      raise ValueError(f"dialogue.qprime_writer must be one of {QPRIME_WRITERS}, "
+                       f"got {self.qprime_writer!r}.")
     if not 0.0 <= self.qprime_q <= 1.0:
       raise ValueError(f"dialogue.qprime_q must be in [0, 1], got {self.qprime_q}.")
 
@@ -82,7 +93,10 @@ class EpisodeRunner:
     self.classify_turn = classify_turn or default_classify_turn
     # Template tokens a Q-priming rewrite may add beyond its question's budget.
     self.template_tokens = reply_template_tokens(tokenizer)
-    self.stats = {"teacher_leaks": 0, "teacher_turns": 0, "resampled": 0, "qprimed": 0}
+    # leak_fallbacks: teacher replies replaced by a safe line (they would still have leaked);
+    # qprime_rewritten: model-written questions rejected and rewritten by the template writer.
+    self.stats = {"teacher_leaks": 0, "teacher_turns": 0, "resampled": 0, "qprimed": 0,
+                  "leak_fallbacks": 0, "qprime_rewritten": 0}
     self.seconds = {"student": 0.0, "verify": 0.0, "qprime": 0.0, "teacher": 0.0}
 
   def run(self, problems: Sequence[Problem], student_params, teacher_params=None, *, seed: int = 0,
@@ -142,10 +156,13 @@ class _Episode:
   def run(self, on_turn) -> list[Conversation]:
     cfg, convs = self.cfg, self.convs
     everyone = range(len(convs))
+    self.demo_lines = []  # per conversation: the demonstration lines in the student's prompt
     for c in convs:
       text = prompts.student_opening(c.problem)
-      c.student.extend(*opening_segment(self.tok, text, prompts.student_demos(c.problem, cfg.fewshot)))
+      demos = prompts.student_demos(c.problem, cfg.fewshot)
+      c.student.extend(*opening_segment(self.tok, text, demos))
       c.turns.append(Turn("user", text, {}))
+      self.demo_lines.append(prompts.demo_lines(demos, prompt=text))
     self.student.rebuild(everyone)
     laps = _Laps(self.seconds)
     for t in range(1, cfg.max_turns + 1):
@@ -218,9 +235,10 @@ class _Episode:
         k = turn_end.tokens_within(self.tok, body, cut)
         if k < len(body) or not s.stopped:
           toks, lps, close_role = toks[:k], lps[:k], cf.Role.MODEL
-    c.student.extend(toks, [cf.Role.MODEL] * len(toks), lps)
+    c.student.extend(toks, [cf.Role.MODEL] * len(toks), lps, sampled=True)
     if close_role is not None or (len(toks) and toks[-1] != cf.END_OF_TURN_ID):
-      c.student.extend([cf.END_OF_TURN_ID], [close_role or cf.Role.TEMPLATE], [0.0])
+      # Not sampled: SFT may train it (where the turn ends), the policy gradient must not.
+      c.student.extend([cf.END_OF_TURN_ID], [close_role or cf.Role.TEMPLATE], [0.0], sampled=False)
     c.turns.append(Turn("student", cf.decode_turn(self.tok, toks), {}))
     return len(s.tokens) - len(toks)
 
@@ -236,9 +254,18 @@ class _Episode:
       verdicts.update(zip(idx, got))
     return {i: verdicts[i] for i in rows}
 
+  def _quality_flags(self, i: int, text: str, verdict: Verdict,
+                     extra_demo_lines: tuple[str, ...] = ()) -> dict[str, bool]:
+    """The dialogue-quality flags of a student turn of conversation i (metrics aggregate them)."""
+    domain = self.convs[i].problem.domain
+    return {"format_failure": bool(verdict.format_failure),
+            "well_formed": hints.well_formed(text, domain),
+            "demo_copy": hints.is_demo_copy(text, self.demo_lines[i] + extra_demo_lines)}
+
   def _score(self, rows: list[int], verdicts: dict[int, Verdict], t: int) -> None:
     """Flags each student turn and marks solved conversations; Q-priming replaces a failed
-    attempt at turn t < max_turns with probability qprime_q ** t (a coin per row and turn)."""
+    attempt at turn t < max_turns with probability qprime_q ** t (a coin per row and turn), and
+    its verdict in `verdicts` by `QUESTION_VERDICT`."""
     cfg, qprime = self.cfg, []
     for i in rows:
       c, v = self.convs[i], verdicts[i]
@@ -247,31 +274,40 @@ class _Episode:
       premature = bool(v.attempted and c.problem.underspecified
                        and c.shards_revealed < len(c.problem.shards))
       turn.flags = {"attempt": kind == "attempt", "question": kind == "question",
-                    "correct": bool(v.correct), "premature": premature, "qprime": False}
+                    "correct": bool(v.correct), "premature": premature, "qprime": False,
+                    **self._quality_flags(i, turn.text, v)}
       if v.correct:
         c.solved_turn = t
       elif (v.attempted and cfg.qprime_q > 0 and t < cfg.max_turns
             and rng.coin(self.seed, int(self.student.row_ids([i])[0]), t) < cfg.qprime_q ** t):
         qprime.append(i)
     if qprime:
-      self._ask_instead(qprime, t)
+      self._ask_instead(qprime, t, verdicts)
 
-  def _ask_instead(self, rows: list[int], t: int) -> None:
-    """Q-priming: the failed attempts of `rows` become questions written from the privileged
-    information, in the public turns and in the student's context."""
+  def _ask_instead(self, rows: list[int], t: int, verdicts: dict[int, Verdict]) -> None:
+    """Q-priming: the failed attempts of `rows` become checked questions about the problem
+    (`questions.write_questions`), in the public turns and in the student's context (trained by
+    SFT, never by the policy gradient: the student did not sample them). The teacher gets the
+    question verdict, so it answers a question, not the attempt that was replaced."""
     cfg = self.cfg
+    convs = [self.convs[i] for i in rows]
     questions = write_questions(
-        self.r.teacher_sampler, self.teacher_params, self.tok, [self.convs[i] for i in rows],
-        max_tokens=cfg.qprime_max_tokens, temperature=cfg.teacher_temperature,
-        fewshot=cfg.fewshot, seed=rng.stream(self.seed, "qprime", turn=t),
-        row_ids=self.student.row_ids(rows))
-    for i, question in zip(rows, questions):
-      ids = list(self.tok.encode(question)) + [cf.END_OF_TURN_ID]
+        convs, writer=cfg.qprime_writer, task_lookup=self.r.task_lookup, tokenizer=self.tok,
+        max_tokens=cfg.qprime_max_tokens, fewshot=cfg.fewshot,
+        seed=rng.stream(self.seed, "qprime", turn=t), row_ids=self.student.row_ids(rows),
+        sampler=self.r.teacher_sampler, params=self.teacher_params,
+        temperature=cfg.teacher_temperature)
+    for i, q in zip(rows, questions):
+      ids = list(self.tok.encode(q.text)) + [cf.END_OF_TURN_ID]
       self.student.rewrite_turn(i, ids, [cf.Role.MODEL] * len(ids))
-      self.convs[i].turns[-1] = Turn("student", question, {
+      verdicts[i] = QUESTION_VERDICT
+      writer_demos = prompts.demo_lines(prompts.qprime_demos(self.convs[i].problem, cfg.fewshot))
+      self.convs[i].turns[-1] = Turn("student", q.text, {
           "attempt": False, "question": True, "correct": False, "premature": False,
-          "qprime": True})
+          "qprime": True, "qprime_template": q.writer == "template",
+          **self._quality_flags(i, q.text, QUESTION_VERDICT, writer_demos)})
       self.stats["qprimed"] += 1
+      self.stats["qprime_rewritten"] += q.rejected is not None
 
   def _append_replies(self, replies: dict[int, str]) -> None:
     """Adds each teacher reply to its student context, unless it would not fit the cache with

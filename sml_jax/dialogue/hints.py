@@ -189,16 +189,62 @@ def math_hint(problem: Problem, attempt_text: str, verdict: Verdict, rng) -> str
     parts.append(rng.choice(_FORMAT_REMINDERS))
   elif attempt is not None and gold is not None and attempt != gold:
     side = "high" if attempt > gold else "low"
-    shown = verdict.extracted.strip()
+    shown = _fmt(attempt)  # the number, not its raw text ("2.$$" -> "2")
     parts.append(rng.choice(_DIRECTION[side]).format(
         attempt=shown, size=_size_bucket(attempt, gold, rng)))
   step = first_unreached_step(problem, attempt_text)
   if step is not None:
     parts.append(_step_sentence(step, rng))
   elif len(parts) < 2:
-    parts.append(rng.choice(_KEEP_GOING))
+    how = expression_hint(problem, rng)
+    parts.append(how if how and not math_answers.answer_leaked(problem, how)
+                 else rng.choice(_KEEP_GOING))
   text = " ".join(parts)
   return _leak_free(problem, text, _SAFE)
+
+
+def _int_operands(expression: str):
+  """(a, op, b) of a one-operation integer expression ("54 + 26"), else None."""
+  try:
+    node = ast.parse(expression, mode="eval").body
+  except SyntaxError:
+    return None
+  ops = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+  if (isinstance(node, ast.BinOp) and type(node.op) in ops
+      and all(isinstance(x, ast.Constant) and isinstance(x.value, int) for x in (node.left, node.right))):
+    return node.left.value, ops[type(node.op)], node.right.value
+  return None
+
+
+def expression_hint(problem: Problem, rng) -> str | None:
+  """How to work out a one-operation generated problem (`meta["expression"]`) by parts: tens and
+  ones of a sum, counting on or down, repeated addition. None when there is no such expression;
+  the caller leak-checks (a part may equal the answer)."""
+  parsed = _int_operands(problem.meta.get("expression") or "")
+  if parsed is None:
+    return None
+  a, op, b = parsed
+  if op in "+-" and 0 in (b, a if op == "+" else b):
+    return f"{'Adding' if op == '+' else 'Taking away'} 0 does not change a number."
+  if op == "+" and a >= 10 and b >= 10:
+    (ta, oa), (tb, ob) = divmod(a, 10), divmod(b, 10)
+    return rng.choice((
+        f"Add the tens and the ones separately: {ta * 10} + {tb * 10} = {(ta + tb) * 10}, "
+        f"and {oa} + {ob} = {oa + ob}.",
+        f"Split the numbers: first {ta * 10} + {tb * 10} = {(ta + tb) * 10}, then add {oa} + {ob}."))
+  if op == "+":
+    return rng.choice((f"Start at {max(a, b)} and count on {min(a, b)} more, one at a time.",
+                       f"Count up from {max(a, b)} by {min(a, b)}, one step at a time."))
+  if op == "-" and b >= 10:
+    tb, ob = divmod(b, 10)
+    return f"Take away the tens first: {a} - {tb * 10} = {a - tb * 10}, then take away {ob} more."
+  if op == "-":
+    return rng.choice((f"Start at {a} and count down {b}, one at a time.",
+                       f"Count back {b} step{'s' if b != 1 else ''} from {a}."))
+  if op == "*":
+    return rng.choice((f"{a} * {b} means adding {a} to itself {b} times.",
+                       f"Think of {b} groups of {a}."))
+  return f"Ask how many times {b} fits into {a}."
 
 
 # --- code hints ------------------------------------------------------------------------------------
@@ -287,6 +333,67 @@ def shard_reply(problem: Problem, question_text: str,
   return problem.shards[index], index
 
 
+# --- answers to a student's question (the teacher answers a question as a question) -------------
+
+_STEP_ANSWERS = (
+    "Good question. One step you need: {expr} = {value}{context}.",
+    "Here is a step that helps: {expr} = {value}{context}.",
+    "Start from this: {expr} = {value}{context}.",
+    "Work out {expr} first: it comes to {value}{context}.",
+)
+# No step left to name (or none found in the solution): a nudge that claims nothing about the
+# student's progress.
+_ALL_STEPS = ("Write down each quantity the problem gives, then combine them one step at a time.",
+              "Start from the numbers in the problem and work out one quantity at a time.")
+_TEST_ANSWERS = ("Your function must also pass `{test}`.", "Here is another test it must pass: `{test}`.",
+                 "Good question: check it against `{test}`.")
+
+
+def _test_call(test: str) -> str:
+  """"assert f(1, 2) == 3" -> "f(1, 2)" (the left side of the assert)."""
+  body = re.sub(r"^\s*assert\s+", "", test.strip())
+  return body.split("==", 1)[0].strip() if "==" in body else body
+
+
+def _unshown_tests(problem: Problem, seen_text: str) -> list[str]:
+  """Tests the student has not seen (not in the statement, nor in the conversation so far)."""
+  shown = problem.statement + "\n" + seen_text
+  return [t for t in problem.tests if t.strip() not in shown]
+
+
+def answer_question(problem: Problem, question_text: str, seen_text: str, rng) -> str:
+  """The teacher's answer to a student's question on a fully specified problem, from the
+  privileged information and never the final answer.
+
+  Math: the first step of the reference solution the conversation (`seen_text`: the turns so far)
+  has not reached, else how to work out a one-operation problem, else "combine what you have".
+  Code: a test the question names, else one the student has not seen (a visible kind of
+  privileged information: a test, not the program), else the function name to use.
+  Passes the task's leak check (the caller checks again).
+  """
+  if problem.domain == "code":
+    named = [t for t in problem.tests if _test_call(t) and _test_call(t) in question_text]
+    fresh = named or _unshown_tests(problem, seen_text)
+    if fresh:
+      return rng.choice(_TEST_ANSWERS).format(test=fresh[0].strip())
+    name = problem.entry_point or "the function"
+    return (f"Your function must be called `{name}`; the test in the problem shows how it is "
+            "called and what it must return.")
+  step = first_unreached_step(problem, seen_text)
+  if step is not None:
+    context = f" ({step.context})" if step.context else ""
+    text = rng.choice(_STEP_ANSWERS).format(expr=step.expression, value=step.value_text,
+                                            context=context)
+    return _leak_free(problem, text, _SAFE_ANSWER)
+  how = expression_hint(problem, rng)
+  if how and not math_answers.answer_leaked(problem, how):
+    return how
+  return rng.choice(_ALL_STEPS)
+
+
+_SAFE_ANSWER = "Re-read the problem: which quantities does it give, and which does it ask for?"
+
+
 # --- Q-priming questions -------------------------------------------------------------------------
 
 _SHARD_QUESTIONS = ("{echo}?", "Could you tell me: {echo}?", "I am missing something: {echo}?")
@@ -316,7 +423,10 @@ def template_question(problem: Problem, attempt_text: str, rng,
   information and about this problem: for a sharded problem the missing fact (the first
   unrevealed shard when `shards_revealed` is given, else the first whose numbers the turn does not
   mention), turned into a question; otherwise the first solution step the turn has not reached;
-  for a one-step problem, how to compute its expression. Always passes `answer_leaked`."""
+  for a one-step problem, how to compute its expression; for code, what a test the student has
+  not seen expects. Always passes `answer_leaked`."""
+  if problem.domain == "code":
+    return code_question(problem, attempt_text, rng)
   if problem.underspecified:
     hidden = range(1, len(problem.shards))
     if shards_revealed is not None:
@@ -339,6 +449,19 @@ def template_question(problem: Problem, attempt_text: str, rng,
   if expr:
     return _leak_free(problem, rng.choice(_WHOLE_QUESTIONS).format(expr=expr), _GENERIC)
   return _GENERIC
+
+
+_CODE_QUESTIONS = ("What should `{call}` return?", "What is the expected result of `{call}`?",
+                   "Could you tell me what `{call}` should give?")
+_GENERIC_CODE = "Which kind of input does my function get wrong?"
+
+
+def code_question(problem: Problem, attempt_text: str, rng) -> str:
+  """A code student's question about the problem: what a test it has not seen expects."""
+  fresh = _unshown_tests(problem, attempt_text)
+  if fresh:
+    return rng.choice(_CODE_QUESTIONS).format(call=_test_call(fresh[0]))
+  return _GENERIC_CODE
 
 
 # --- dialogue-quality checks -------------------------------------------------------------------------

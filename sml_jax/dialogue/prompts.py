@@ -24,6 +24,8 @@ TEACHER_BRIEFING = (
     "the student's question.\n\nProblem:\n{statement}\n\nReference solution (secret):\n{privileged}")
 
 VERIFIER_NOTE = "\n\n[Private note for the teacher: {note}]"
+QUESTION_NOTE = ("the student asked a question instead of answering. Answer it from the reference "
+                 "solution, without giving the final answer.")
 
 QPRIME_PROMPT = (
     "A student is solving this problem:\n{statement}\n\nReference solution (secret):\n{privileged}"
@@ -75,12 +77,51 @@ TEACHER_DEMOS = {
 }
 
 
-QPRIME_DEMOS = (
-    ("user", QPRIME_PROMPT.format(statement="Tom has some apples and buys 2 more. How many apples "
-                                  "does he have now?", privileged="Tom had 3 apples. 3 + 2 = 5.",
-                                  attempt="2 + 2 = 4. Final answer: 4")),
-    ("model", "How many apples did Tom have at the start?"),
-)
+# Q-priming demonstrations, several per domain. Each question is tied to its own problem (its
+# names, objects, numbers), so a writer that pastes one onto another problem is caught
+# (`hints.is_demo_copy`) and its question rewritten by the template writer (`questions.py`).
+def _qprime_demo(statement: str, privileged: str, attempt: str, question: str):
+  return (("user", QPRIME_PROMPT.format(statement=statement, privileged=privileged, attempt=attempt)),
+          ("model", question))
+
+
+QPRIME_DEMOS = {
+    "math": (
+        *_qprime_demo(
+            "Maria bakes 4 trays of cookies with 12 cookies on each tray. She gives 15 cookies to "
+            "her neighbours. How many cookies does she have left?",
+            "4 * 12 = 48 cookies baked. 48 - 15 = 33 cookies left.\nFinal answer: 33",
+            "4 + 12 = 16. 16 - 15 = 1. Final answer: 1",
+            "Should I multiply Maria's 4 trays by the 12 cookies on each tray first?"),
+        *_qprime_demo(
+            "A train runs at 60 km per hour for 3 hours, then at 40 km per hour for 2 hours. How "
+            "far does it go in total?",
+            "60 * 3 = 180 km. 40 * 2 = 80 km. 180 + 80 = 260 km.\nFinal answer: 260",
+            "60 + 40 = 100. Final answer: 100",
+            "Do I work out the train's distance for each part of the trip, speed times hours?"),
+        *_qprime_demo(
+            "Ravi buys notebooks for his class. How much does he spend?",
+            "Full problem: Ravi buys 6 notebooks at $3 each. How much does he spend?\n\nSolution:\n"
+            "6 * 3 = 18.\nFinal answer: 18",
+            "Final answer: 3",
+            "How many notebooks does Ravi buy, and what does each one cost?"),
+    ),
+    "code": (
+        *_qprime_demo(
+            "Write a function count_vowels(s) that returns the number of vowels in the string s.\n"
+            "Your code should pass: assert count_vowels('hello') == 2",
+            "def count_vowels(s):\n    return sum(ch in 'aeiouAEIOU' for ch in s)",
+            "```python\ndef count_vowels(s):\n    return len(s)\n```",
+            "Should count_vowels('hello') count only the letters e and o, not every character?"),
+        *_qprime_demo(
+            "Write a function second_largest(nums) that returns the second largest distinct number "
+            "in the list nums.\nYour code should pass: assert second_largest([1, 4, 2]) == 2",
+            "def second_largest(nums):\n    return sorted(set(nums))[-2]",
+            "```python\ndef second_largest(nums):\n    return sorted(nums)[-2]\n```",
+            "When the largest number repeats, as in second_largest([5, 5, 3]), should the repeat be "
+            "skipped?"),
+    ),
+}
 
 
 def student_demos(problem: Problem, enabled: bool = True) -> tuple[tuple[str, str], ...]:
@@ -91,8 +132,19 @@ def teacher_demos(problem: Problem, enabled: bool = True) -> tuple[tuple[str, st
   return TEACHER_DEMOS[problem.domain] if enabled else ()
 
 
-def qprime_demos(enabled: bool = True) -> tuple[tuple[str, str], ...]:
-  return QPRIME_DEMOS if enabled else ()
+def qprime_demos(problem: Problem, enabled: bool = True) -> tuple[tuple[str, str], ...]:
+  return QPRIME_DEMOS[problem.domain] if enabled else ()
+
+
+def demo_lines(demos, prompt: str = "") -> tuple[str, ...]:
+  """The lines of in-context demonstration turns that a party's turn must not reproduce
+  (`hints.is_demo_copy`): every line of every demo turn, except lines that are also in the party's
+  real `prompt` (the shared instructions: repeating those is not copying a demonstration)."""
+  own = {" ".join(l.split()) for l in prompt.splitlines()}
+  out = []
+  for _, text in demos:
+    out += [l.strip() for l in text.splitlines() if l.strip() and " ".join(l.split()) not in own]
+  return tuple(dict.fromkeys(out))
 
 
 def student_opening(problem: Problem) -> str:
@@ -105,9 +157,13 @@ def teacher_briefing(problem: Problem) -> str:
   return TEACHER_BRIEFING.format(statement=problem.statement, privileged=problem.privileged)
 
 
-def verifier_note(verdict: Verdict) -> str:
-  """The teacher's dynamic privileged information about the student's latest turn."""
-  if not verdict.attempted:
+def verifier_note(verdict: Verdict, question: bool = False) -> str:
+  """The teacher's dynamic privileged information about the student's latest turn. A question
+  (`question`: the turn asks, e.g. a Q-priming question) gets the question note: it is answered
+  as a question, never judged as an attempt."""
+  if question:
+    note = QUESTION_NOTE
+  elif not verdict.attempted:
     note = "the student did not give an answer in this turn."
   elif verdict.correct:
     note = "the student's answer is correct."

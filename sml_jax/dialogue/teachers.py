@@ -1,16 +1,26 @@
 """Teachers: who answers a student turn, by kind (`dialogue.teacher`).
 
     scripted  feedback from the verifier's verdict alone (cheap, never leaks)
+    hint      no LLM: informative hints built from the privileged information (`hints`): how far
+              off a math answer is and the first step not reached, a code program's first
+              failing test, the shard a question asks about; a question is answered from the
+              reference solution. Deterministic given the run's seed, leak-free by construction
     llm       a language model briefed with the privileged information + the verifier's note,
               with a leak policy for replies that state the answer:
-                count     keep the reply, flag and count the leak
-                redact    ... and cut the answer / code out of it
+                count     keep the reply, flag and count the leak (for measuring leaks only)
+                redact    ... and cut every flagged form of the answer / code out of it
+                          (`Task.redact`); a reply that still leaks becomes a safe line
                 resample  draw the reply once more (sampled), then redact if it still leaks
+              The teacher's own context holds what the student saw (redacted, with the shard it
+              revealed), not its raw draw.
 
 A teacher is built per run (`make_teacher`) from a `TeacherSetup`, and per turn gets the
 conversations that go on with their verdicts; it returns a typed `Reply` per conversation it
 answered (a conversation without one ran out of context). For underspecified problems every
-teacher reveals the next shard of the problem (`reveal_shard`).
+teacher reveals a shard of the problem (scripted / llm: the next one, `reveal_shard`; hint: the one
+a question asks about). A student question (`turn.flags["question"]`, e.g. a Q-priming question)
+comes with a question verdict: it is answered as a question, never judged as the attempt it
+replaced.
 
 A new kind is one class with `kind`, `reply` and `release`, and one entry in `TEACHERS`.
 """
@@ -18,16 +28,17 @@ A new kind is one class with `kind`, `reply` and `release`, and one entry in `TE
 from __future__ import annotations
 
 import dataclasses
-import re
+import random
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 from sml_jax import rng
 from sml_jax.dialogue import chat_format as cf
+from sml_jax.dialogue import hints
 from sml_jax.dialogue import prompts
 from sml_jax.dialogue import turn_end
 from sml_jax.dialogue.conversation import Conversation, opening_segment, reply_segment
 from sml_jax.dialogue.party import Party, Sampled
-from sml_jax.tasks.base import Problem, Task, Verdict
+from sml_jax.tasks.base import Task, Verdict
 
 if TYPE_CHECKING:
   from sml_jax.dialogue.episode import DialogueConfig
@@ -40,11 +51,18 @@ class Reply:
   """A teacher's public turn: its text (as the student sees it) and what happened to it."""
   text: str
   leak: bool = False    # the reply as drawn stated the answer (counted; maybe redacted)
-  shard: bool = False   # it reveals the next shard of an underspecified problem
+  shard: bool = False   # it reveals a shard of an underspecified problem
+  demo_copy: bool = False  # it reproduces a line of the teacher's in-context demonstrations
 
   @property
   def flags(self) -> dict[str, bool]:
-    return {"leak": self.leak, "shard": self.shard}
+    return {"leak": self.leak, "shard": self.shard, "demo_copy": self.demo_copy}
+
+
+# What the student sees instead of a reply that would leak even after redaction.
+SAFE_LINES = {"math": "Not quite. Check your steps again.",
+              "code": "Your program does not pass the tests yet. Check it against the test in the "
+                      "problem."}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,24 +92,24 @@ class Teacher(Protocol):
     """The conversations `done` (batch indices) have ended: free what they hold."""
 
 
-def redact(text: str, problem: Problem) -> str:
-  """Removes the final answer (math) or code blocks (code) from a leaking teacher turn."""
-  if problem.domain == "code":
-    return re.sub(r"```.*?(```|$)", "[code removed]", text, flags=re.S)
-  if problem.answer:
-    text = re.sub(rf"(?<![\d.]){re.escape(problem.answer)}(?![\d])", "[redacted]", text)
-  return text
-
-
 def reveal_shard(c: Conversation) -> str | None:
   """The next shard of an underspecified problem as the teacher says it (counted as revealed),
   or None when there is none left to reveal."""
-  if not (c.problem.underspecified and c.shards_revealed < len(c.problem.shards)):
+  index = c.next_hidden_shard() if c.problem.underspecified else None
+  if index is None:
     return None
   premature = c.turns[-1].flags.get("premature", False)
-  shard = prompts.reveal_shard(c.problem.shards[c.shards_revealed], premature)
-  c.shards_revealed += 1
-  return shard
+  c.show_shard(index)
+  return prompts.reveal_shard(c.problem.shards[index], premature)
+
+
+def _count(stats: dict[str, int], key: str) -> None:
+  stats[key] = stats.get(key, 0) + 1
+
+
+def is_question(c: Conversation) -> bool:
+  """Whether the latest student turn of `c` is a question (the student's own or Q-priming's)."""
+  return bool(c.turns[-1].flags.get("question"))
 
 
 class ScriptedTeacher:
@@ -112,6 +130,59 @@ class ScriptedTeacher:
 
   def release(self, done):
     del done
+
+
+class HintTeacher:
+  """Hints from the privileged information, no LLM (see `hints` for what a hint may say).
+
+    underspecified, a shard still hidden   the shard a question asks about, else the next one
+    a question                             answered from the reference solution / tests
+                                           (`hints.answer_question`), never the final answer
+    math attempt / unanchored turn         `hints.math_hint`: too high / too low and roughly by
+                                           how much, the first step not reached yet
+    code attempt                           `hints.code_hint`: the first failing test and what the
+                                           program returned or raised
+
+  Each reply draws its wording from `random.Random` keyed by (the teacher stream of the run's
+  seed and turn, the conversation's global row): deterministic, and a slice of a batch replies
+  as the whole batch does. Steps already named in the conversation count as reached, so the
+  hints move on through the solution. Every text is checked with `Task.leaked`; one that would
+  leak (none should) is replaced by a safe line and counted (`leak_fallbacks`).
+  """
+  kind = "hint"
+
+  def __init__(self, setup: TeacherSetup):
+    self.task_lookup, self.seed, self.first_row, self.stats = (
+        setup.task_lookup, setup.seed, setup.first_row, setup.stats)
+
+  def reply(self, convs, verdicts, turn):
+    stream = rng.stream(self.seed, "teacher", turn=turn)
+    return {i: self._reply(c, verdicts[i], random.Random(f"hint:{stream}:{self.first_row + i}"))
+            for i, c in convs.items()}
+
+  def release(self, done):
+    del done
+
+  def _reply(self, c: Conversation, verdict: Verdict, draw: random.Random) -> Reply:
+    p, last = c.problem, c.turns[-1]
+    _count(self.stats, "teacher_turns")
+    seen = "\n".join(t.text for t in c.turns[1:] if t.role in ("student", "teacher"))
+    shard = None
+    if p.underspecified and c.next_hidden_shard() is not None:
+      text, shard = hints.shard_reply(p, last.text if is_question(c) else "", c.shown_shards)
+      text = prompts.reveal_shard(text, last.flags.get("premature", False))
+    elif is_question(c):
+      text = hints.answer_question(p, last.text, seen, draw)
+    elif p.domain == "code":
+      text = hints.code_hint(p, verdict, draw)
+    else:
+      text = hints.math_hint(p, seen, verdict, draw)
+    if self.task_lookup(p.task).leaked(p, text):
+      _count(self.stats, "leak_fallbacks")
+      text = SAFE_LINES[p.domain]
+    if shard is not None:
+      c.show_shard(shard)
+    return Reply(text, shard=shard is not None)
 
 
 class LLMTeacher:
@@ -152,10 +223,18 @@ class LLMTeacher:
       self._resample_leaks(convs, turns, turn)
     replies = {}
     for i, s in turns.items():
-      convs[i].teacher.extend(s.tokens, [cf.Role.MODEL] * len(s.tokens))
-      self.closed[i] = s.stopped
-    for i, s in turns.items():
-      replies[i] = self._public(convs[i], cf.decode_turn(self.tok, s.tokens))
+      raw = cf.decode_turn(self.tok, s.tokens)
+      replies[i] = self._public(convs[i], raw)
+      if replies[i].text == raw:
+        convs[i].teacher.extend(s.tokens, [cf.Role.MODEL] * len(s.tokens))
+        self.closed[i] = s.stopped
+      else:
+        # The teacher's context holds what the student saw (redacted, with the shard it revealed),
+        # not its raw draw: the cache holds the draw, so it is rebuilt next turn.
+        ids = list(self.tok.encode(replies[i].text)) + [cf.END_OF_TURN_ID]
+        convs[i].teacher.extend(ids, [cf.Role.MODEL] * len(ids))
+        self.closed[i] = True
+        party.stale = True
     return replies
 
   def release(self, done):
@@ -163,7 +242,7 @@ class LLMTeacher:
 
   def _student_segment(self, i, c, verdict):
     """What the teacher reads of the student's latest turn: with the briefing at the first turn."""
-    student_text = c.turns[-1].text + prompts.verifier_note(verdict)
+    student_text = c.turns[-1].text + prompts.verifier_note(verdict, question=is_question(c))
     if not c.teacher.ids:
       first = prompts.teacher_briefing(c.problem) + "\n\nThe student said:\n" + student_text
       return opening_segment(self.tok, first, prompts.teacher_demos(c.problem, self.cfg.fewshot))
@@ -211,20 +290,30 @@ class LLMTeacher:
     self.party.stale = True  # The cache holds the leaked draw: rebuild it next turn.
 
   def _public(self, c: Conversation, text: str) -> Reply:
-    """The reply the student sees: the leak policy applied, the next shard appended."""
+    """The reply the student sees: the leak policy applied (redact / resample: nothing the task
+    flags gets through), the next shard appended."""
     self.stats["teacher_turns"] += 1
     leak = self._leaked(c, text)
+    copy = hints.is_demo_copy(text, self._demo_lines(c))
     if leak:
       self.stats["teacher_leaks"] += 1
       if self.cfg.leak_policy in ("redact", "resample"):
-        text = redact(text, c.problem)
+        text = self.task_lookup(c.problem.task).redact(c.problem, text)
+        if not text.strip() or self._leaked(c, text):
+          _count(self.stats, "leak_fallbacks")
+          text = SAFE_LINES[c.problem.domain]
     shard = reveal_shard(c)
     if shard is not None:
       text = f"{text}\n\n{shard}"
-    return Reply(text, leak=leak, shard=shard is not None)
+    return Reply(text, leak=leak, shard=shard is not None, demo_copy=copy)
+
+  def _demo_lines(self, c: Conversation) -> tuple[str, ...]:
+    """The lines of the demonstrations in this teacher's prompt (not those of its own briefing)."""
+    return prompts.demo_lines(prompts.teacher_demos(c.problem, self.cfg.fewshot),
+                              prompt=prompts.teacher_briefing(c.problem))
 
 
-TEACHERS: dict[str, type] = {"scripted": ScriptedTeacher, "llm": LLMTeacher}
+TEACHERS: dict[str, type] = {"scripted": ScriptedTeacher, "hint": HintTeacher, "llm": LLMTeacher}
 TEACHER_KINDS = tuple(TEACHERS)
 
 

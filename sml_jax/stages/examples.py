@@ -3,7 +3,10 @@
 Every stage feeds the same train step; only the weights on the student's tokens differ:
 
   rl           weight = GRPO advantage of the conversation, A = (r - mean_g r) / (std_g r + eps)
-               over its group of g conversations of the same problem (groups are consecutive).
+               over its group of g conversations of the same problem (groups are consecutive),
+               on the student tokens the model sampled; 0 on student tokens it did not sample
+               (an <end_of_turn> appended after a cut, a Q-priming question): their log-prob is
+               not the policy's, so no policy gradient acts on them.
                Groups whose rewards are all equal carry no signal (A = 0) and are dropped.
   offline_sml  weight = 1 on every student turn of *successful* conversations (rejection sampling).
   sft          weight = 1 on a reference solution written as the student's first turn (no rollout):
@@ -48,7 +51,9 @@ def rl_examples(convs: Sequence[Conversation], group_size: int, eps: float = 1e-
     if a == 0.0:
       continue
     ids, roles, logp = c.training_arrays()
-    out.append(Example(ids, roles, weight=float(a), old_logprobs=logp if with_logprobs else None))
+    w = np.where(c.student.sampled_mask(), np.float32(a), np.float32(0.0)).astype(np.float32)
+    out.append(Example(ids, roles, weight=float(a), token_weights=w,
+                       old_logprobs=logp if with_logprobs else None))
   return out, adv
 
 
