@@ -12,7 +12,7 @@ import pytest
 
 from sml_jax import models
 from sml_jax.dialogue import chat_format as cf
-from sml_jax.dialogue import episode, hints, prompts, questions
+from sml_jax.dialogue import episode, hints, prompts, quality, question_templates, questions
 from sml_jax.dialogue.conversation import Conversation, Turn
 from sml_jax.dialogue.episode import DialogueConfig, EpisodeRunner
 from sml_jax.dialogue.party import Sampled
@@ -166,14 +166,14 @@ def test_written_questions_are_leak_and_demo_checked(tokenizer, monkeypatch):
   assert not MATH.leaked(ANSWER_42, leak.text) and leak.text.endswith("?")
   demo_question = prompts.QPRIME_DEMOS["math"][1][1]
   copy = _write(tokenizer, "model", text=f"{demo_question} Thanks.")
-  assert copy.rejected == "demo_copy" and not hints.is_demo_copy(
+  assert copy.rejected == "demo_copy" and not quality.is_demo_copy(
       copy.text, questions.demo_lines(Conversation(ANSWER_42, "hint", 3), True))
   student_demo = "How many apples did Tom have at the start?"  # in the student's demonstrations
   assert _write(tokenizer, "model", text=student_demo).rejected == "demo_copy"
   good = _write(tokenizer, "model", text="Should I add the 2 apples Ann finds to her 40?")
   assert good == questions.Written("Should I add the 2 apples Ann finds to her 40?", "model")
   # The template writer's questions are checked too.
-  monkeypatch.setattr(hints, "template_question", lambda *a, **k: "Is the answer 42?")
+  monkeypatch.setattr(question_templates, "template_question", lambda *a, **k: "Is the answer 42?")
   assert _write(tokenizer, "template").text == questions.FALLBACK
 
 
@@ -208,11 +208,11 @@ def test_rl_gives_no_weight_to_the_end_of_turn_appended_after_a_cut(tokenizer):
   for b, (c, a) in enumerate(zip(convs, adv)):
     n = len(c.student.ids)
     model = np.flatnonzero(np.asarray(c.student.roles) == cf.Role.MODEL)
-    assert batch["weights"][b, n - 1] == 0.0   # the appended <end_of_turn>
-    np.testing.assert_allclose(batch["weights"][b, model[:-1]], a)  # sampled tokens: advantage
+    assert batch.weights[b, n - 1] == 0.0   # the appended <end_of_turn>
+    np.testing.assert_allclose(batch.weights[b, model[:-1]], a)  # sampled tokens: advantage
   # SFT stages may still teach where the turn ends.
   sft = make_batch(examples.offline_sml_examples(convs))
-  assert sft["weights"][0, len(convs[0].student.ids) - 1] == 1.0
+  assert sft.weights[0, len(convs[0].student.ids) - 1] == 1.0
 
 
 def test_qprimed_questions_carry_no_policy_gradient(sampler, tokenizer, tiny):

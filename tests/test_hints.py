@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from sml_jax.dialogue import hints, prompts
+from sml_jax.dialogue import hints, prompts, quality, question_templates
 from sml_jax.tasks import generated_math, gsm8k, underspecified
 from sml_jax.tasks.base import Problem, Verdict
 
@@ -41,13 +41,13 @@ def test_math_hints_and_questions_never_leak():
         continue
       for _ in range(2):
         hint = hints.math_hint(p, text, v, rng)
-        question = hints.template_question(p, text, rng)
+        question = question_templates.template_question(p, text, rng)
         assert hint and not task.leaked(p, hint), (p.statement, p.answer, hint)
         assert question.endswith("?") and not task.leaked(p, question), (p.answer, question)
         n += 1
       if p.underspecified:
         for k in range(1, len(p.shards) + 1):
-          q = hints.template_question(p, text, rng, shards_revealed=k)
+          q = question_templates.template_question(p, text, rng, shards_revealed=k)
           assert not task.leaked(p, q), (p.answer, q)
   assert n > 500
 
@@ -92,7 +92,7 @@ def test_arithmetic_steps_follow_evaluation_order():
               privileged="", answer="40", meta={"expression": "(3 + 4) * 6 - 2"})
   assert [(s.expression, s.value_text) for s in hints.solution_steps(p)] == [
       ("3 + 4", "7"), ("(3 + 4) * 6", "42")]
-  q = hints.template_question(p, "Final answer: 12", random.Random(0))
+  q = question_templates.template_question(p, "Final answer: 12", random.Random(0))
   assert "3 + 4" in q and q.endswith("?")
 
 
@@ -111,7 +111,7 @@ def test_shard_reply_answers_the_question_asked_else_reveals_the_next():
 
 
 def test_template_question_asks_for_the_missing_fact():
-  q = hints.template_question(SHARDED, "Final answer: 48", random.Random(0), shards_revealed=2)
+  q = question_templates.template_question(SHARDED, "Final answer: 48", random.Random(0), shards_revealed=2)
   assert "friends" in q and q.endswith("?") and "4" not in q
   # The teacher's shard reply to that question is the fact it asks for.
   assert hints.shard_reply(SHARDED, q, 2) == (SHARDED.shards[2], 2)
@@ -145,13 +145,13 @@ def test_code_hint_from_a_real_verdict():
 
 def test_demo_copy_and_well_formed():
   demo_lines = [t for _, t in prompts.STUDENT_DEMOS["math"]]
-  assert hints.is_demo_copy("How many apples did Tom have at the start?", demo_lines)
-  assert hints.is_demo_copy("  how many apples did Tom have at the start ", demo_lines)
-  assert not hints.is_demo_copy("How many eggs does she use each day?", demo_lines)
-  assert hints.well_formed("6 + 7 = 13. Final answer: 13", "math")
-  assert hints.well_formed("How many eggs does she use each day?", "math")
-  assert not hints.well_formed("There is 1.Next to this. Alright.", "math")
-  assert not hints.well_formed("The solution is 5.\u8f83\u4f4e\u4e2a\u65f6. Final answer: 5",
+  assert quality.is_demo_copy("How many apples did Tom have at the start?", demo_lines)
+  assert quality.is_demo_copy("  how many apples did Tom have at the start ", demo_lines)
+  assert not quality.is_demo_copy("How many eggs does she use each day?", demo_lines)
+  assert quality.well_formed("6 + 7 = 13. Final answer: 13", "math")
+  assert quality.well_formed("How many eggs does she use each day?", "math")
+  assert not quality.well_formed("There is 1.Next to this. Alright.", "math")
+  assert not quality.well_formed("The solution is 5.\u8f83\u4f4e\u4e2a\u65f6. Final answer: 5",
                                "math")
-  assert hints.well_formed("```python\ndef f():\n    return 1\n```", "code")
-  assert not hints.well_formed("def f(): return 1", "code")
+  assert quality.well_formed("```python\ndef f():\n    return 1\n```", "code")
+  assert not quality.well_formed("def f(): return 1", "code")

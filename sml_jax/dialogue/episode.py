@@ -25,7 +25,7 @@ import numpy as np
 
 from sml_jax import rng
 from sml_jax.dialogue import chat_format as cf
-from sml_jax.dialogue import hints
+from sml_jax.dialogue import quality
 from sml_jax.dialogue import prompts
 from sml_jax.dialogue import turn_end
 from sml_jax.dialogue.conversation import Conversation, Turn, opening_segment, reply_segment, turn_reward
@@ -259,8 +259,8 @@ class _Episode:
     """The dialogue-quality flags of a student turn of conversation i (metrics aggregate them)."""
     domain = self.convs[i].problem.domain
     return {"format_failure": bool(verdict.format_failure),
-            "well_formed": hints.well_formed(text, domain),
-            "demo_copy": hints.is_demo_copy(text, self.demo_lines[i] + extra_demo_lines)}
+            "well_formed": quality.well_formed(text, domain),
+            "demo_copy": quality.is_demo_copy(text, self.demo_lines[i] + extra_demo_lines)}
 
   def _score(self, rows: list[int], verdicts: dict[int, Verdict], t: int) -> None:
     """Flags each student turn and marks solved conversations; Q-priming replaces a failed

@@ -23,8 +23,7 @@ import ast
 import dataclasses
 import fractions
 import re
-import unicodedata
-from typing import Collection, Sequence
+from typing import Collection
 
 from sml_jax.tasks import math_answers, turns
 from sml_jax.tasks.base import Problem, Verdict
@@ -170,7 +169,7 @@ def _step_sentence(step: Step, rng) -> str:
                                         context=context)
 
 
-def _leak_free(problem: Problem, text: str, fallback: str) -> str:
+def leak_free(problem: Problem, text: str, fallback: str) -> str:
   return fallback if math_answers.answer_leaked(problem, text) else text
 
 
@@ -200,7 +199,7 @@ def math_hint(problem: Problem, attempt_text: str, verdict: Verdict, rng) -> str
     parts.append(how if how and not math_answers.answer_leaked(problem, how)
                  else rng.choice(_KEEP_GOING))
   text = " ".join(parts)
-  return _leak_free(problem, text, _SAFE)
+  return leak_free(problem, text, _SAFE)
 
 
 def _int_operands(expression: str):
@@ -297,7 +296,7 @@ def _last_error_line(traceback_text: str) -> str:
 
 # --- underspecified problems ----------------------------------------------------------------------
 
-_STOPWORDS = frozenset(
+STOPWORDS = frozenset(
     "a an the of to in on at for and or but is are was were be been do does did how many much what "
     "which who whom whose when where why can could should would will i you he she it we they his "
     "her its their my me there this that these those with from by as if so than then each per all "
@@ -309,10 +308,10 @@ _STOPWORDS = frozenset(
 
 def _content_words(text: str) -> set[str]:
   words = re.findall(r"[a-z]+", text.lower())
-  return {w.rstrip("s") if len(w) > 3 else w for w in words if w not in _STOPWORDS and len(w) > 1}
+  return {w.rstrip("s") if len(w) > 3 else w for w in words if w not in STOPWORDS and len(w) > 1}
 
 
-def _revealed_set(shards_revealed: int | Collection[int]) -> set[int]:
+def revealed_set(shards_revealed: int | Collection[int]) -> set[int]:
   return set(range(shards_revealed)) if isinstance(shards_revealed, int) else set(shards_revealed)
 
 
@@ -322,7 +321,7 @@ def shard_reply(problem: Problem, question_text: str,
   question asks about (most content words in common with the question), otherwise the next
   unrevealed shard. `shards_revealed`: how many shards were shown (shards[0] counts), or the set
   of shown indices. Returns (text, shard index), or a closing text and None when all are shown."""
-  revealed = _revealed_set(shards_revealed)
+  revealed = revealed_set(shards_revealed)
   hidden = [i for i in range(1, len(problem.shards)) if i not in revealed]
   if not hidden:
     return "You have all the information you need now.", None
@@ -349,13 +348,13 @@ _TEST_ANSWERS = ("Your function must also pass `{test}`.", "Here is another test
                  "Good question: check it against `{test}`.")
 
 
-def _test_call(test: str) -> str:
+def test_call(test: str) -> str:
   """"assert f(1, 2) == 3" -> "f(1, 2)" (the left side of the assert)."""
   body = re.sub(r"^\s*assert\s+", "", test.strip())
   return body.split("==", 1)[0].strip() if "==" in body else body
 
 
-def _unshown_tests(problem: Problem, seen_text: str) -> list[str]:
+def unshown_tests(problem: Problem, seen_text: str) -> list[str]:
   """Tests the student has not seen (not in the statement, nor in the conversation so far)."""
   shown = problem.statement + "\n" + seen_text
   return [t for t in problem.tests if t.strip() not in shown]
@@ -372,8 +371,8 @@ def answer_question(problem: Problem, question_text: str, seen_text: str, rng) -
   Passes the task's leak check (the caller checks again).
   """
   if problem.domain == "code":
-    named = [t for t in problem.tests if _test_call(t) and _test_call(t) in question_text]
-    fresh = named or _unshown_tests(problem, seen_text)
+    named = [t for t in problem.tests if test_call(t) and test_call(t) in question_text]
+    fresh = named or unshown_tests(problem, seen_text)
     if fresh:
       return rng.choice(_TEST_ANSWERS).format(test=fresh[0].strip())
     name = problem.entry_point or "the function"
@@ -384,7 +383,7 @@ def answer_question(problem: Problem, question_text: str, seen_text: str, rng) -
     context = f" ({step.context})" if step.context else ""
     text = rng.choice(_STEP_ANSWERS).format(expr=step.expression, value=step.value_text,
                                             context=context)
-    return _leak_free(problem, text, _SAFE_ANSWER)
+    return leak_free(problem, text, _SAFE_ANSWER)
   how = expression_hint(problem, rng)
   if how and not math_answers.answer_leaked(problem, how):
     return how
@@ -392,121 +391,3 @@ def answer_question(problem: Problem, question_text: str, seen_text: str, rng) -
 
 
 _SAFE_ANSWER = "Re-read the problem: which quantities does it give, and which does it ask for?"
-
-
-# --- Q-priming questions -------------------------------------------------------------------------
-
-_SHARD_QUESTIONS = ("{echo}?", "Could you tell me: {echo}?", "I am missing something: {echo}?")
-_STEP_QUESTIONS = (
-    "Should I first work out {expr}{about}?",
-    "Do I need {expr}{about} before the rest?",
-    "Is {expr}{about} the first thing to compute?",
-)
-_WHOLE_QUESTIONS = ("How should I compute {expr}?", "Can you remind me how to work out {expr}?",
-                    "Which part of {expr} should I do first?")
-_GENERIC = "What information am I missing to solve this?"
-
-
-def _echo_question(shard: str) -> str:
-  """"Tom has 12 apples." -> "Tom has how many apples"; "It costs $5." -> "It costs how much"."""
-  s = shard.strip().rstrip(".!")
-  s = re.sub(r"\$\s?\d[\d,]*(?:\.\d+)?", "how much", s, count=1)
-  s = re.sub(r"\b\d[\d,]*(?:\.\d+)?%", "what percent", s, count=1)
-  s = re.sub(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?:/\d+)?\b", "how many", s, count=1)
-  s = math_answers._WORD_NUM_RE.sub("how many", s, count=1)  # pylint: disable=protected-access
-  return s
-
-
-def template_question(problem: Problem, attempt_text: str, rng,
-                      shards_revealed: int | Collection[int] | None = None) -> str:
-  """A question the student could have asked instead of `attempt_text`, built from the privileged
-  information and about this problem: for a sharded problem the missing fact (the first
-  unrevealed shard when `shards_revealed` is given, else the first whose numbers the turn does not
-  mention), turned into a question; otherwise the first solution step the turn has not reached;
-  for a one-step problem, how to compute its expression; for code, what a test the student has
-  not seen expects. Always passes `answer_leaked`."""
-  if problem.domain == "code":
-    return code_question(problem, attempt_text, rng)
-  if problem.underspecified:
-    hidden = range(1, len(problem.shards))
-    if shards_revealed is not None:
-      revealed = _revealed_set(shards_revealed)
-      hidden = [i for i in hidden if i not in revealed]
-    else:
-      seen = math_answers.number_values(attempt_text)
-      hidden = [i for i in hidden if not math_answers.number_values(problem.shards[i]) <= seen
-                or not math_answers.number_values(problem.shards[i])] or list(hidden)
-    if hidden:
-      text = rng.choice(_SHARD_QUESTIONS).format(echo=_echo_question(problem.shards[hidden[0]]))
-      return _leak_free(problem, text, _GENERIC)
-  step = first_unreached_step(problem, attempt_text)
-  if step is not None:
-    first = step.context.split()[0].lower() if step.context else ""
-    about = f" to get the {step.context}" if first and first not in _STOPWORDS else ""
-    text = rng.choice(_STEP_QUESTIONS).format(expr=step.expression, about=about)
-    return _leak_free(problem, text, _GENERIC)
-  expr = problem.meta.get("expression")
-  if expr:
-    return _leak_free(problem, rng.choice(_WHOLE_QUESTIONS).format(expr=expr), _GENERIC)
-  return _GENERIC
-
-
-_CODE_QUESTIONS = ("What should `{call}` return?", "What is the expected result of `{call}`?",
-                   "Could you tell me what `{call}` should give?")
-_GENERIC_CODE = "Which kind of input does my function get wrong?"
-
-
-def code_question(problem: Problem, attempt_text: str, rng) -> str:
-  """A code student's question about the problem: what a test it has not seen expects."""
-  fresh = _unshown_tests(problem, attempt_text)
-  if fresh:
-    return rng.choice(_CODE_QUESTIONS).format(call=_test_call(fresh[0]))
-  return _GENERIC_CODE
-
-
-# --- dialogue-quality checks -------------------------------------------------------------------------
-
-def _normalize(text: str) -> str:
-  return " ".join(re.sub(r"[^\w\s+\-*/=]", " ", text.lower()).split())
-
-
-def is_demo_copy(text: str, demo_lines: Sequence[str], min_words: int = 3) -> bool:
-  """True if `text` reproduces a line of an in-context demonstration: some demo line of at least
-  `min_words` words appears in it (case, punctuation and spacing ignored). For `demo_copy_rate`."""
-  norm = _normalize(text)
-  if not norm:
-    return False
-  for demo in demo_lines:
-    for line in demo.splitlines():
-      d = _normalize(line)
-      if len(d.split()) >= min_words and d in norm:
-        return True
-  return False
-
-
-def scripts(text: str) -> set[str]:
-  """The writing systems of `text`'s letters ("LATIN", "CYRILLIC", "CJK", ...)."""
-  out = set()
-  for ch in text:
-    if ch.isalpha():
-      name = unicodedata.name(ch, "")
-      first = name.split(" ")[0] if name else "OTHER"
-      out.add("CJK" if first in ("CJK", "HIRAGANA", "KATAKANA", "HANGUL") else first)
-  return out
-
-
-def mixed_script(text: str) -> bool:
-  """True if the turn mixes writing systems (the 270M's gibberish: "5.较低个时表示...")."""
-  return len(scripts(text)) > 1
-
-
-def well_formed(turn_text: str, domain: str) -> bool:
-  """A student turn that is an anchored answer attempt (math: "Final answer: X" / \\boxed{X};
-  code: a ```python block) or a question, in one writing system. For `well_formed_rate`."""
-  if not turn_text or not turn_text.strip() or mixed_script(turn_text):
-    return False
-  if domain == "math":
-    answered = math_answers.extract_answer(turn_text) is not None
-  else:
-    answered = re.search(r"```[\w+-]*\n.*?```", turn_text, re.S) is not None
-  return answered or turns.is_question(turn_text)

@@ -79,7 +79,7 @@ TEACHER_DEMOS = {
 
 # Q-priming demonstrations, several per domain. Each question is tied to its own problem (its
 # names, objects, numbers), so a writer that pastes one onto another problem is caught
-# (`hints.is_demo_copy`) and its question rewritten by the template writer (`questions.py`).
+# (`quality.is_demo_copy`) and its question rewritten by the template writer (`questions.py`).
 def _qprime_demo(statement: str, privileged: str, attempt: str, question: str):
   return (("user", QPRIME_PROMPT.format(statement=statement, privileged=privileged, attempt=attempt)),
           ("model", question))
@@ -138,7 +138,7 @@ def qprime_demos(problem: Problem, enabled: bool = True) -> tuple[tuple[str, str
 
 def demo_lines(demos, prompt: str = "") -> tuple[str, ...]:
   """The lines of in-context demonstration turns that a party's turn must not reproduce
-  (`hints.is_demo_copy`): every line of every demo turn, except lines that are also in the party's
+  (`quality.is_demo_copy`): every line of every demo turn, except lines that are also in the party's
   real `prompt` (the shared instructions: repeating those is not copying a demonstration)."""
   own = {" ".join(l.split()) for l in prompt.splitlines()}
   out = []

@@ -5,12 +5,12 @@ Two writers (`dialogue.qprime_writer`):
   model     the model (the teacher's params) prompted with the privileged information and the
             failed attempt (`prompts.qprime_prompt`), after several demonstrations of its domain
             whose questions are tied to their own problems (`prompts.QPRIME_DEMOS`)
-  template  `hints.template_question`, built from the privileged information: the missing fact
+  template  `question_templates.template_question`, built from the privileged information: the missing fact
             of a sharded problem, the first solution step not reached, a test not yet seen
 
 Every question, from either writer, is checked before it replaces the attempt in the student's
 context (`episode`): it must be a question, not state the answer (`Task.leaked`), not reproduce
-a line of a demonstration (`hints.is_demo_copy`: the writer's or the student's), and fit its
+a line of a demonstration (`quality.is_demo_copy`: the writer's or the student's), and fit its
 token budget. A model question that fails is rewritten by the template writer (`Written.rejected`
 says why); a template question that fails (none should) becomes a generic question.
 """
@@ -24,7 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sml_jax.dialogue import chat_format as cf
-from sml_jax.dialogue import hints
+from sml_jax.dialogue import quality
+from sml_jax.dialogue import question_templates
 from sml_jax.dialogue import prompts
 from sml_jax.dialogue.conversation import Conversation, opening_segment
 from sml_jax.tasks import turns
@@ -85,7 +86,7 @@ def write_questions(convs: Sequence[Conversation], *, writer: str, task_lookup: 
         written.append(Written(draft, "model"))
         continue
     attempt = c.turns[-1].text
-    question = hints.template_question(c.problem, attempt, draw, shards_revealed=c.shown_shards)
+    question = question_templates.template_question(c.problem, attempt, draw, shards_revealed=c.shown_shards)
     if check(question) is not None:
       question = FALLBACK
     written.append(Written(question, "template", rejected))
@@ -108,7 +109,7 @@ def _problem_with(question: str, c: Conversation, task_lookup, tokenizer, max_to
     return "not_a_question"
   if task_lookup(c.problem.task).leaked(c.problem, question):
     return "leak"
-  if hints.is_demo_copy(question, demo_lines(c, fewshot)):
+  if quality.is_demo_copy(question, demo_lines(c, fewshot)):
     return "demo_copy"
   if len(tokenizer.encode(question)) > max_tokens:
     return "too_long"

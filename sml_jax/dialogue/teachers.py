@@ -29,19 +29,18 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 from sml_jax import rng
 from sml_jax.dialogue import chat_format as cf
 from sml_jax.dialogue import hints
+from sml_jax.dialogue import quality
 from sml_jax.dialogue import prompts
 from sml_jax.dialogue import turn_end
 from sml_jax.dialogue.conversation import Conversation, opening_segment, reply_segment
 from sml_jax.dialogue.party import Party, Sampled
 from sml_jax.tasks.base import Task, Verdict
 
-if TYPE_CHECKING:
-  from sml_jax.dialogue.episode import DialogueConfig
 
 LEAK_POLICIES = ("count", "redact", "resample")
 
@@ -68,7 +67,7 @@ SAFE_LINES = {"math": "Not quite. Check your steps again.",
 @dataclasses.dataclass(frozen=True)
 class TeacherSetup:
   """What a teacher gets at the start of a run."""
-  cfg: DialogueConfig
+  cfg: Any                               # episode.DialogueConfig (episode imports this module)
   tokenizer: Any
   task_lookup: Callable[[str], Task]
   sampler: Any                           # the teacher's sampler (by default the student's)
@@ -294,7 +293,7 @@ class LLMTeacher:
     flags gets through), the next shard appended."""
     self.stats["teacher_turns"] += 1
     leak = self._leaked(c, text)
-    copy = hints.is_demo_copy(text, self._demo_lines(c))
+    copy = quality.is_demo_copy(text, self._demo_lines(c))
     if leak:
       self.stats["teacher_leaks"] += 1
       if self.cfg.leak_policy in ("redact", "resample"):

@@ -1,0 +1,62 @@
+"""Dialogue quality, read from a turn's text: is it well formed (an anchored answer attempt or a
+question about the problem, in one script), does it copy a line of an in-context demonstration.
+
+    well_formed("6 + 7 = 13. Final answer: 13", "math")      # True
+    well_formed("The solution is 5.较低个时. Final answer: 5", "math")   # False: mixed script
+    is_demo_copy("How many apples did Tom have at the start?", demo_lines)
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Sequence
+
+from sml_jax.tasks import math_answers, turns
+
+# --- dialogue-quality checks -------------------------------------------------------------------------
+
+def _normalize(text: str) -> str:
+  return " ".join(re.sub(r"[^\w\s+\-*/=]", " ", text.lower()).split())
+
+
+def is_demo_copy(text: str, demo_lines: Sequence[str], min_words: int = 3) -> bool:
+  """True if `text` reproduces a line of an in-context demonstration: some demo line of at least
+  `min_words` words appears in it (case, punctuation and spacing ignored). For `demo_copy_rate`."""
+  norm = _normalize(text)
+  if not norm:
+    return False
+  for demo in demo_lines:
+    for line in demo.splitlines():
+      d = _normalize(line)
+      if len(d.split()) >= min_words and d in norm:
+        return True
+  return False
+
+
+def scripts(text: str) -> set[str]:
+  """The writing systems of `text`'s letters ("LATIN", "CYRILLIC", "CJK", ...)."""
+  out = set()
+  for ch in text:
+    if ch.isalpha():
+      name = unicodedata.name(ch, "")
+      first = name.split(" ")[0] if name else "OTHER"
+      out.add("CJK" if first in ("CJK", "HIRAGANA", "KATAKANA", "HANGUL") else first)
+  return out
+
+
+def mixed_script(text: str) -> bool:
+  """True if the turn mixes writing systems (the 270M's gibberish: "5.较低个时表示...")."""
+  return len(scripts(text)) > 1
+
+
+def well_formed(turn_text: str, domain: str) -> bool:
+  """A student turn that is an anchored answer attempt (math: "Final answer: X" / \\boxed{X};
+  code: a ```python block) or a question, in one writing system. For `well_formed_rate`."""
+  if not turn_text or not turn_text.strip() or mixed_script(turn_text):
+    return False
+  if domain == "math":
+    answered = math_answers.extract_answer(turn_text) is not None
+  else:
+    answered = re.search(r"```[\w+-]*\n.*?```", turn_text, re.S) is not None
+  return answered or turns.is_question(turn_text)
