@@ -58,9 +58,9 @@ TINY_RL = [
              "config = cfg_mod.get_config()\n"
              "config.rl.steps = 2\n"
              "workdir = tempfile.mkdtemp(prefix='sml_tiny_')"),
-    ("code", "from sml_jax import config as config_lib, runner\n"
-             "config_lib.validate(config)\n"
-             "runner.run(config, workdir)"),
+    ("code", "from sml_jax import config as config_lib\n"
+             "from sml_jax.stages import driver\n"
+             "driver.run(config_lib.to_spec(config), workdir)"),
     ("code", "rows = [json.loads(l) for l in open(f'{workdir}/metrics.jsonl')]\n"
              "assert rows and all('stage' in r for r in rows)\n"
              "print(open(f'{workdir}/report.md').read()[:1500])"),

@@ -134,6 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict({
       "kind": "eval",
       "tasks": "gsm8k",             # comma-separated tasks, or curriculum entries (task:1:k=v)
+      # num_problems: per task; 0 = every problem of the split
       "num_problems": 200, "split": "eval", "max_turns": 10,
       "teacher": "llm", "repeats": 1, "temperature": 0.0,
       "batch_size": 32,             # conversations sampled together (x repeats)
@@ -223,7 +224,8 @@ def train_stage_spec(config, name: str, kind: str) -> spec_lib.TrainStageSpec:
 
 def _eval_stage(config, name: str) -> spec_lib.EvalSpec:
   ev = config.eval
-  for field in ("num_problems", "max_turns", "repeats", "batch_size"):
+  _need(ev.num_problems >= 0, "eval.num_problems", f"must be >= 0 (0: all), got {ev.num_problems}")
+  for field in ("max_turns", "repeats", "batch_size"):
     _need(ev[field] >= 1, f"eval.{field}", f"must be >= 1, got {ev[field]}")
   _need(ev.temperature >= 0, "eval.temperature", f"must be >= 0, got {ev.temperature}")
   _need(ev.teacher in episode.TEACHER_KINDS, "eval.teacher",
@@ -290,7 +292,9 @@ def to_spec(config) -> spec_lib.RunSpec:
   stages = tuple(_eval_stage(config, name) if kind == "eval" else train_stage_spec(config, name, kind)
                  for name, kind in stage_names(config))
   task_kwargs: dict[str, dict] = {}
-  for name in config.curricula.keys():
+  # Curricula the training stages use come first: their arguments win over unused curricula's.
+  used = [config[kind].curriculum for _, kind in stage_names(config) if kind != "eval"]
+  for name in dict.fromkeys([*used, *config.curricula.keys()]):
     for entry in _entries(config.curricula[name], f"curricula.{name}"):
       # The first curriculum entry naming a task gives its arguments (data files, difficulty,
       # sandbox limits) to every other use of the task: verification, and eval entries

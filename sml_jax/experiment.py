@@ -36,18 +36,14 @@ class TaskBook:
   (`RunSpec.task_kwargs`) merged with an entry's own (e.g. an eval entry's `test_path=`)."""
 
   def __init__(self, task_kwargs: Mapping[str, Mapping[str, Any]]):
-    self._kwargs, self._tasks, self._latest = task_kwargs, {}, {}
+    self._kwargs, self._tasks = task_kwargs, {}
 
   def task(self, name: str, kwargs: Mapping[str, Any] | None = None):
-    """The task `name` built with `kwargs`; without them (a verifier lookup by a problem's task
-    name), the instance built last for that name, e.g. an eval entry's `path=`."""
-    if kwargs is None and name in self._latest:
-      return self._latest[name]
+    """The task `name` built with the run's arguments for it, `kwargs` overriding them."""
     kw = {**self._kwargs.get(name, {}), **(kwargs or {})}
     key = (name, tuple(sorted((k, repr(v)) for k, v in kw.items())))
     if key not in self._tasks:
       self._tasks[key] = task_registry.get_task(name, **kw)
-    self._latest[name] = self._tasks[key]
     return self._tasks[key]
 
 
@@ -100,11 +96,12 @@ class Experiment:
     return Sampler(model, cache_length=self.spec.cache_length, mesh=self.sample_mesh,
                    dtype=self.compute_dtype)
 
-  def episodes(self, **overrides) -> EpisodeRunner:
-    """A dialogue runner with the run's dialogue settings, `overrides` replacing some."""
+  def episodes(self, task_lookup=None, **overrides) -> EpisodeRunner:
+    """A dialogue runner with the run's dialogue settings, `overrides` replacing some.
+    `task_lookup`: task name -> the Task that verifies its problems (default: the run's)."""
     cfg = dataclasses.replace(self.spec.dialogue, **overrides)
-    return EpisodeRunner(self.student.sampler, self.tokenizer, self.tasks.task, cfg,
-                         teacher_sampler=self.teacher.sampler)
+    return EpisodeRunner(self.student.sampler, self.tokenizer, task_lookup or self.tasks.task,
+                         cfg, teacher_sampler=self.teacher.sampler)
 
   def reference_params(self):
     """The initial student's params in the compute dtype on the training mesh (built on first

@@ -17,6 +17,8 @@ import sys
 from absl import app
 from absl import flags
 
+from sml_jax.models import tokens
+
 _MODEL = flags.DEFINE_string("model", "gemma3_270m", "Model name (see sml_jax.models).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Orbax checkpoint path (local or gs://); "
                                   "default: the embedded weights (gemma3_270m) or random (tiny).")
@@ -30,8 +32,8 @@ _CACHE = flags.DEFINE_integer("cache_length", None, "KV cache length (default: f
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Compute dtype.")
 _JSON = flags.DEFINE_bool("json", False, "Print a JSON list of completions as the last line.")
 
-# gm.text.Sampler's end tokens: <eos>, <end_of_turn>, and the tool-response marker.
-STOP_TOKENS = (1, 106, 50)
+# gm.text.Sampler's end tokens: <eos>, <end_of_turn>, and the tool-response marker (id 50).
+STOP_TOKENS = (tokens.EOS_ID, tokens.END_OF_TURN_ID, 50)
 
 
 def generate_texts(model_name: str, prompts: list[str], *, checkpoint: str | None = None,

@@ -49,7 +49,7 @@ def test_first_ppo_inner_step_is_on_policy(temperature, top_k):
   state = trainer.start_stage(trainer.initial_state())
   stage = rollout.RLStage(rl_spec)
   problems, seed = stage.problems(exp, step=0, stage_index=3)
-  got = stage.collect(exp, state, problems, seed, first_problem=0)
+  got = stage.collect(exp, exp.sampling_params(state), problems, seed, first_problem=0)
   # The random-init tiny model never solves a problem, so every group's rewards are equal; give
   # one conversation per group a reward to get non-zero advantages (the ratio does not depend on
   # the rewards, only on the sampler's and the train step's log-probs).
@@ -116,7 +116,7 @@ def test_rl_update_with_signal_moves_rewarded_turns_up(tmp_path):
   stage = rollout.RLStage(rl_spec)
   for step in range(10):   # The first step whose groups carry a signal.
     problems, seed = stage.problems(exp, step=step, stage_index=1)
-    got = stage.collect(exp, state, problems, seed, first_problem=0)
+    got = stage.collect(exp, exp.sampling_params(state), problems, seed, first_problem=0)
     exs, adv = examples.rl_examples(got.conversations, rl_spec.group_size, rl_spec.adv_eps)
     if exs:
       break

@@ -213,15 +213,16 @@ def multi_turn(args, model, params, tokenizer, arch, n_params, hw) -> dict:
   import jax.numpy as jnp
   import numpy as np
   from sml_jax.bench import hardware
+  from sml_jax.models import tokens as ids
   from sml_jax.sampling import Sampler
 
   dtype = jnp.dtype(args.dtype)
   b = args.mt_batch
   sampler = Sampler(model, cache_length=args.mt_cache_length, dtype=dtype, stop_tokens=())
-  head = lambda role: [105] + list(tokenizer.encode(f"{role}\n"))
-  tail = [106] + list(tokenizer.encode("\n"))
+  head = lambda role: [ids.START_OF_TURN_ID] + list(tokenizer.encode(f"{role}\n"))
+  tail = [ids.END_OF_TURN_ID] + list(tokenizer.encode("\n"))
   problems = [PROMPTS[i % len(PROMPTS)] for i in range(b)]
-  student = [[2] + head("user") + list(tokenizer.encode(p)) + tail + head("model")
+  student = [[ids.BOS_ID] + head("user") + list(tokenizer.encode(p)) + tail + head("model")
              for p in problems]
   secret = list(tokenizer.encode("You are the teacher. The reference answer is 42. Guide the "
                                  "student without revealing it.\n\n"))

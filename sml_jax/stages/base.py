@@ -99,8 +99,11 @@ class TrainingStage:
   def kind(self) -> str:
     return self.spec.kind
 
-  def collect(self, exp, state, problems, seed: int, first_problem: int) -> Collected:
-    """This host's `problems` (starting at `first_problem` of the step's list) -> examples."""
+  samples = True     # Rolls out with the student's current params (SFT on references: False).
+
+  def collect(self, exp, params, problems, seed: int, first_problem: int) -> Collected:
+    """This host's `problems` (starting at `first_problem` of the step's list) -> examples.
+    `params`: the student's current params on the rollout mesh (None if not `samples`)."""
     raise NotImplementedError
 
   def problems(self, exp, step: int, stage_index: int):
@@ -118,7 +121,10 @@ class TrainingStage:
       print(f"[host {jax.process_index()}/{jax.process_count()}] "
             f"{self.spec.name} step {step}: problems {lo}..{hi - 1} of {len(problems)}", flush=True)
     t0 = time.time()
-    got = (self.collect(exp, state, problems[lo:hi], seed, first_problem=lo) if hi > lo
+    # On every host, even one without problems: moving the params to the rollout mesh is a
+    # collective on several hosts.
+    params = exp.sampling_params(state) if self.samples else None
+    got = (self.collect(exp, params, problems[lo:hi], seed, first_problem=lo) if hi > lo
            else Collected([], [], {}))
     convs = distributed.gather_json([transcript(c) for c in got.conversations])
     t1 = time.time()

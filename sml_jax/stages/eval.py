@@ -60,9 +60,11 @@ class EvalStage:
       print(f"[{stage}] {entry.name}: already evaluated (resume), skipping", flush=True)
       return None
     task = exp.tasks.task(entry.name, entry.kwargs)
-    problems = task.problems(ev.split, limit=ev.num_problems, seed=exp.spec.seed)
-    runner = exp.episodes(max_turns=ev.max_turns, teacher=ev.teacher, temperature=ev.temperature,
-                          qprime_q=0.0)
+    problems = task.problems(ev.split, limit=ev.num_problems or None, seed=exp.spec.seed)
+    # This entry's problems are verified by the task built with this entry's arguments.
+    lookup = lambda name: task if name == entry.name else exp.tasks.task(name)
+    runner = exp.episodes(task_lookup=lookup, max_turns=ev.max_turns, teacher=ev.teacher,
+                          temperature=ev.temperature, qprime_q=0.0)
     primary = distributed.is_primary()
     t0 = time.time()
     starts = range(0, len(problems), ev.batch_size)

@@ -27,9 +27,9 @@ class RolloutStage(TrainingStage):
   def to_examples(self, convs):
     raise NotImplementedError
 
-  def collect(self, exp, state, problems, seed: int, first_problem: int) -> Collected:
+  def collect(self, exp, params, problems, seed: int, first_problem: int) -> Collected:
     runner = exp.episodes() if self.qprime else exp.episodes(qprime_q=0.0)
-    convs = runner.run(problems, exp.sampling_params(state), exp.teacher.params, seed=seed,
+    convs = runner.run(problems, params, exp.teacher.params, seed=seed,
                        repeats=self.rollouts, first_row=first_problem * self.rollouts)
     return Collected(self.to_examples(convs), convs,
                      {f"time_{k}_s": v for k, v in runner.seconds.items()})

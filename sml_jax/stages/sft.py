@@ -9,8 +9,9 @@ from sml_jax.stages.base import Collected, TrainingStage
 
 
 class SFTStage(TrainingStage):
+  samples = False
 
-  def collect(self, exp, state, problems, seed: int, first_problem: int) -> Collected:
-    del state, seed, first_problem  # Nothing is sampled.
+  def collect(self, exp, params, problems, seed: int, first_problem: int) -> Collected:
+    del params, seed, first_problem  # Nothing is sampled.
     return Collected(examples.reference_examples(problems, exp.tokenizer,
                                                  exp.spec.dialogue.fewshot), [], {})

@@ -13,6 +13,5 @@
 
 Formulas: `losses.py` (per-token losses, normalisers), `logprobs.py` (fused unembedding).
 Token ids and roles come from `sml_jax.models.tokens`; nothing here imports `sml_jax.dialogue`.
-`loop.py` and `rollouts.py` (conversations -> examples) sit above the dialogue layer: they are
-stage code kept here for now (see the layer table in `tests/test_layers.py`).
+The stage loop and conversations -> examples live above the dialogue layer, in `sml_jax/stages/`.
 """
