@@ -9,7 +9,8 @@ teach):
   * the strict reward: only an anchored answer (`Final answer: N`) counts;
   * rollouts sampled at temperature 0.7 over the 40 most likely tokens (at 1.0 over the whole
     262k vocabulary a third of the base model's turns drift into mixed-script text); the train
-    step scores tokens at that temperature, so GRPO stays on-policy;
+    step scores tokens at that temperature, so GRPO stays on-policy; student turns end at their
+    first line break (a one-line answer format: what the base model writes after it is noise);
   * small sums, differences and products (arithmetic level 2, "What is 12 * 4?"): the base model
     solves some at once and gets others wrong, so rewards vary within a group and feedback has
     something to fix (on two-digit sums, level 6, the greedy base model solved none of 64 within
@@ -31,7 +32,8 @@ def get_config():
   c.sampler.cache_length = 1024
   c.curricula.math = curriculum(("arithmetic", 1.0, {"difficulty": 2}))
   c.dialogue.update({"max_turns": 4, "student_max_tokens": 40, "teacher_max_tokens": 32,
-                     "temperature": 0.7, "top_k": 40, "teacher": "hint", "qprime_q": 0.0})
+                     "temperature": 0.7, "top_k": 40, "teacher": "hint", "qprime_q": 0.0,
+                     "student_line_stop": True})
   c.train.max_len = 768
   c.train.micro_batch_size = 4      # 4 x 768 tokens per micro-batch: a few GB of activations
   c.train.checkpoint_every = 2

@@ -102,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
       "teacher_max_tokens": 96, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
       "teacher_temperature": 0.0, "leak_policy": "redact", "qprime_q": 0.75, "qprime_max_tokens": 64,
       "qprime_writer": "model", "fewshot": True,
+      "student_line_stop": False,   # student turns end at their first line break
   })
   c.curricula = ml_collections.ConfigDict({
       "math": curriculum(("gsm8k", 1.0)),

@@ -59,6 +59,9 @@ class DialogueConfig:
   qprime_writer: str = "model"     # who writes Q-priming questions: "model" | "template"
   fewshot: bool = True             # in-context demonstrations of the dialogue format (Role.DEMO)
   cut_turns: bool = True           # end turns where their text ends (see turn_end.py)
+  # Student turns end at their first line break (one-line answer formats, e.g. arithmetic): a
+  # base model that has not answered by then drifts into unrelated, often mixed-script, lines.
+  student_line_stop: bool = False
 
   def __post_init__(self):
     if self.max_turns < 1:
@@ -216,9 +219,10 @@ class _Episode:
 
   def _student_turn(self, rows: list[int], t: int) -> None:
     cfg = self.cfg
-    sampled = self.student.sample(rows, seed=rng.stream(self.seed, "student", turn=t),
-                                  max_new_tokens=cfg.student_max_tokens,
-                                  temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    sampled = self.student.sample(
+        rows, seed=rng.stream(self.seed, "student", turn=t), max_new_tokens=cfg.student_max_tokens,
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+        line_stop=turn_end.line_stop(self.tok) if cfg.student_line_stop else None)
     self.student.drop_tails({i: self._add_student_turn(self.convs[i], s)
                              for i, s in sampled.items()})
 
