@@ -37,7 +37,7 @@ def get_config():
   c.train.max_len = 768
   c.train.micro_batch_size = 4      # 4 x 768 tokens per micro-batch: a few GB of activations
   c.train.checkpoint_every = 2
-  c.rl.update({"steps": 3, "learning_rate": 1e-4, "problems_per_step": 3, "group_size": 8,
+  c.rl.update({"steps": 3, "learning_rate": 1e-4, "problems_per_step": 4, "group_size": 8,
                "curriculum": "math"})
   c.eval.update({"tasks": "arithmetic", "num_problems": 48, "max_turns": 4, "teacher": "hint",
                  "split": "eval", "batch_size": 48})
