@@ -34,7 +34,9 @@ GOLDEN = REPO / "tests" / "golden"
 
 RUNS = {
     "scripted": ["--config.stages=eval_before,sft,offline_sml,qprime_sft,rl,eval_after"],
-    "llm": ["--config.stages=eval_before,qprime_sft,rl,eval_after",
+    # sft moves the params (the random-init tiny model never attempts an answer under the strict
+    # reader, so Q-priming and RL carry no update on their own).
+    "llm": ["--config.stages=eval_before,sft,qprime_sft,rl,eval_after", "--config.sft.steps=1",
             "--config.dialogue.teacher=llm", "--config.dialogue.leak_policy=resample",
             "--config.dialogue.teacher_temperature=0.5", "--config.eval.teacher=llm",
             "--config.rl.steps=2", "--config.qprime_sft.steps=1"],
