@@ -98,9 +98,10 @@ def test_report_table_plots_and_viewer(tmp_path):
   row1 = next(line for line in table.splitlines() if "single-turn accuracy" in line)
   cells = [c.strip() for c in row1.strip("|").split("|")]
   assert cells[0] == "gsm8k" and cells[2].startswith("0.250 [") and cells[3].startswith("0.750 [")
-  assert cells[4] == "+0.500"
+  # Paired over the 4 problems: p1, p2 gained at turn 1; p3 (solved at turn 3 before) lost by turn 4.
+  assert cells[4].startswith("+0.500 [") and cells[4].endswith("(2 up, 0 down)")
   row4 = next(line for line in table.splitlines() if "success by turn 4" in line)
-  assert "0.500 [" in row4 and "0.750 [" in row4 and "+0.250" in row4
+  assert "0.500 [" in row4 and "0.750 [" in row4 and "+0.250 [" in row4 and "(2 up, 1 down)" in row4
   assert "mean turns to success | 2.000 [" in table                     # before: (1 + 3) / 2
   assert "premature" not in table                                       # undefined: row dropped
   assert "well-formed" not in table and "out of context" not in table   # not measured: dropped
@@ -208,3 +209,36 @@ def test_training_plot_shows_well_formed_rate(tmp_path):
                                                    "well_formed_rate"]
   assert plots.plot_training(log, str(tmp_path / "t.png"))
   assert_png(tmp_path / "t.png")
+
+
+def test_paired_deltas_match_by_problem_and_are_tighter_than_unpaired():
+  from sml_jax.evaluation import paired
+  # 40 problems; the same 20 are hard in both evals; training solves 6 more (at turn 1), loses 1.
+  before = [conv(f"p{i}", 1 if i < 20 else None) for i in range(40)]
+  after = [conv(f"p{i}", 1 if (i < 19 or 20 <= i < 26) else None) for i in range(40)]
+  after.append(conv("only_after", 1))                      # unmatched: left out
+  d = paired.paired_deltas(before, after, max_k=4)
+  assert d.num_problems == 40
+  s1 = d.success_at_turn[0]
+  assert s1.delta == pytest.approx(5 / 40) and (s1.gained, s1.lost) == (6, 1)
+  assert s1.ci[0] < s1.delta < s1.ci[1]
+  # The unpaired CIs of the two rates overlap, while the paired CI of the gain excludes 0.
+  mb = evaluation.compute_metrics(before, 4)
+  ma = evaluation.compute_metrics(after[:40], 4)
+  assert mb["success_at_turn_ci"][0][1] > ma["success_at_turn_ci"][0][0]
+  assert s1.ci[0] > 0
+  assert d.mean_reward.delta == pytest.approx(5 / 40)
+  with pytest.raises(ValueError, match="share no"):
+    paired.paired_deltas(before[:1], [conv("other", 1)])
+
+
+def test_pick_pair_prefers_a_problem_training_changed():
+  from sml_jax.evaluation import paired
+  before = [conv("a", 1), conv("b", None), conv("c", 2)]
+  after = [conv("a", 1), conv("b", 2), conv("c", None)]
+  b, a = paired.pick_pair(before, after)
+  assert b["problem_id"] == a["problem_id"] == "b"
+  b, a = paired.pick_pair(before[2:], after[2:])           # only a loss: shown, not hidden
+  assert (b["solved"], a["solved"]) == (True, False)
+  text = paired.format_dialogue(a)
+  assert text.splitlines()[0].strip().startswith("user: Problem c") and "not solved" in text

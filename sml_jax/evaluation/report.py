@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from sml_jax.evaluation import metrics as metrics_lib
+from sml_jax.evaluation import paired as paired_lib
 from sml_jax.evaluation import plots
 from sml_jax.evaluation import store
 from sml_jax.evaluation import viewer
@@ -81,16 +82,35 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   return "\n".join("| " + " | ".join(r) + " |" for r in lines)
 
 
-def before_after_table(evals: dict[str, dict], pairs, show_k: Sequence[int] = SHOW_K) -> str:
-  """Markdown: one row per (eval pair, metric); before, after (95% CI) and after - before."""
+def _paired_cell(d, key: str, k: int | None) -> str | None:
+  """"+0.125 [+0.042, +0.229] (6 up, 0 down)" from a paired bootstrap, for the metrics that are
+  per-problem outcomes; None for the others (pooled turn rates: their Δ stays unpaired)."""
+  if d is None:
+    return None
+  st = {"success_at_turn": d.success_at_turn[k - 1] if k and k <= len(d.success_at_turn) else None,
+        "success_rate": d.success, "mean_reward": d.mean_reward}.get(key)
+  if st is None:
+    return None
+  ci = f" [{st.ci[0]:+.3f}, {st.ci[1]:+.3f}]" if st.ci else ""
+  return f"{st.delta:+.3f}{ci} ({st.gained} up, {st.lost} down)"
+
+
+def before_after_table(evals: dict[str, dict], pairs, show_k: Sequence[int] = SHOW_K,
+                       paired: dict | None = None) -> str:
+  """Markdown: one row per (eval pair, metric); before, after (95% CI) and after - before.
+
+  paired: eval name x -> `paired.PairedDeltas`; where given, success and reward rows show the
+  paired 95% CI of the difference (bootstrap over the problems both evals share)."""
   rows = []
   for x, b, a in pairs:
     mb, ma = evals[b], evals[a]
     for label, key, kind, k in _rows([mb, ma], show_k):
       vb, va = _value(mb, key, k), _value(ma, key, k)
-      delta = f"{va - vb:+.{_DIGITS[kind]}f}" if vb is not None and va is not None else "–"
+      delta = _paired_cell((paired or {}).get(x), key, k)
+      if delta is None:
+        delta = f"{va - vb:+.{_DIGITS[kind]}f}" if vb is not None and va is not None else "–"
       rows.append([x, label, _cell(mb, key, kind, k), _cell(ma, key, kind, k), delta])
-  return _md_table(["eval", "metric", "before", "after", "Δ after − before"], rows)
+  return _md_table(["eval", "metric", "before", "after", "Δ after − before [paired 95% CI]"], rows)
 
 
 def evals_table(evals: dict[str, dict], names: Sequence[str], show_k: Sequence[int] = SHOW_K) -> str:
@@ -131,6 +151,19 @@ def _extras(m: dict, metric_keys: set[str]) -> str:
   return ", ".join(f"{k}={m[k]}" for k in m if k not in metric_keys) or "–"
 
 
+def example_pair_text(workdir: str) -> str:
+  """One held-out problem before and after training, as console text ("" with no before/after
+  pair): a problem whose outcome training changed, if any (`paired.pick_pair`)."""
+  evals = store.read_evals(workdir)
+  for x, b, a in store.pair_names(list(evals))[0]:
+    pair = paired_lib.pick_pair(store.read_transcripts(workdir, b), store.read_transcripts(workdir, a))
+    if pair is not None:
+      return (f"The same held-out problem ({x}, {pair[0]['problem_id']}) before and after training:\n"
+              f"before:\n{paired_lib.format_dialogue(pair[0])}\n"
+              f"after:\n{paired_lib.format_dialogue(pair[1])}")
+  return ""
+
+
 def write_report(workdir: str, *, show_k: Sequence[int] = SHOW_K, max_viewer_items: int = 100) -> str:
   """Writes report.md, the PNGs and transcripts.html into `workdir`; returns the eval table(s)."""
   if not os.path.isdir(workdir):
@@ -141,9 +174,17 @@ def write_report(workdir: str, *, show_k: Sequence[int] = SHOW_K, max_viewer_ite
   join = lambda name: os.path.join(workdir, name)
   metric_keys = set(metrics_lib.compute_metrics([])) | {"name"}
 
+  transcripts = {n: store.read_transcripts(workdir, n) for n in evals}
+  paired = {}
+  for x, b, a in pairs:
+    try:
+      paired[x] = paired_lib.paired_deltas(transcripts[b], transcripts[a],
+                                           max(evals[b].get("max_k") or 1, evals[a].get("max_k") or 1))
+    except ValueError:   # no shared problems (or no transcripts): the unpaired Δ stays
+      pass
   tables = []
   if pairs:
-    tables.append(before_after_table(evals, pairs, show_k))
+    tables.append(before_after_table(evals, pairs, show_k, paired))
   if singles:
     tables.append(evals_table(evals, singles, show_k))
   table_text = "\n\n".join(tables) if tables else "(no evaluations found in eval/)"
@@ -156,9 +197,8 @@ def write_report(workdir: str, *, show_k: Sequence[int] = SHOW_K, max_viewer_ite
   for name, written in pngs.items():  # a plot from an earlier run would no longer match the report
     if not written and os.path.exists(join(name)):
       os.remove(join(name))
-  sections = [(x, [(b, store.read_transcripts(workdir, b)), (a, store.read_transcripts(workdir, a))])
-              for x, b, a in pairs]
-  sections += [(s, [(s, store.read_transcripts(workdir, s))]) for s in singles]
+  sections = [(x, [(b, transcripts[b]), (a, transcripts[a])]) for x, b, a in pairs]
+  sections += [(s, [(s, transcripts[s])]) for s in singles]
   with open(join("transcripts.html"), "w", encoding="utf-8") as f:
     f.write(viewer.render_page(sections, max_viewer_items))
 

@@ -19,6 +19,7 @@ import os
 import time
 
 from sml_jax import evaluation
+from sml_jax.evaluation import report
 from sml_jax.experiment import Experiment
 from sml_jax.parallel import distributed
 from sml_jax.spec import RunSpec
@@ -85,6 +86,9 @@ def run(spec: RunSpec, workdir: str, config_json: str | None = None) -> None:
     return
   table = evaluation.write_report(workdir)
   print("\n" + table)
+  example = report.example_pair_text(workdir)
+  if example:
+    print("\n" + example)
   print(f"\nReport: {os.path.join(workdir, 'report.md')}  |  transcripts: "
         f"{os.path.join(workdir, 'transcripts.html')}  |  total {time.time() - t_start:.0f} s",
         flush=True)
