@@ -155,3 +155,19 @@ def test_demo_copy_and_well_formed():
                                "math")
   assert quality.well_formed("```python\ndef f():\n    return 1\n```", "code")
   assert not quality.well_formed("def f(): return 1", "code")
+
+
+def test_a_restated_problem_is_not_a_question():
+  # Seen from the base 270M on gsm_symbolic (eval split): it copies the problem, question mark and all.
+  statement = ("The area of David's rectangular office is 2277 square feet. If the length of his "
+               "room is 11 yards, what is the perimeter of the room in feet?")
+  echo = ("The area of David's rectangular office is 2277 square feet. If the length of his room "
+          "is 11 yards, what is the perimeter of the room in feet?")
+  assert quality.is_echo(echo, statement)
+  assert not quality.well_formed(echo, "math", statement)
+  assert quality.well_formed(echo, "math")                # without the statement it reads as a question
+  asked = "Is the length 11 yards the same as 33 feet?"
+  assert not quality.is_echo(asked, statement) and quality.well_formed(asked, "math", statement)
+  # An anchored attempt that restates the problem first is still an attempt.
+  assert quality.well_formed(echo + " 2277 / 33 = 69. Final answer: 204", "math", statement)
+  assert not quality.is_echo("What is the perimeter?", statement)   # too short to call a copy

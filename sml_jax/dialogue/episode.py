@@ -261,9 +261,9 @@ class _Episode:
   def _quality_flags(self, i: int, text: str, verdict: Verdict,
                      extra_demo_lines: tuple[str, ...] = ()) -> dict[str, bool]:
     """The dialogue-quality flags of a student turn of conversation i (metrics aggregate them)."""
-    domain = self.convs[i].problem.domain
+    problem = self.convs[i].problem
     return {"format_failure": bool(verdict.format_failure),
-            "well_formed": quality.well_formed(text, domain),
+            "well_formed": quality.well_formed(text, problem.domain, problem.statement),
             "demo_copy": quality.is_demo_copy(text, self.demo_lines[i] + extra_demo_lines)}
 
   def _score(self, rows: list[int], verdicts: dict[int, Verdict], t: int) -> None:
@@ -275,6 +275,8 @@ class _Episode:
       c, v = self.convs[i], verdicts[i]
       turn = c.turns[-1]
       kind = self.r.classify_turn(turn.text, v.attempted)
+      if kind == "question" and quality.is_echo(turn.text, c.problem.statement):
+        kind = "other"   # a restated problem asks the teacher nothing (question_rate, claim e)
       premature = bool(v.attempted and c.problem.underspecified
                        and c.shards_revealed < len(c.problem.shards))
       turn.flags = {"attempt": kind == "attempt", "question": kind == "question",

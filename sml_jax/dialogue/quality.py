@@ -50,13 +50,29 @@ def mixed_script(text: str) -> bool:
   return len(scripts(text)) > 1
 
 
-def well_formed(turn_text: str, domain: str) -> bool:
+def is_echo(text: str, statement: str, n: int = 3, min_words: int = 6,
+            threshold: float = 0.6) -> bool:
+  """True if `text` mostly copies the problem statement: at least `threshold` of its word
+  n-grams occur in `statement` (case and punctuation ignored; turns under `min_words` words never
+  count). The base 270M often restates the problem, ending on its question mark: that is neither
+  a question about the problem nor an attempt."""
+  words = _normalize(text).split()
+  if len(words) < min_words:
+    return False
+  grams = {tuple(words[j:j + n]) for j in range(len(words) - n + 1)}
+  ref = _normalize(statement).split()
+  ref_grams = {tuple(ref[j:j + n]) for j in range(len(ref) - n + 1)}
+  return len(grams & ref_grams) >= threshold * len(grams)
+
+
+def well_formed(turn_text: str, domain: str, statement: str = "") -> bool:
   """A student turn that is an anchored answer attempt (math: "Final answer: X" / \\boxed{X};
-  code: a ```python block) or a question, in one writing system. For `well_formed_rate`."""
+  code: a ```python block) or a question about the problem (not a restatement of `statement`,
+  `is_echo`), in one writing system. For `well_formed_rate`."""
   if not turn_text or not turn_text.strip() or mixed_script(turn_text):
     return False
   if domain == "math":
     answered = math_answers.extract_answer(turn_text) is not None
   else:
     answered = re.search(r"```[\w+-]*\n.*?```", turn_text, re.S) is not None
-  return answered or turns.is_question(turn_text)
+  return answered or (turns.is_question(turn_text) and not is_echo(turn_text, statement))
