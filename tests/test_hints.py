@@ -171,3 +171,32 @@ def test_a_restated_problem_is_not_a_question():
   # An anchored attempt that restates the problem first is still an attempt.
   assert quality.well_formed(echo + " 2277 / 33 = 69. Final answer: 204", "math", statement)
   assert not quality.is_echo("What is the perimeter?", statement)   # too short to call a copy
+
+
+@pytest.mark.parametrize("expression,must_have", [
+    ("55 * 13", ("550", "55 * 3")),      # split the two-digit factor: 55 * 10, then 55 * 3
+    ("7 * 24", ("20", "7 * 4")),
+    ("30 * 4", ("3 * 4 = 12", "multiply by 10")),
+])
+def test_multiplication_hint_splits_a_two_digit_factor(expression, must_have):
+  answer = str(eval(expression))  # noqa: S307 (a test constant)
+  p = Problem(id="m", task="arithmetic", domain="math", statement=f"What is {expression}?",
+              privileged=f"{expression} = {answer}", answer=answer, meta={"expression": expression})
+  for seed in range(6):
+    h = hints.expression_hint(p, random.Random(seed))
+    assert all(x in h for x in must_have) or "Multiply in two parts" in h, h
+    assert answer not in h.replace(",", "")
+    assert not hints.math_answers.answer_leaked(p, h)
+
+
+def test_a_paraphrased_demo_question_is_a_demo_copy():
+  demo_lines = [t for _, t in prompts.STUDENT_DEMOS["math"]]
+  # Seen in the demo's RL rollouts on sums: the demo's apple question with two words changed.
+  assert quality.is_demo_copy("How many more apples did Tom have at the end?", demo_lines,
+                              statement="What is 5 + 10?")
+  # Words the student takes from its own problem do not count towards a copy.
+  statement = "Tom has 8 apples and did not have any at the start. He buys 4. How many now?"
+  assert not quality.is_demo_copy("Did Tom have any apples at the start?", demo_lines,
+                                  statement=statement)
+  assert not quality.is_demo_copy("5 + 10 = 15. Final answer: 15", demo_lines,
+                                  statement="What is 5 + 10?")

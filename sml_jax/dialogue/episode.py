@@ -264,7 +264,8 @@ class _Episode:
     problem = self.convs[i].problem
     return {"format_failure": bool(verdict.format_failure),
             "well_formed": quality.well_formed(text, problem.domain, problem.statement),
-            "demo_copy": quality.is_demo_copy(text, self.demo_lines[i] + extra_demo_lines)}
+            "demo_copy": quality.is_demo_copy(text, self.demo_lines[i] + extra_demo_lines,
+                                              statement=problem.statement)}
 
   def _score(self, rows: list[int], verdicts: dict[int, Verdict], t: int) -> None:
     """Flags each student turn and marks solved conversations; Q-priming replaces a failed

@@ -240,6 +240,16 @@ def expression_hint(problem: Problem, rng) -> str | None:
   if op == "-":
     return rng.choice((f"Start at {a} and count down {b}, one at a time.",
                        f"Count back {b} step{'s' if b != 1 else ''} from {a}."))
+  if op == "*" and max(a, b) >= 10 and min(a, b) >= 2:
+    big, small = (b, a) if b >= 10 else (a, b)       # split the two-digit factor into tens + ones
+    tens, ones = divmod(big, 10)
+    if ones == 0:
+      return f"Work out {tens} * {small} = {tens * small} first, then multiply by 10."
+    return rng.choice((
+        f"Split {big} into {tens * 10} + {ones}: {small} * {tens * 10} = {tens * 10 * small}, "
+        f"then add {small} * {ones}.",
+        f"Multiply in two parts: {small} * {tens * 10} = {small * tens * 10}, and "
+        f"{small} * {ones} = {small * ones}."))
   if op == "*":
     return rng.choice((f"{a} * {b} means adding {a} to itself {b} times.",
                        f"Think of {b} groups of {a}."))

@@ -20,16 +20,29 @@ def _normalize(text: str) -> str:
   return " ".join(re.sub(r"[^\w\s+\-*/=]", " ", text.lower()).split())
 
 
-def is_demo_copy(text: str, demo_lines: Sequence[str], min_words: int = 3) -> bool:
-  """True if `text` reproduces a line of an in-context demonstration: some demo line of at least
-  `min_words` words appears in it (case, punctuation and spacing ignored). For `demo_copy_rate`."""
+def _grams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
+  return {tuple(words[j:j + n]) for j in range(len(words) - n + 1)}
+
+
+def is_demo_copy(text: str, demo_lines: Sequence[str], min_words: int = 3, statement: str = "",
+                 near: float = 0.5, n: int = 3) -> bool:
+  """True if `text` reproduces a line of an in-context demonstration. For `demo_copy_rate`.
+
+  Exact: some demo line of at least `min_words` words appears in it (case, punctuation and
+  spacing ignored). Near: at least `near` of the turn's word n-grams come from one demo line and
+  not from the problem `statement` ("How many more apples did Tom have at the end?" on "What is
+  5 + 10?" paraphrases the demo's "How many apples did Tom have at the start?")."""
   norm = _normalize(text)
   if not norm:
     return False
+  words = norm.split()
+  grams = _grams(words, n) - _grams(_normalize(statement).split(), n)
   for demo in demo_lines:
     for line in demo.splitlines():
       d = _normalize(line)
       if len(d.split()) >= min_words and d in norm:
+        return True
+      if len(words) >= 2 * n and grams and len(grams & _grams(d.split(), n)) >= near * len(_grams(words, n)):
         return True
   return False
 
@@ -59,10 +72,8 @@ def is_echo(text: str, statement: str, n: int = 3, min_words: int = 6,
   words = _normalize(text).split()
   if len(words) < min_words:
     return False
-  grams = {tuple(words[j:j + n]) for j in range(len(words) - n + 1)}
-  ref = _normalize(statement).split()
-  ref_grams = {tuple(ref[j:j + n]) for j in range(len(ref) - n + 1)}
-  return len(grams & ref_grams) >= threshold * len(grams)
+  grams = _grams(words, n)
+  return len(grams & _grams(_normalize(statement).split(), n)) >= threshold * len(grams)
 
 
 def well_formed(turn_text: str, domain: str, statement: str = "") -> bool:
