@@ -48,6 +48,9 @@ STUDENT_DEMOS = {
         ("model", "How many apples did Tom have at the start?"),
         ("user", "He had 3 apples."),
         ("model", "3 + 2 = 5. Final answer: 5"),
+        ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nA box holds 4 pens. Sara fills 3 boxes and "
+         "gives away 5 pens. How many pens does she have left?"),
+        ("model", "3 * 4 = 12 pens, and 12 - 5 = 7. Final answer: 7"),
     ),
     "code": (
         ("user", STUDENT_INSTRUCTIONS["code"] + "\n\nWrite a function add(a, b) that returns the sum "
