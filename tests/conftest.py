@@ -42,6 +42,21 @@ def run_with_devices(code: str, num_devices: int = 8, timeout: float = 600) -> s
   return proc.stdout
 
 
+# Start-up lines of TF / absl / CUDA that no CLI may print (see sml_jax/quiet.py).
+NOISE_MARKERS = ("oneDNN custom operations", "Could not find cuda drivers", "cuInit", "E0000",
+                 "WARNING: All log messages before absl::InitializeLog")
+
+
+def check_quiet(text: str) -> None:
+  for marker in NOISE_MARKERS:
+    assert marker not in text, f"start-up noise {marker!r} on the console:\n{text[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def assert_quiet():
+  return check_quiet
+
+
 @pytest.fixture(scope="session")
 def fake_devices():
   return run_with_devices

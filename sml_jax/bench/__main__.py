@@ -7,10 +7,13 @@
 
 import sys
 
+from sml_jax import quiet
+
 USAGE = "usage: python -m sml_jax.bench {sampler,train,rl} [--json] [options; --help per benchmark]"
 
 
 def main(argv=None) -> int:
+  quiet.install()  # Before the benchmark imports TensorFlow (through gemma).
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] in ("-h", "--help"):
     print(USAGE)

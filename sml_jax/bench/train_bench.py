@@ -204,4 +204,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+  from sml_jax import quiet  # pylint: disable=g-import-not-at-top
+  quiet.install()
   main()
