@@ -1,7 +1,7 @@
 """`python -m sml_jax.bench {sampler,train,rl} [options]`: dispatches to the benchmark's `main(argv)`.
 
-    python -m sml_jax.bench sampler [--json] [--batches=1,8]
-    python -m sml_jax.bench train [--json] ...
+    python -m sml_jax.bench sampler [--json] [--full] [--batches=1,8]   # ~5 min; --full ~20 min
+    python -m sml_jax.bench train [--json] [--full] ...                  # ~5 min
     python -m sml_jax.bench rl [--config=configs/demo.py] [--json]   # one RL iteration's time split
 """
 
