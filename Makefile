@@ -1,5 +1,6 @@
-# The two front-door commands: `make demo` and `make test`. Each (re)creates .venv from the lock
-# file when it is missing or older than the lock, then runs.
+# The two front-door commands: `make demo` and `make test` (`make test-all`, what CI runs, adds
+# the slow tests). Each (re)creates .venv from the lock file when it is missing or older than the
+# lock, then runs.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= /tmp/sml_jax_demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv bench clean-venv
+.PHONY: demo test test-all venv bench clean-venv
 
 $(STAMP): requirements/lock.txt setup.py
 	@bash scripts/make_venv.sh $(VENV)
@@ -18,8 +19,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m sml_jax.main --config=configs/demo.py --workdir=$(WORKDIR)
 
+# The quick suite: everything but the `slow` tests (real 270M runs, full data sweeps, the
+# multi-process and fake-device runs, kill/resume) and the 270M notebook.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 --nbmake tests colabs $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 -m "not slow" --nbmake tests colabs/tiny_sml_run.ipynb $(PYTEST_ARGS)
+
+# Everything, `slow` included (what CI runs).
+test-all: $(STAMP)
+	$(PY) -m pytest -q --durations=25 --nbmake tests colabs $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m sml_jax.bench sampler

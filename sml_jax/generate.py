@@ -14,7 +14,11 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app
+from sml_jax import quiet
+
+quiet.install()  # Before anything imports TensorFlow.
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 
 from sml_jax.models import tokens

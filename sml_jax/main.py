@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
+from sml_jax import quiet
+
+quiet.install()  # Before anything imports TensorFlow.
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 from ml_collections import config_flags

@@ -19,7 +19,11 @@ import math
 import os
 import sys
 
-from absl import app
+from sml_jax import quiet
+
+quiet.install()  # Before anything imports TensorFlow.
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
 

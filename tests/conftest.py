@@ -1,14 +1,37 @@
 """Shared fixtures. The real Gemma 3 270M is converted once per cache dir and shared per session."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 # Quieter TF/XLA logs in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _compilation_cache() -> None:
+  """One persistent XLA compilation cache for this session and every subprocess it starts (they
+  inherit the environment): the many `sml_jax.main` / fake-device runs compile the same tiny
+  programs, and a killed-then-resumed run recompiles what its first attempt did. A fresh
+  directory per session (removed at exit), so a run's time never depends on an earlier run;
+  SML_JAX_TEST_JAX_CACHE=DIR keeps one across sessions instead. Set before jax is imported."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  path = os.environ.get("SML_JAX_TEST_JAX_CACHE")
+  if not path:
+    path = tempfile.mkdtemp(prefix="sml_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"  # Skip trivial programs.
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+_compilation_cache()
 
 
 @pytest.fixture(scope="session")
@@ -31,17 +54,49 @@ def tiny():
   return models.build_model("tiny"), models.load_params("tiny")
 
 
-def run_with_devices(code: str, num_devices: int = 8, timeout: float = 600) -> str:
+def run_with_devices(code: str, num_devices: int = 8, timeout: float = 600,
+                     stdin: str | None = None) -> str:
   """Runs python `code` in a subprocess with `num_devices` fake CPU devices; returns stdout."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
-                        text=True, timeout=timeout)
+                        text=True, timeout=timeout, input=stdin)
   if proc.returncode:
     raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
   return proc.stdout
 
 
+# Start-up lines of TF / absl / CUDA that no CLI may print (see sml_jax/quiet.py).
+NOISE_MARKERS = ("oneDNN custom operations", "Could not find cuda drivers", "cuInit", "E0000",
+                 "WARNING: All log messages before absl::InitializeLog")
+
+
+def check_quiet(text: str) -> None:
+  for marker in NOISE_MARKERS:
+    assert marker not in text, f"start-up noise {marker!r} on the console:\n{text[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def assert_quiet():
+  return check_quiet
+
+
 @pytest.fixture(scope="session")
 def fake_devices():
   return run_with_devices
+
+
+@pytest.fixture(scope="session")
+def eight_devices():
+  """name -> stdout of that 8-fake-device program; all of them run once, in one subprocess
+  (tests/eight_devices.py). A program that failed raises here, with its traceback."""
+  from tests import eight_devices as eight  # pylint: disable=g-import-not-at-top
+  results = eight.run_all(run_with_devices)
+
+  def stdout(name: str) -> str:
+    r = results[name]
+    if not r["ok"]:
+      raise AssertionError(f"8-device program {name!r} failed:\n{r['stdout'][-2000:]}\n"
+                           f"{r['error'][-4000:]}")
+    return r["stdout"]
+  return stdout

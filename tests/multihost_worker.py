@@ -26,6 +26,7 @@ from sml_jax.parallel import distributed
 
 assert distributed.maybe_initialize(initialization_timeout=60), "expected a multi-process run"
 
+import chex
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -88,6 +89,7 @@ def main(workdir: str) -> None:
       ref, m = ref_step(ref, full)
       ref_losses.append(float(m["loss"]))
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  chex.assert_trees_all_equal_structs(state.params, ref.params)
   max_diff = 0.0
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref.params)):
     b = np.asarray(b)
@@ -101,6 +103,7 @@ def main(workdir: str) -> None:
   restored, extra = ckpt.restore(STEPS, target)
   ckpt.close()
   equal = extra["losses"] == losses
+  chex.assert_trees_all_equal_structs(state, restored)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     equal &= a.sharding == b.sharding
     for sa, sb in zip(a.addressable_shards, b.addressable_shards):

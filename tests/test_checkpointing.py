@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -23,10 +24,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _trees_equal(a, b) -> bool:
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  return (jax.tree.structure(a) == jax.tree.structure(b) and
-          all(x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))
-              for x, y in zip(la, lb)))
+  """Same structure (chex names the first differing path), shapes, dtypes and values."""
+  chex.assert_trees_all_equal_structs(a, b)
+  chex.assert_trees_all_equal_shapes_and_dtypes(a, b)
+  chex.assert_trees_all_equal(a, b, strict=True)
+  return True
 
 
 @pytest.fixture(scope="module")

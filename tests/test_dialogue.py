@@ -181,15 +181,43 @@ def test_rows_that_do_not_fit(lengths, growth, then, expected):
   assert sorted(rows_that_do_not_fit(lengths, growth, 200, then=then)) == expected
 
 
-def test_kv_cache_context_matches_history(sampler, tokenizer, tiny):
-  """The sampler's multi-turn context equals the loop's token history (no drift across turns)."""
-  _, params = tiny
+def test_kv_cache_context_matches_history(sampler, tokenizer, tiny, monkeypatch):
+  """The sampler's multi-turn context equals the loop's token history (no drift across turns):
+  at every student turn, the tokens the cache was built from are the conversation's history so
+  far, and what the model sampled from the cache (token and log-prob) is what a fresh forward
+  pass over that history gives."""
+  import jax
+  model, params = tiny
+  calls = []
+  real_sample = sampler.sample
+
+  def recording_sample(params_, state, **kw):  # The real sampler, its inputs and outputs kept.
+    history = [list(h) for h in state.history]
+    new_state, out = real_sample(params_, state, **kw)
+    calls.append((history, np.asarray(kw["active"]), out))
+    return new_state, out
+
+  monkeypatch.setattr(sampler, "sample", recording_sample)
   task = FixedVerdictTask()
   runner = _runner(sampler, tokenizer, task, max_turns=2)
   convs = runner.run([_problem(0, 0), _problem(1, 0)], params)
-  # Rebuild: a fresh prefill of each full history + one greedy token must equal continuing.
-  out = sampler.generate(params, [c.student.ids for c in convs], max_new_tokens=1)
-  assert all(len(t) == 1 for t in out.tokens)
+  assert len(calls) == 2 and all(c.solved_turn is None for c in convs)  # Two student turns each.
+  assert len(calls[1][0][0]) > len(calls[0][0][0]) + 1  # Turn 2 sees turn 1 and the feedback.
+  for history, active, out in calls:
+    assert active.tolist() == [True, True]
+    for k, conv in enumerate(convs):
+      ids = conv.student.ids
+      assert history[k] == list(ids[:len(history[k])])  # The cached context is the history.
+      generated = out.tokens[k].tolist()
+      assert generated and ids[len(history[k]):len(history[k]) + len(generated)] == generated
+      seq = jnp.asarray([history[k] + generated])
+      logits = model.apply({"params": params}, tokens=seq).logits[0].astype(jnp.float32)
+      logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))[
+          np.arange(len(history[k]) - 1, len(history[k]) + len(generated) - 1), generated]
+      np.testing.assert_allclose(out.logprobs[k], logp, atol=2e-3)
+      # Greedy: each token is the fresh forward pass's argmax.
+      positions = np.arange(len(history[k]) - 1, len(history[k]) + len(generated) - 1)
+      assert np.asarray(jnp.argmax(logits, -1))[positions].tolist() == generated
 
 
 def test_scripted_teacher_uses_verifier_only(sampler, tokenizer, tiny):

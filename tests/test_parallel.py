@@ -52,9 +52,9 @@ def test_host_slice_partitions_items_deterministically():
       distributed.host_slice([1, 2], p, c)
 
 
-_EIGHT_DEVICES = r"""
+EIGHT_DEVICE_PROGRAM = r"""
 import json
-import jax, jax.numpy as np_, numpy as np
+import chex, jax, jax.numpy as np_, numpy as np
 assert jax.device_count() == 8
 from sml_jax.dialogue import chat_format as cf
 from sml_jax.models import registry
@@ -71,7 +71,7 @@ out["order"] = [d.id for d in mesh.devices.flat] == [d.id for d in jax.devices()
 
 model, params, tok = registry.build_model("tiny"), registry.load_params("tiny"), \
     registry.load_tokenizer("tiny")
-dialogues = DIALOGUES
+from tests.test_train_step import DIALOGUES as dialogues  # The train engineer's, reused.
 exs = [batching.Example(*cf.encode_dialogue(tok, d), weight=w)
        for d, w in zip(dialogues * 2, [1.0, -0.5, 0.7, -1.2, 0.4, 0.9, -0.3, 1.1])]
 batch = batching.make_batch(exs, buckets=(64,))
@@ -97,6 +97,7 @@ emb = sharded.params["embedder"]["input_embedding"]
 out["emb_spec"] = str(emb.sharding.spec)
 out["devices"] = len(emb.sharding.device_set)
 out["losses"], out["ref_losses"] = losses, ref_losses
+chex.assert_trees_all_equal_structs(sharded.params, ref.params)
 out["max_param_diff"] = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
                             zip(jax.tree.leaves(sharded.params), jax.tree.leaves(ref.params)))
 
@@ -125,10 +126,8 @@ print(json.dumps(out))
 
 
 @pytest.mark.slow
-def test_train_step_on_2_4_1_mesh_and_planned_bytes_per_device(fake_devices):
-  from tests.test_train_step import DIALOGUES  # The train engineer's dialogues, reused.
-  out = json.loads(fake_devices(_EIGHT_DEVICES.replace("DIALOGUES", repr(DIALOGUES)),
-                                num_devices=8).strip().splitlines()[-1])
+def test_train_step_on_2_4_1_mesh_and_planned_bytes_per_device(eight_devices):
+  out = json.loads(eight_devices("train_step_2_4_1_and_plan_bytes").strip().splitlines()[-1])
   print(json.dumps(out, indent=1))
   assert out["order"]
   assert out["devices"] == 8 and out["emb_spec"] == "P('tensor', 'fsdp')"  # E over fsdp=4

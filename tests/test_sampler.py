@@ -106,16 +106,54 @@ def test_inactive_rows_generate_nothing(setup):
   assert later.tokens[3].tolist() == alone.tokens[1].tolist()
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, None, None), (0.7, None, None),
-                                                     (0.0, None, None)])
+def renormalized_logprobs(logits, generated, temperature, top_k, top_p):
+  """Log-probs of `generated` under the sampling distribution rebuilt from gemma's forward pass
+  `logits` (N, V) at the generated positions (float64, by sorting): logits / temperature,
+  restricted to the top-k tokens, then to the smallest set of most likely tokens holding `top_p`
+  of that restricted mass, renormalized. Each generated token must lie in its step's kept set."""
+  out = []
+  for row, token in zip(np.asarray(logits, np.float64), generated):
+    z = row / temperature
+    keep = np.ones(z.shape, bool)
+    if top_k:
+      keep &= z >= np.sort(z)[-top_k]
+    if top_p:
+      masked = np.where(keep, z, -np.inf)
+      order = np.argsort(-masked)
+      p = np.exp(masked[order] - masked[order[0]])
+      n = int(np.searchsorted(np.cumsum(p / p.sum()), top_p)) + 1
+      nucleus = np.zeros_like(keep)
+      nucleus[order[:n]] = True
+      keep &= nucleus
+    assert keep[token], f"token {token} sampled outside the top-k / top-p set"
+    top = z[keep].max()
+    out.append(z[token] - top - np.log(np.sum(np.exp(z[keep] - top))))
+  return np.asarray(out)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [
+    (1.0, None, None), (0.7, None, None), (0.0, None, None),
+    (0.8, 4, None), (1.0, None, 0.5), (0.7, 40, 0.9)])
 def test_logprobs_match_teacher_forcing(setup, temperature, top_k, top_p):
+  """With top-k / top-p the reference is the forward pass renormalized over the kept tokens
+  (with the full softmax the truncated log-probs would be off by the dropped mass)."""
   model, params, prompts = setup
   sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=())
   out = sampler.generate(params, prompts[:2], max_new_tokens=8, temperature=temperature,
                          top_k=top_k, top_p=top_p, seed=3)
   for i in range(2):
-    expected = forward_logprobs(model, params, prompts[i], out.tokens[i].tolist(),
-                                temperature=temperature or 1.0)
+    if top_k or top_p:
+      generated = out.tokens[i].tolist()
+      seq = jnp.asarray([prompts[i] + generated])
+      logits = model.apply({"params": params}, tokens=seq).logits[0].astype(jnp.float32)
+      logits = np.asarray(logits)[len(prompts[i]) - 1:-1]
+      expected = renormalized_logprobs(logits, generated, temperature, top_k, top_p)
+      full = np.asarray(jax.nn.log_softmax(logits / temperature, axis=-1))[
+          np.arange(len(generated)), generated]
+      assert np.all(out.logprobs[i] > full + 1e-3)  # Truncation moved mass onto what is kept.
+    else:
+      expected = forward_logprobs(model, params, prompts[i], out.tokens[i].tolist(),
+                                  temperature=temperature or 1.0)
     np.testing.assert_allclose(out.logprobs[i], expected, atol=2e-3)
 
 

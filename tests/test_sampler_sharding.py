@@ -44,8 +44,8 @@ print(json.dumps(out))
 
 
 @pytest.mark.slow
-def test_sharded_sampling_matches_one_device(fake_devices):
-  out = json.loads(fake_devices(CODE, num_devices=8, timeout=1500).strip().splitlines()[-1])
+def test_sharded_sampling_matches_one_device(eight_devices):
+  out = json.loads(eight_devices("sampler_sharding").strip().splitlines()[-1])
   single = out.pop("single")
   assert len(out) == 3
   for shape, got in out.items():

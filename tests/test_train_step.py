@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,6 +54,7 @@ def _grads(model, params, batch, cfg=tstep.TrainConfig(**F32)):
 
 
 def _max_diff(a, b):
+  chex.assert_trees_all_equal_structs(a, b)
   return max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
@@ -183,11 +185,9 @@ def test_bad_batches_and_configs(tiny):
       tstep.TrainConfig(**kwargs)
 
 
-_SHARDED_SCRIPT = textwrap.dedent("""
-    import os, sys
-    assert "jax" not in sys.modules
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    import jax, numpy as np
+# Run with the other 8-device programs in one subprocess (tests/eight_devices.py).
+SHARDED_PROGRAM = textwrap.dedent("""
+    import chex, jax, numpy as np
     from sml_jax.dialogue import chat_format as cf
     from sml_jax.models import registry
     from sml_jax.parallel.mesh import make_mesh
@@ -217,6 +217,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
       p, m, state = run(mesh, micro)
       emb = state.params["embedder"]["input_embedding"]
       assert len(emb.sharding.device_set) == 8
+      chex.assert_trees_all_equal_structs(p, rp)
       d = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(rp)))
       print("mesh", shape, "micro", micro, "max param diff", d, "loss", m["loss"], rm["loss"],
             "sharding", emb.sharding.spec)
@@ -225,19 +226,14 @@ _SHARDED_SCRIPT = textwrap.dedent("""
       for k in rm:
         assert abs(m[k] - rm[k]) <= 1e-5 * max(1.0, abs(rm[k])), (k, m[k], rm[k])
     print("OK")
-""")
+""").format(dialogues=DIALOGUES)
 
 
 @pytest.mark.slow
-def test_sharded_step_on_8_fake_devices_equals_one_device():
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  script = _SHARDED_SCRIPT.format(dialogues=DIALOGUES)
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                        timeout=900, cwd=os.path.dirname(os.path.dirname(__file__)))
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-  assert "OK" in proc.stdout
-  print(proc.stdout)
+def test_sharded_step_on_8_fake_devices_equals_one_device(eight_devices):
+  stdout = eight_devices("train_step_8_1_1_and_2_2_2")
+  assert "OK" in stdout
+  print(stdout)
 
 
 @pytest.mark.slow

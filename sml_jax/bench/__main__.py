@@ -1,16 +1,19 @@
 """`python -m sml_jax.bench {sampler,train,rl} [options]`: dispatches to the benchmark's `main(argv)`.
 
-    python -m sml_jax.bench sampler [--json] [--batches=1,8]
-    python -m sml_jax.bench train [--json] ...
+    python -m sml_jax.bench sampler [--json] [--full] [--batches=1,8]   # ~5 min; --full ~20 min
+    python -m sml_jax.bench train [--json] [--full] ...                  # ~5 min
     python -m sml_jax.bench rl [--config=configs/demo.py] [--json]   # one RL iteration's time split
 """
 
 import sys
 
+from sml_jax import quiet
+
 USAGE = "usage: python -m sml_jax.bench {sampler,train,rl} [--json] [options; --help per benchmark]"
 
 
 def main(argv=None) -> int:
+  quiet.install()  # Before the benchmark imports TensorFlow (through gemma).
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] in ("-h", "--help"):
     print(USAGE)

@@ -1,7 +1,13 @@
 """Sampler benchmark: ours vs `gm.text.Sampler` on the embedded Gemma 3 270M, plus a multi-turn
 student/teacher case and the hardware roofline.
 
-    python -m sml_jax.bench sampler [--json] [--batches=1,8] [--skip_reference_default]
+    python -m sml_jax.bench sampler [--json] [--full] [--batches=1,8] [--skip_reference_default]
+
+The default run takes about 5 minutes on 2 CPU cores: batch 32, one timed call per sampler, the
+reference at the same cache only, and a small multi-turn case (8 conversations x 2 turns).
+`--full` is the whole sweep (about 20 minutes there): batches 1, 8 and 32, best of 2, the
+reference also at its default 4,096-slot cache (the slowest part), and 32 conversations x 4
+turns. Any option given explicitly wins over either preset; the JSON keys are the same.
 
 Single turn: greedy, `--max_new_tokens` (64) new tokens per row, at each batch size; tokens/s =
 batch * max_new_tokens / wall time of one whole call (prefill included), best of `--repeats`
@@ -28,7 +34,6 @@ spent on everything else (attention, norms, sampling, prefill).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 
@@ -44,26 +49,51 @@ PROMPTS = [
 ]
 
 
+# Option -> (default, --full). The default is what a user can wait for; --full the whole sweep.
+PRESETS = {
+    "batches": ("32", "1,8,32"),
+    "repeats": (1, 2),
+    "skip_reference_default": (True, False),
+    "mt_batch": (8, 32),
+    "turns": (2, 4),
+}
+
+
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="python -m sml_jax.bench sampler", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--batches", default="1,8,32", help="Comma-separated batch sizes.")
+  p.add_argument("--full", action="store_true",
+                 help="The whole sweep (batches 1,8,32; best of 2; reference at its default "
+                 "cache too; 32 x 4-turn dialogues): about 20 min on 2 CPU cores.")
+  p.add_argument("--model", default="gemma3_270m", help="Model name (see sml_jax.models).")
+  p.add_argument("--batches", default=None, help="Comma-separated batch sizes (default 32; "
+                 "--full: 1,8,32).")
   p.add_argument("--max_new_tokens", type=int, default=64)
   p.add_argument("--cache_length", type=int, default=512,
                  help="Cache length of ours and of the same-cache reference.")
   p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-  p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--repeats", type=int, default=None, help="Timed calls after the warm-up "
+                 "(default 1; --full: 2).")
   p.add_argument("--skip_reference", action="store_true", help="No gm.text.Sampler runs.")
-  p.add_argument("--skip_reference_default", action="store_true",
-                 help="No gm.text.Sampler run at its default 4096-token cache (the slowest).")
+  p.add_argument("--skip_reference_default", action="store_true", default=None,
+                 help="No gm.text.Sampler run at its default 4096-token cache (the slowest; "
+                 "skipped unless --full).")
   p.add_argument("--skip_multi_turn", action="store_true")
-  p.add_argument("--mt_batch", type=int, default=32)
-  p.add_argument("--turns", type=int, default=4)
+  p.add_argument("--mt_batch", type=int, default=None,
+                 help="Conversations (default 8; --full: 32).")
+  p.add_argument("--turns", type=int, default=None, help="Student turns (default 2; --full: 4).")
   p.add_argument("--student_tokens", type=int, default=64)
   p.add_argument("--teacher_tokens", type=int, default=48)
   p.add_argument("--mt_cache_length", type=int, default=1024)
   p.add_argument("--json", action="store_true", help="Last line: one JSON object.")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  for name, (quick, full) in PRESETS.items():
+    if getattr(args, name) is None:
+      setattr(args, name, full if args.full else quick)
+  for name in ("repeats", "mt_batch", "turns", "max_new_tokens", "cache_length"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name} must be >= 1")
+  return args
 
 
 def _best(fn, repeats, cpu_out=None):
@@ -101,8 +131,8 @@ def matmul_only_seconds(arch, params, batch: int, dtype, repeats: int = 3) -> fl
   from sml_jax.sampling import decode
   from sml_jax.sampling import forward as fwd
 
-  @functools.partial(jax.jit, static_argnums=2)
-  def steps(params, x, n):
+  @jax.jit
+  def steps(params, x, n):                     # n traced: one compile serves both lengths
     layout = decode.prepare_params(arch, params, dtype)
     ffw = layout["layer_0"]["wl"].shape[0]
 
@@ -121,6 +151,7 @@ def matmul_only_seconds(arch, params, batch: int, dtype, repeats: int = 3) -> fl
   x = jnp.full((batch, arch.embed_dim), 0.01, dtype)
 
   def best(n):
+    n = jnp.int32(n)
     return _best(lambda: jax.block_until_ready(steps(params, x, n)), repeats)
   return max(best(40) - best(8), 1e-9) / 32
 
@@ -141,16 +172,17 @@ def run(args) -> dict:
   print("measuring hardware ...", flush=True)
   hw = hardware.measure()
   print("  " + hardware.describe(hw), flush=True)
-  tokenizer = models.load_tokenizer("gemma3_270m")
-  model = models.build_model("gemma3_270m", dtype=dtype)
-  params = models.load_params("gemma3_270m", dtype=dtype)
+  tokenizer = models.load_tokenizer(args.model)
+  model = models.build_model(args.model, dtype=dtype)
+  params = models.load_params(args.model, dtype=dtype)
   arch = fwd.Arch.from_model(model)
   n_params = sum(int(x.size) for x in jax.tree.leaves(params))
   results = {"ours_tok_s": {}, "reference_tok_s": {}, "reference_default_tok_s": {},
              "ours_cpu_s": {}, "reference_cpu_s": {},
              "roofline_fraction": {}, "ceiling_tok_s": {}, "reference_tokens_generated": {},
              "matmul_only_tok_s": {}, "matmul_only_fraction": {},
-             "dtype": args.dtype, "max_new_tokens": n, "cache_length": args.cache_length,
+             "model": args.model, "full": args.full, "dtype": args.dtype, "max_new_tokens": n,
+             "cache_length": args.cache_length,
              "hardware": hw, "n_params": n_params}
 
   ours = Sampler(model, cache_length=args.cache_length, dtype=dtype, stop_tokens=())

@@ -9,10 +9,12 @@ import argparse
 import json
 import sys
 
+from sml_jax import quiet
 from sml_jax.sandbox import bwrap, runner
 
 
 def main(argv=None) -> int:
+  quiet.install()
   parser = argparse.ArgumentParser(prog="python -m sml_jax.sandbox", description=__doc__.split("\n")[0])
   parser.add_argument("file", help="python program to run")
   parser.add_argument("--timeout", type=float, default=5.0, help="wall-clock seconds (default 5)")

@@ -32,7 +32,12 @@ MBPP_EVAL_IDS = range(11, 511)
 
 
 
-def _called_function(test: str, defined: set[str]) -> str | None:
+def defined_functions(code: str) -> list[str]:
+  """Names of the top-level and nested `def`s in `code`, in order."""
+  return re.findall(r"^\s*def\s+(\w+)\s*\(", code, re.M)
+
+
+def called_function(test: str, defined: set[str]) -> str | None:
   """The first function a test calls that the reference defines: `assert f(x) == 1` -> "f"."""
   try:
     tree = ast.parse(test)
@@ -142,8 +147,7 @@ class MBPPTask(CodeTask):
         raise ValueError(f"{path}:{lineno}: malformed MBPP line: duplicate task_id {r['task_id']}")
       seen.add(r["task_id"])
       code = r["code"].replace("\r\n", "\n").strip("\n")
-      defined = set(re.findall(r"^\s*def\s+(\w+)\s*\(", code, re.M))
-      entry = _called_function(tests[0], defined)
+      entry = called_function(tests[0], set(defined_functions(code)))
       setup = (r.get("test_setup_code") or "").replace("\r\n", "\n").strip()
       statement = f"{r['text'].strip()}\nYour code should pass this test:\n{tests[0]}"
       if setup:  # the shown test uses objects the setup builds

@@ -34,6 +34,9 @@ _TASKS: dict[str, tuple[str, str]] = {
     "lic_math": ("sml_jax.tasks.underspecified", "LiCMathTask"),
     "mbpp": ("sml_jax.tasks.code", "MBPPTask"),
     "humaneval": ("sml_jax.tasks.code", "HumanEvalTask"),
+    # Your own data: a tfds dataset or a seqio Task, with a field mapping (tasks/external.py).
+    "tfds": ("sml_jax.tasks.external", "TfdsTask"),
+    "seqio": ("sml_jax.tasks.external", "SeqioTask"),
 }
 TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
 
