@@ -13,6 +13,7 @@ Scales (`scales.py`): smoke (the tiny model, for tests), pilot (the 270M, minute
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -40,6 +41,10 @@ def main(argv):
     for arm in _ARMS.value:
       scales.get_arm(arm)
     seeds = [int(s) for s in _SEEDS.value]
+    workdir = os.path.abspath(_WORKDIR.value)
+    if workdir == runner.REPO or workdir.startswith(runner.REPO + os.sep):
+      raise ValueError(f"--workdir={_WORKDIR.value} is inside the repository; keep the runs "
+                       "(checkpoints, logs) outside it: only --results is committed.")
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
