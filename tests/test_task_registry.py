@@ -22,7 +22,7 @@ MATH_TASKS = {
 
 def test_task_names():
   assert set(registry.TASK_NAMES) == {"gsm8k", "arithmetic", "gsm_symbolic", "gsm8k_sharded",
-                                      "lic_math", "mbpp", "humaneval"}
+                                      "lic_math", "mbpp", "humaneval", "easy_code"}
 
 
 @pytest.mark.parametrize("name", sorted(MATH_TASKS))
