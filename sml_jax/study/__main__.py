@@ -1,7 +1,7 @@
 r"""Runs the CPU-scale study (issue 17), resumably, then writes results/study/.
 
     python -m sml_jax.study --workdir=/data/study [--arms=base,offline_sml,online_sml,qprime_online_sml]
-        [--seeds=0,1,2] [--results=results/study] [--scale=full]
+        [--seeds=0,1,2 [--all_seeds_arms=online_sml]] [--results=results/study] [--scale=full]
 
 Every arm is an ordinary `python -m sml_jax.main` run with its own config
 (`configs/study/arm.py:<arm>,<scale>`), its LoRA adapter is exported in bfloat16, and every eval
@@ -24,6 +24,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the study's runs (
 _ARMS = flags.DEFINE_list("arms", ["base", "offline_sml", "online_sml", "qprime_online_sml"],
                           "Arms to run (sml_jax/study/scales.py: ARMS).")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Training seeds (the base arm runs once).")
+_ALL_SEEDS_ARMS = flags.DEFINE_list(
+    "all_seeds_arms", [], "Arms that run every seed of --seeds; the others run only the first "
+    "(default: every trained arm runs every seed). E.g. --seeds=0,1,2 --all_seeds_arms=online_sml.")
 _RESULTS = flags.DEFINE_string("results", "results/study", "Where results.md, plots, evals and "
                                "students go.")
 _SCALE = flags.DEFINE_string("scale", "full", "smoke | pilot | full (sml_jax/study/scales.py).")
@@ -38,7 +41,7 @@ def main(argv):
   from sml_jax.study import results, runner, scales  # pylint: disable=g-import-not-at-top
   try:
     scale = scales.get_scale(_SCALE.value)
-    for arm in _ARMS.value:
+    for arm in [*_ARMS.value, *_ALL_SEEDS_ARMS.value]:
       scales.get_arm(arm)
     seeds = [int(s) for s in _SEEDS.value]
     workdir = os.path.abspath(_WORKDIR.value)
@@ -48,9 +51,11 @@ def main(argv):
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  steps = runner.plan(_WORKDIR.value, _ARMS.value, seeds, scale)
+  steps = runner.plan(_WORKDIR.value, _ARMS.value, seeds, scale, _ALL_SEEDS_ARMS.value)
   command = shlex.join(["python", "-m", "sml_jax.study", f"--workdir={_WORKDIR.value}",
                         f"--arms={','.join(_ARMS.value)}", f"--seeds={','.join(map(str, seeds))}",
+                        *([f"--all_seeds_arms={','.join(_ALL_SEEDS_ARMS.value)}"]
+                          if _ALL_SEEDS_ARMS.value else []),
                         f"--results={_RESULTS.value}", f"--scale={scale.name}"])
   failed = None
   if not _ONLY_RESULTS.value:

@@ -144,11 +144,12 @@ def _markdown(steps, scale: Scale, seeds, results_dir, study_command, claims, po
   suites = "\n".join(f"- `{s.name}`: `{s.tasks}`, {s.num_problems} held-out problems (eval "
                      f"split), up to {s.max_turns} student turns, greedy, hint teacher"
                      for s in scale.suites)
+  arm_seeds = {a: sorted({s.seed for s in steps if s.arm == a}) for a in arms}
   out = [
       "# CPU-scale study: the paper's claims on a small model\n",
-      f"Scale `{scale.name}`: model `{scale.model}`, LoRA rank {scale.lora_rank}, arms "
-      f"{', '.join(f'`{a}`' for a in arms)}, seeds {', '.join(map(str, seeds))} (the base arm is "
-      f"evaluated once: greedy decoding on fixed problems). Written "
+      f"Scale `{scale.name}`: model `{scale.model}`, LoRA rank {scale.lora_rank}; arms and seeds: "
+      + "; ".join(f"`{a}` {', '.join(map(str, ss))}" for a, ss in arm_seeds.items())
+      + " (the base arm is evaluated once: greedy decoding on fixed problems). Written "
       f"{datetime.datetime.now().isoformat(timespec='seconds')}.\n",
       "```bash\n" + study_command + "\n```\n",
   ]

@@ -72,11 +72,16 @@ def arm_dir(workdir: str, arm: str, seed: int) -> str:
   return os.path.join(workdir, arm, f"seed{seed}")
 
 
-def arm_seeds(arm: Arm, seeds: Sequence[int]) -> list[int]:
-  return list(seeds[:1]) if not arm.stages else list(seeds)
+def arm_seeds(arm: Arm, seeds: Sequence[int], all_seeds_arms: Sequence[str] = ()) -> list[int]:
+  """The seeds `arm` runs: all of `seeds`, or only the first for the base arm (greedy eval) and,
+  when `all_seeds_arms` is given, for every arm not in it."""
+  if not arm.stages or (all_seeds_arms and arm.name not in all_seeds_arms):
+    return list(seeds[:1])
+  return list(seeds)
 
 
-def plan(workdir: str, arms: Sequence[str], seeds: Sequence[int], scale: Scale) -> list[Step]:
+def plan(workdir: str, arms: Sequence[str], seeds: Sequence[int], scale: Scale,
+         all_seeds_arms: Sequence[str] = ()) -> list[Step]:
   """Every step of the study, in the order it runs (arm by arm, seed by seed)."""
   from sml_jax.study.scales import eval_overrides  # pylint: disable=g-import-not-at-top
   if not seeds:
@@ -84,7 +89,7 @@ def plan(workdir: str, arms: Sequence[str], seeds: Sequence[int], scale: Scale) 
   steps = []
   for name in arms:
     arm = get_arm(name)
-    for seed in arm_seeds(arm, seeds):
+    for seed in arm_seeds(arm, seeds, all_seeds_arms):
       root = arm_dir(workdir, arm.name, seed)
       student = None
       if arm.stages:
