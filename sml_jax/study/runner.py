@@ -86,6 +86,7 @@ def plan(workdir: str, arms: Sequence[str], seeds: Sequence[int], scale: Scale,
   from sml_jax.study.scales import eval_overrides  # pylint: disable=g-import-not-at-top
   if not seeds:
     raise ValueError("--seeds is empty.")
+  workdir = os.path.abspath(workdir)   # The runs' processes start in the repository.
   steps = []
   for name in arms:
     arm = get_arm(name)
@@ -101,7 +102,11 @@ def plan(workdir: str, arms: Sequence[str], seeds: Sequence[int], scale: Scale,
         steps.append(Step(arm.name, seed, "export", student))
       for suite in scale.suites:
         wd = os.path.join(root, f"eval_{suite.name}")
-        ckpt = [f"--config.checkpoint={student}"] if student else []
+        # The base model is evaluated like the students: frozen (bfloat16) under a LoRA adapter
+        # whose B factors are zero (it adds exactly 0), so every arm samples from the same base
+        # numerics (and the eval keeps no full-size optimizer state).
+        ckpt = ([f"--config.checkpoint={student}"] if student else
+                [f"--config.lora_rank={scale.lora_rank}"])
         steps.append(Step(arm.name, seed, "eval", wd, (
             "--config=configs/eval.py", f"--workdir={wd}", *ckpt,
             *eval_overrides(scale, suite)), suite=suite, checkpoint=student))
