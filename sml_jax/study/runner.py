@@ -100,7 +100,7 @@ def plan(workdir: str, arms: Sequence[str], seeds: Sequence[int], scale: Scale,
             f"--config.seed={seed}")))
         student = os.path.join(root, "student")
         steps.append(Step(arm.name, seed, "export", student))
-      for suite in scale.suites:
+      for suite in [s for s in scale.suites if s.name in arm.suites]:
         wd = os.path.join(root, f"eval_{suite.name}")
         # The base model is evaluated like the students: frozen (bfloat16) under a LoRA adapter
         # whose B factors are zero (it adds exactly 0), so every arm samples from the same base

@@ -22,17 +22,20 @@ class Arm:
   stages: tuple[str, ...]          # training stages of its run (empty: eval only)
   curriculum: str = "math"         # the curriculum its stages train on
   description: str = ""
+  # The eval suites it runs: only those its claims read (evals are most of the study's time).
+  suites: tuple[str, ...] = ("math", "code", "sharded")
 
 
 ARMS = {a.name: a for a in (
     Arm("base", (), description="no training: the base model, eval only"),
-    Arm("offline_sml", ("offline_sml",),
+    Arm("offline_sml", ("offline_sml",), suites=("math", "code"),          # claims b, c, d
         description="rejection-sampled SFT on the student's successful dialogues"),
     Arm("online_sml", ("rl",), description="GRPO (group 8, gamma 0.7) on turn-discounted rewards"),
-    Arm("qprime_online_sml", ("qprime_sft", "rl"),
+    Arm("qprime_online_sml", ("qprime_sft", "rl"), suites=("math", "sharded"),   # claims c, e
         description="Q-priming SFT (failed attempts replaced by questions), then GRPO"),
     # Transfer the other way (claim (d)): trained on code, evaluated on math. Not run by default.
-    Arm("code_online_sml", ("rl",), curriculum="code", description="GRPO on easy_code"),
+    Arm("code_online_sml", ("rl",), curriculum="code", suites=("math", "code"),
+        description="GRPO on easy_code"),
 )}
 DEFAULT_ARMS = ("base", "offline_sml", "online_sml", "qprime_online_sml")
 
@@ -89,14 +92,16 @@ class Scale:
 
 def _suites(n_math: int, n_code: int, n_sharded: int, turns: int = 10,
             math_tokens: int = 48, code_tokens: int = 96, teacher_tokens: int = 32,
-            batch: int = 64, math_cache: int = 1536, code_cache: int = 2048
+            batch: int = 32, math_cache: int = 1536, code_cache: int = 2048
             ) -> tuple[EvalSuite, ...]:
-  """Caches: ~250 tokens of demonstrations and opening + 10 turns of each party."""
+  """Caches: ~250 tokens of demonstrations and opening + 10 turns of each party. Batches: the
+  f32 KV cache of the 270M is 18 layers x 2 x 256 x 4 bytes = 36 KB per token and row (batch 32
+  at 1,536 tokens: 1.8 GB); code rows are longer, so half as many."""
   return (
       EvalSuite("math", "arithmetic:1.0:difficulty=2", n_math, turns, math_tokens, teacher_tokens,
                 math_cache, True, batch),
       EvalSuite("code", "easy_code:1.0", n_code, turns, code_tokens, 2 * teacher_tokens,
-                code_cache, False, batch),
+                code_cache, False, max(1, batch // 2)),
       EvalSuite("sharded", "gsm8k_sharded:1.0", n_sharded, turns, math_tokens, teacher_tokens,
                 math_cache, True, batch),
   )
@@ -113,9 +118,13 @@ SMOKE = Scale("smoke", "tiny", _suites(4, 3, 3, turns=2, math_tokens=8, code_tok
 # pilot: the real 270M, minutes: checks a study end to end before a long one.
 PILOT = Scale("pilot", "gemma3_270m", _suites(16, 8, 8), rl_steps=1, problems_per_step=2,
               qprime_steps=1)
-# full: what fits ~2.5 h of 2 CPU cores (see the budget in results.md / the issue's report).
-FULL = Scale("full", "gemma3_270m", _suites(200, 48, 48), rl_steps=6, problems_per_step=4,
-             qprime_steps=2)
+# full: ~3 h of 2 quiet CPU cores for the four default arms and one seed (estimated from a
+# measured 270M eval, 8 problems x 10 turns: ~1.7 s per problem-turn at batch 8, and the demo's
+# RL iteration, ~1 min sampling + ~2 min training for 32 dialogues): math eval (200 problems)
+# ~27 min per arm, code (32) ~9, sharded (32) ~5; rl 5 x ~3 min; offline 5 x ~1.5 min; Q-priming
+# 1 x ~3 min. Each further online_sml seed adds ~55 min. results.md records what it really took.
+FULL = Scale("full", "gemma3_270m", _suites(200, 32, 32), rl_steps=5, problems_per_step=4,
+             qprime_steps=1)
 SCALES = {s.name: s for s in (SMOKE, PILOT, FULL)}
 
 
