@@ -141,9 +141,12 @@ def write_results(steps: Sequence[Step], scale: Scale, seeds: Sequence[int], res
 def _markdown(steps, scale: Scale, seeds, results_dir, study_command, claims, pooled, logs, times,
               students, missing, png_turn, png_train) -> str:
   arms = list(dict.fromkeys(s.arm for s in steps))
-  suites = "\n".join(f"- `{s.name}`: `{s.tasks}`, {s.num_problems} held-out problems (eval "
-                     f"split), up to {s.max_turns} student turns, greedy, hint teacher"
-                     for s in scale.suites)
+  def per_arm(suite):
+    return ", ".join(f"{st.arm} {st.suite.num_problems}" for st in steps
+                     if st.kind == "eval" and st.suite.name == suite and st.seed == seeds[0])
+  suites = "\n".join(f"- `{s.name}`: `{s.tasks}`, up to {s.max_turns} student turns, greedy, "
+                     f"hint teacher; held-out problems (eval split, a prefix of one list): "
+                     f"{per_arm(s.name) or 'not run'}" for s in scale.suites)
   arm_seeds = {a: sorted({s.seed for s in steps if s.arm == a}) for a in arms}
   out = [
       "# CPU-scale study: the paper's claims on a small model\n",

@@ -101,6 +101,9 @@ def plan(workdir: str, arms: Sequence[str], seeds: Sequence[int], scale: Scale,
         student = os.path.join(root, "student")
         steps.append(Step(arm.name, seed, "export", student))
       for suite in [s for s in scale.suites if s.name in arm.suites]:
+        if suite.name == "math" and arm.math_share < 1:
+          suite = dataclasses.replace(
+              suite, num_problems=max(1, round(suite.num_problems * arm.math_share)))
         wd = os.path.join(root, f"eval_{suite.name}")
         # The base model is evaluated like the students: frozen (bfloat16) under a LoRA adapter
         # whose B factors are zero (it adds exactly 0), so every arm samples from the same base

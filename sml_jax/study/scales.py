@@ -24,17 +24,22 @@ class Arm:
   description: str = ""
   # The eval suites it runs: only those its claims read (evals are most of the study's time).
   suites: tuple[str, ...] = ("math", "code", "sharded")
+  # Fraction of the math suite's problems it is evaluated on: a prefix of the same list (the
+  # arithmetic eval list is prefix-stable), so paired comparisons use the problems both ran.
+  # Claim (a) needs n >= 200 for base and online_sml; the others compare on fewer.
+  math_share: float = 1.0
 
 
 ARMS = {a.name: a for a in (
     Arm("base", (), description="no training: the base model, eval only"),
-    Arm("offline_sml", ("offline_sml",), suites=("math", "code"),          # claims b, c, d
+    Arm("offline_sml", ("offline_sml",), suites=("math", "code"), math_share=0.5,  # b, c, d
         description="rejection-sampled SFT on the student's successful dialogues"),
     Arm("online_sml", ("rl",), description="GRPO (group 8, gamma 0.7) on turn-discounted rewards"),
-    Arm("qprime_online_sml", ("qprime_sft", "rl"), suites=("math", "sharded"),   # claims c, e
+    Arm("qprime_online_sml", ("qprime_sft", "rl"), suites=("math", "sharded"),   # c, e
+        math_share=0.5,
         description="Q-priming SFT (failed attempts replaced by questions), then GRPO"),
     # Transfer the other way (claim (d)): trained on code, evaluated on math. Not run by default.
-    Arm("code_online_sml", ("rl",), curriculum="code", suites=("math", "code"),
+    Arm("code_online_sml", ("rl",), curriculum="code", suites=("math", "code"), math_share=0.5,
         description="GRPO on easy_code"),
 )}
 DEFAULT_ARMS = ("base", "offline_sml", "online_sml", "qprime_online_sml")
@@ -120,9 +125,10 @@ PILOT = Scale("pilot", "gemma3_270m", _suites(16, 8, 8), rl_steps=1, problems_pe
               qprime_steps=1)
 # full: ~3 h of 2 quiet CPU cores for the four default arms and one seed (estimated from a
 # measured 270M eval, 8 problems x 10 turns: ~1.7 s per problem-turn at batch 8, and the demo's
-# RL iteration, ~1 min sampling + ~2 min training for 32 dialogues): math eval (200 problems)
-# ~27 min per arm, code (32) ~9, sharded (32) ~5; rl 5 x ~3 min; offline 5 x ~1.5 min; Q-priming
-# 1 x ~3 min. Each further online_sml seed adds ~55 min. results.md records what it really took.
+# RL iteration, ~1 min sampling + ~2.5 min training for 32 dialogues): math eval ~27 min for 200
+# problems (base, online_sml; 100 for the others), code (32) ~9, sharded (32) ~5; rl 5 x ~3.5
+# min; offline 5 x ~1.5 min; Q-priming 1 x ~3.5 min. Each further online_sml seed adds ~60 min.
+# results.md records what it really took.
 FULL = Scale("full", "gemma3_270m", _suites(200, 32, 32), rl_steps=5, problems_per_step=4,
              qprime_steps=1)
 SCALES = {s.name: s for s in (SMOKE, PILOT, FULL)}
