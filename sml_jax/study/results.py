@@ -189,7 +189,7 @@ def _markdown(steps, scale: Scale, seeds, results_dir, study_command, claims, po
           f"dialogues; qprime_online_sml samples {scale.qprime_steps * scale.problems_per_step * scale.group_size} "
           "more in its Q-priming stage.",
           "- Arms: " + "; ".join(f"`{a}`: {ARMS[a].description}" for a in arms),
-          "- Eval suites (configs/eval.py; every arm on the same problems):\n" + suites + "\n",
+          "- Eval suites (configs/eval.py; arms share problems, so differences are paired):\n" + suites + "\n",
           "## Wall time (2 CPU cores)\n", tables.wall_time_table(times) + "\n",
           "## Commands\n",
           "Every run is an ordinary `python -m sml_jax.main` run (from the repository root). "
