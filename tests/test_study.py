@@ -95,3 +95,32 @@ def test_smoke_study_end_to_end_resume_and_rerun(tmp_path):
                                            ".transcripts.jsonl")]
   new = [json.loads(l) for l in open(rerun_wd / "eval" / "eval_arithmetic.transcripts.jsonl")]
   assert texts(new) == texts(orig)
+
+
+def test_plan_equal_budgets_suites_and_seeds():
+  from sml_jax.study import runner, scales
+  full = scales.FULL
+  steps = runner.plan("/runs", list(scales.DEFAULT_ARMS), [0, 1, 2], full,
+                      all_seeds_arms=["online_sml"])
+  trained = {(s.arm, s.seed) for s in steps if s.kind == "train"}
+  assert trained == {("offline_sml", 0), ("online_sml", 0), ("online_sml", 1),
+                     ("online_sml", 2), ("qprime_online_sml", 0)}
+  evals = {(s.arm, s.seed, s.suite.name): s for s in steps if s.kind == "eval"}
+  assert evals[("base", 0, "math")].suite.num_problems >= 200                  # claim (a)
+  assert evals[("online_sml", 2, "math")].suite.num_problems >= 200
+  assert evals[("offline_sml", 0, "math")].suite.num_problems == 100           # a prefix
+  assert ("offline_sml", 0, "sharded") not in evals and ("qprime_online_sml", 0, "code") not in evals
+  assert all(s.suite.max_turns == 10 for s in evals.values())
+  base = evals[("base", 0, "math")]
+  assert f"--config.lora_rank={full.lora_rank}" in base.args and base.checkpoint is None
+  online = evals[("online_sml", 1, "code")]
+  assert online.checkpoint == "/runs/online_sml/seed1/student"
+  assert "--config.dialogue.student_line_stop=False" in online.args
+  # Equal rollout budgets: offline samples as many dialogues per step as online's groups.
+  from configs.study.arm import get_config
+  off, on = get_config("offline_sml,full"), get_config("online_sml,full")
+  assert (off.offline_sml.steps * off.offline_sml.problems_per_step
+          * off.offline_sml.rollouts_per_problem
+          == on.rl.steps * on.rl.problems_per_step * on.rl.group_size == full.rollouts_per_arm)
+  assert on.rl.group_size == 8 and on.dialogue.gamma == 0.7 and on.dialogue.max_turns <= 4
+  assert get_config("qprime_online_sml,full").stages == "qprime_sft,rl"
