@@ -21,6 +21,7 @@ import ml_collections
 from sml_jax import spec as spec_lib
 from sml_jax.dialogue import episode
 from sml_jax.dialogue.episode import DialogueConfig
+from sml_jax.models import adapters
 from sml_jax.models import registry as model_registry
 from sml_jax.tasks import registry as task_registry
 
@@ -283,6 +284,7 @@ def to_spec(config) -> spec_lib.RunSpec:
     except ValueError as e:
       raise ValueError(f"config.teacher.model: {e}") from None
   _need(config.lora_rank >= 0, "lora_rank", f"must be >= 0, got {config.lora_rank}")
+  adapters.check_student(config.model, config.checkpoint, config.lora_rank)  # an adapter dir
   for field in ("param_dtype", "compute_dtype"):
     _need(config[field] in _DTYPES, field, f"must be one of {_DTYPES}, got {config[field]!r}")
   _need(config.sampler.cache_length > 0, "sampler.cache_length", "must be positive")

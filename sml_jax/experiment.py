@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from sml_jax import models
 from sml_jax import spec as spec_lib
+from sml_jax.models import adapters
 from sml_jax.dialogue.episode import EpisodeRunner
 from sml_jax.parallel import distributed
 from sml_jax.parallel import mesh as mesh_lib
@@ -67,10 +68,17 @@ class Experiment:
     self.compute_dtype = DTYPES[spec.compute_dtype]
     name = spec.student.name
     self.tokenizer = models.load_tokenizer(name, spec.tokenizer_path)
-    # The initial student's weights in the master dtype: the train state starts from them.
-    self.base_params = models.load_params(name, spec.student.checkpoint,
-                                          dtype=DTYPES[spec.param_dtype], seed=spec.seed)
-    student_model = models.build_model(name, lora_rank=spec.lora_rank or None)
+    # A student given as an exported LoRA adapter (`models.adapters`): its base weights, rank
+    # and factors; the train state starts from those factors instead of fresh ones.
+    base_ckpt, base_seed, lora_rank, self.initial_lora = spec.student.checkpoint, spec.seed, \
+        spec.lora_rank, None
+    if adapters.is_adapter_dir(base_ckpt):
+      meta, self.initial_lora = adapters.load_adapter(base_ckpt)
+      base_ckpt, base_seed, lora_rank = meta.base_checkpoint, meta.base_seed, meta.lora_rank
+    # The initial student's (base) weights in the master dtype: the train state starts from them.
+    self.base_params = models.load_params(name, base_ckpt, dtype=DTYPES[spec.param_dtype],
+                                          seed=base_seed)
+    student_model = models.build_model(name, lora_rank=lora_rank or None)
     self.student = Role(student_model, self._sampler(student_model))
     base_model = models.build_model(name)
     if spec.teacher is not None:   # Another model or checkpoint.

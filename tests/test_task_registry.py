@@ -22,7 +22,8 @@ MATH_TASKS = {
 
 def test_task_names():
   assert set(registry.TASK_NAMES) == {"gsm8k", "arithmetic", "gsm_symbolic", "gsm8k_sharded",
-                                      "lic_math", "mbpp", "humaneval", "tfds", "seqio"}
+                                      "lic_math", "mbpp", "humaneval", "tfds", "seqio",
+                                      "easy_code"}
 
 
 @pytest.mark.parametrize("name", sorted(MATH_TASKS))

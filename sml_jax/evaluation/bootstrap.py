@@ -50,3 +50,21 @@ def ratio_ci(counts: np.ndarray, num, den=None, level: float = LEVEL):
     col = col[np.isfinite(col)]
     cis.append(None if col.size == 0 else [float(v) for v in np.percentile(col, q)])
   return cis if num.ndim == 2 else cis[0]
+
+
+def ratio_diff_ci(counts: np.ndarray, num_a, den_a, num_b, den_b, level: float = LEVEL):
+  """Paired percentile CI of sum(num_a)/sum(den_a) - sum(num_b)/sum(den_b): both ratios are taken
+  over the same resampled units (`counts` [B, n]), e.g. the same problems under two models.
+  All inputs [n]. Returns [lo, hi], or None when undefined in every resample."""
+  if not 0 < level < 1:
+    raise ValueError(f"level must be in (0, 1), got {level}.")
+  arrays = [np.asarray(x, np.float64) for x in (num_a, den_a, num_b, den_b)]
+  if any(x.shape != counts.shape[1:] for x in arrays):
+    raise ValueError(f"inputs {[x.shape for x in arrays]} and counts {counts.shape} disagree on units.")
+  c = counts.astype(np.float64)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    diff = (c @ arrays[0]) / (c @ arrays[1]) - (c @ arrays[2]) / (c @ arrays[3])   # [B]
+  diff = diff[np.isfinite(diff)]
+  if diff.size == 0:
+    return None
+  return [float(v) for v in np.percentile(diff, [50 * (1 - level), 50 * (1 + level)])]

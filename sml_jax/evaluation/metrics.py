@@ -89,6 +89,12 @@ def _turn_counts(t: dict) -> dict[str, int]:
   }
 
 
+def turn_counts(t: dict) -> dict[str, int]:
+  """Counts of a transcript's turns: student, question, teacher, leak, attempt, premature (the
+  numerators and denominators of the turn rates above)."""
+  return _turn_counts(t)
+
+
 QUALITY_FLAGS = {"well_formed": ("student",), "format_failure": ("student",),
                  "demo_copy": ("user", "student", "teacher")}
 QUALITY_KEYS = ("well_formed_rate", "format_failure_rate", "demo_copy_rate", "out_of_context_rate",

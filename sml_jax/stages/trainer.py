@@ -82,7 +82,8 @@ class Trainer:
   def initial_state(self):
     exp = self.exp
     return shard_train_state(create_train_state(exp.model, exp.base_params, self.tx,
-                                                seed=exp.spec.seed), exp.mesh)
+                                                seed=exp.spec.seed,
+                                                lora=getattr(exp, "initial_lora", None)), exp.mesh)
 
   def start_stage(self, state):
     """Fresh AdamW moments, each placed like the one it replaces (computed in one jit so that

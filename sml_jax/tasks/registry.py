@@ -34,6 +34,7 @@ _TASKS: dict[str, tuple[str, str]] = {
     "lic_math": ("sml_jax.tasks.underspecified", "LiCMathTask"),
     "mbpp": ("sml_jax.tasks.code", "MBPPTask"),
     "humaneval": ("sml_jax.tasks.code", "HumanEvalTask"),
+    "easy_code": ("sml_jax.tasks.generated_code", "EasyCodeTask"),
     # Your own data: a tfds dataset or a seqio Task, with a field mapping (tasks/external.py).
     "tfds": ("sml_jax.tasks.external", "TfdsTask"),
     "seqio": ("sml_jax.tasks.external", "SeqioTask"),

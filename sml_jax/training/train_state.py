@@ -87,14 +87,26 @@ def init_lora_params(model, base_params: Params, seed: int = 0) -> Params:
 
 
 def create_train_state(model, params: Params, optimizer: optax.GradientTransformation, *,
-                       seed: int = 0, frozen_dtype=jnp.bfloat16) -> TrainState:
+                       seed: int = 0, frozen_dtype=jnp.bfloat16,
+                       lora: Params | None = None) -> TrainState:
   """Builds the state on the host's default device; use `shard_train_state` to place it on a mesh.
 
   params: the model's base params (any float dtype; trainable ones are stored in float32). The
   state holds copies, so `params` stays valid after the step donates the state.
+  lora: LoRA factors to start from (an exported adapter, `models.adapters`) instead of fresh ones;
+  they must have the LoRA model's structure and shapes.
   """
+  if lora is not None and not is_lora(model):
+    raise ValueError("LoRA factors were given but the model has no LoRA adapters.")
   if is_lora(model):
     trainable = init_lora_params(model, params, seed)
+    if lora is not None:
+      shapes = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape)
+                             for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+      if shapes(lora) != shapes(trainable):
+        raise ValueError("The LoRA factors do not match the model's adapters (another model or "
+                         "rank?).")
+      trainable = lora
     frozen = jax.tree.map(lambda x: jnp.array(x, frozen_dtype, copy=True), params)
   else:
     trainable, frozen = params, {}

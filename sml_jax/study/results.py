@@ -1,0 +1,214 @@
+"""`write_results`: the study's runs -> results/study/ (results.md, plots, eval JSONs, students).
+
+    results/study/results.md                        claims (a)-(e), commands, wall times, quality
+    results/study/success_by_turn.png, training.png
+    results/study/evals/<arm>/seed<k>/<suite>.json  each eval's metrics (+ where it came from)
+    results/study/evals/<arm>/seed<k>/<suite>.transcripts.jsonl   a fixed sample of its dialogues
+    results/study/students/<arm>/                   the first seed's LoRA adapter (bfloat16)
+    results/study/students/<arm>_seed<k>/           the other seeds'
+
+Numbers come only from the runs' own files (eval transcripts, metrics.jsonl, attempt times).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import random
+import shutil
+from typing import Sequence
+
+from sml_jax.evaluation import metrics as metrics_lib
+from sml_jax.evaluation import store
+from sml_jax.models import adapters
+from sml_jax.study import claims as claims_lib
+from sml_jax.study import figures
+from sml_jax.study import tables
+from sml_jax.study.runner import REPO, Step, is_done, seconds
+from sml_jax.study.scales import ARMS, Scale
+
+TRANSCRIPTS_KEPT = 24
+
+
+def _rel(path: str) -> str:
+  """`path` relative to the repository when inside it (commands in results.md run from there)."""
+  path = os.path.abspath(path)
+  return os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
+
+
+def student_dir(results_dir: str, arm: str, seed: int, seeds: Sequence[int]) -> str:
+  return os.path.join(results_dir, "students", arm if seed == seeds[0] else f"{arm}_seed{seed}")
+
+
+def _read_eval(step: Step) -> tuple[dict, list[dict]]:
+  evals = store.read_evals(step.workdir)
+  if len(evals) != 1:
+    raise ValueError(f"{step.workdir}: expected one eval, found {sorted(evals)}")
+  (name, metrics), = evals.items()
+  return metrics, store.read_transcripts(step.workdir, name)
+
+
+def _copy_eval(step: Step, metrics: dict, transcripts: list[dict], out_dir: str) -> str:
+  """The eval's metrics JSON and a fixed sample of its transcripts, under out_dir."""
+  os.makedirs(out_dir, exist_ok=True)
+  kept = sorted(random.Random(0).sample(range(len(transcripts)),
+                                        min(TRANSCRIPTS_KEPT, len(transcripts))))
+  base = os.path.join(out_dir, step.suite.name)
+  with open(base + ".transcripts.jsonl", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(transcripts[i], ensure_ascii=False) + "\n" for i in kept)
+  record = {**metrics, "study": {"arm": step.arm, "seed": step.seed, "suite": step.suite.name,
+                                 "transcripts_kept": f"{len(kept)} of {len(transcripts)}",
+                                 "command": step.command()}}
+  with open(base + ".json", "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=1, ensure_ascii=False)
+    f.write("\n")
+  return base + ".json"
+
+
+def _copy_student(src: str, dst: str) -> int:
+  """Copies an adapter directory; returns its size in bytes (checked against the limit)."""
+  adapters.read_meta(src)
+  os.makedirs(dst, exist_ok=True)
+  size = 0
+  for name in (adapters.FACTORS_FILE, adapters.META_FILE):   # adapter.json last: complete
+    shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+    size += os.path.getsize(os.path.join(dst, name))
+  if size > adapters.MAX_BYTES:
+    raise ValueError(f"{dst}: {size / 2**20:.1f} MB, over the {adapters.MAX_BYTES / 2**20:.0f} MB "
+                     "limit for a committed student.")
+  return size
+
+
+def write_results(steps: Sequence[Step], scale: Scale, seeds: Sequence[int], results_dir: str,
+                  study_command: str) -> str:
+  """Writes results_dir (see the module docstring) from the finished `steps`; returns the path
+  of results.md. Unfinished steps are listed as missing, never guessed."""
+  os.makedirs(results_dir, exist_ok=True)
+  evals, metrics_by_run, missing = {}, {}, []
+  for step in steps:
+    if not is_done(step):
+      missing.append(step.name)
+      continue
+    if step.kind == "eval":
+      metrics, transcripts = _read_eval(step)
+      evals[(step.arm, step.seed, step.suite.name)] = transcripts
+      metrics_by_run[(step.arm, step.seed, step.suite.name)] = _copy_eval(
+          step, metrics, transcripts,
+          os.path.join(results_dir, "evals", step.arm, f"seed{step.seed}"))
+  students = {}
+  for step in steps:
+    if step.kind == "export" and is_done(step):
+      dst = student_dir(results_dir, step.arm, step.seed, seeds)
+      students[(step.arm, step.seed)] = (dst, _copy_student(step.workdir, dst))
+
+  # Seeds pooled per (suite, arm), for the plots and the quality table.
+  arms = list(dict.fromkeys(s.arm for s in steps))
+  pooled = {}
+  for suite in scale.suites:
+    by_arm = {}
+    for arm in arms:
+      ts = [t for (a, _, s), tr in sorted(evals.items()) if a == arm and s == suite.name for t in tr]
+      if ts:
+        by_arm[arm] = metrics_lib.compute_metrics(ts, max_k=suite.max_turns)
+    pooled[suite.name] = by_arm
+  logs = {}
+  for step in steps:
+    if step.kind == "train" and is_done(step):
+      logs[f"{step.arm} seed{step.seed}"] = store.read_train_log(step.workdir)
+  K = max(s.max_turns for s in scale.suites)
+  claims = claims_lib.claim_rows(evals, eval_turns=K, train_turns=scale.max_turns)
+  join = lambda name: os.path.join(results_dir, name)
+  png_turn = figures.plot_success_by_turn(pooled, join("success_by_turn.png"),
+                                          train_turns=scale.max_turns)
+  png_train = figures.plot_training(logs, join("training.png"))
+
+  times: dict[str, dict[str, float]] = {}
+  for step in steps:
+    if step.kind != "export":
+      key = "train" if step.kind == "train" else f"eval_{step.suite.name}"
+      times.setdefault(step.arm, {}).setdefault(key, 0.0)
+      times[step.arm][key] += seconds(step)
+
+  md = _markdown(steps, scale, seeds, results_dir, study_command, claims, pooled, logs, times,
+                 students, missing, png_turn, png_train)
+  path = join("results.md")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(md)
+  return path
+
+
+def _markdown(steps, scale: Scale, seeds, results_dir, study_command, claims, pooled, logs, times,
+              students, missing, png_turn, png_train) -> str:
+  arms = list(dict.fromkeys(s.arm for s in steps))
+  def per_arm(suite):
+    return ", ".join(f"{st.arm} {st.suite.num_problems}" for st in steps
+                     if st.kind == "eval" and st.suite.name == suite and st.seed == seeds[0])
+  suites = "\n".join(f"- `{s.name}`: `{s.tasks}`, up to {s.max_turns} student turns, greedy, "
+                     f"hint teacher; held-out problems (eval split, a prefix of one list): "
+                     f"{per_arm(s.name) or 'not run'}" for s in scale.suites)
+  arm_seeds = {a: sorted({s.seed for s in steps if s.arm == a}) for a in arms}
+  out = [
+      "# CPU-scale study: the paper's claims on a small model\n",
+      f"Scale `{scale.name}`: model `{scale.model}`, LoRA rank {scale.lora_rank}; arms and seeds: "
+      + "; ".join(f"`{a}` {', '.join(map(str, ss))}" for a, ss in arm_seeds.items())
+      + " (the base arm is evaluated once: greedy decoding on fixed problems). Written "
+      f"{datetime.datetime.now().isoformat(timespec='seconds')}.\n",
+      "```bash\n" + study_command + "\n```\n",
+  ]
+  if missing:
+    out.append("**Incomplete**: these runs have not finished (rerun the study command to resume): "
+               + ", ".join(f"`{m}`" for m in missing) + "\n")
+  out += [
+      "## Claims\n",
+      "Each row: the claim's primary measure, both arms with 95% bootstrap CIs, and the difference "
+      "with a paired 95% CI (1,000 resamples of problems; seeds averaged per problem). Verdict: "
+      "*supported* when the CI excludes 0 in the claimed direction, *contradicted* when it "
+      "excludes 0 the other way, else *not shown*. Definitions: `sml_jax/study/claims.py`, "
+      "`sml_jax/evaluation/metrics.py`.\n",
+      tables.claims_table(claims) + "\n",
+  ]
+  for cl in claims:
+    out += [f"### ({cl.key}) {cl.title}\n", (cl.note + "\n") if cl.note else "",
+            tables.claim_details(cl) + "\n"]
+  out += ["## Success by turn k\n"]
+  for suite, by_arm in pooled.items():
+    out += [f"`{suite}` (seeds pooled):\n", tables.success_by_turn_table(by_arm) + "\n"]
+  out += [f"![success by turn](success_by_turn.png)\n" if png_turn else "_(no plot)_\n",
+          "## Dialogue quality\n", "At evaluation (seeds pooled; 95% CI over conversations):\n",
+          tables.eval_quality_table(pooled) + "\n",
+          "Over training (per run and stage: first → last iteration, and the mean):\n",
+          tables.training_quality_table(logs) + "\n",
+          "![training curves](training.png)\n" if png_train else "_(no training plot)_\n",
+          "## Setup\n",
+          f"- Training: dialogues of at most {scale.max_turns} student turns, hint teacher, "
+          f"strict reward, temperature {scale.temperature} top-k {scale.top_k}; curriculum "
+          f"`{scale.math_curriculum}` (code arm: `{scale.code_curriculum}`).",
+          f"- Equal rollout budgets: offline_sml and online_sml each sample {scale.rl_steps} x "
+          f"{scale.problems_per_step} problems x {scale.group_size} = {scale.rollouts_per_arm} "
+          f"dialogues; qprime_online_sml samples {scale.qprime_steps * scale.problems_per_step * scale.group_size} "
+          "more in its Q-priming stage.",
+          "- Arms: " + "; ".join(f"`{a}`: {ARMS[a].description}" for a in arms),
+          "- Eval suites (configs/eval.py; arms share problems, so differences are paired):\n" + suites + "\n",
+          "## Wall time (2 CPU cores)\n", tables.wall_time_table(times) + "\n",
+          "## Commands\n",
+          "Every run is an ordinary `python -m sml_jax.main` run (from the repository root). "
+          "The evals below read the committed students; greedy decoding reproduces the numbers "
+          "in `evals/`.\n"]
+  cmds = []
+  for step in steps:
+    if step.kind == "train":
+      cmds.append(f"# {step.arm} seed {step.seed}: training\n{step.command()}")
+    elif step.kind == "eval":
+      ckpt = (_rel(students[(step.arm, step.seed)][0]) if (step.arm, step.seed) in students
+              else None)
+      wd = f"/tmp/sml_rerun/{step.arm}_seed{step.seed}_{step.suite.name}"
+      cmds.append(f"# {step.arm} seed {step.seed}: eval {step.suite.name}\n"
+                  + step.command(checkpoint=ckpt, workdir=wd))
+  out.append("```bash\n" + "\n".join(cmds) + "\n```\n")
+  if students:
+    out += ["## Students\n", tables.md_table(
+        ["arm", "seed", "adapter", "size (MB)"],
+        [[a, str(s), f"`{_rel(d)}`", f"{size / 2**20:.2f}"] for (a, s), (d, size) in
+         sorted(students.items())]) + "\n"]
+  return "\n".join(out)

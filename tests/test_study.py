@@ -1,0 +1,126 @@
+"""`python -m sml_jax.study` end to end at the smoke scale (the tiny model, 2 arms): results.md
+with the five claim rows, plots, eval JSONs and a student adapter; a rerun skips every finished
+run; the eval command written in results.md, rerun on the committed student, gives the same
+greedy numbers."""
+
+import json
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from sml_jax.models import adapters
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(args, timeout=1800):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def _command_after(md: str, header: str) -> list[str]:
+  lines = md.splitlines()
+  i = lines.index(header)
+  return shlex.split(lines[i + 1])
+
+
+def test_bad_arm_or_scale_fails_at_start(tmp_path):
+  proc = _run(["-m", "sml_jax.study", f"--workdir={tmp_path}", "--arms=base,nope"], timeout=120)
+  assert proc.returncode == 2 and "unknown study arm 'nope'" in proc.stderr
+  proc = _run(["-m", "sml_jax.study", f"--workdir={tmp_path}", "--scale=huge"], timeout=120)
+  assert proc.returncode == 2 and "unknown study scale 'huge'" in proc.stderr
+  proc = _run(["-m", "sml_jax.study", f"--workdir={REPO / 'study_runs'}"], timeout=120)
+  assert proc.returncode == 2 and "inside the repository" in proc.stderr
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end_resume_and_rerun(tmp_path):
+  wd, res = tmp_path / "wd", tmp_path / "results"
+  args = ["-m", "sml_jax.study", f"--workdir={wd}", "--arms=base,online_sml", "--seeds=0",
+          "--scale=smoke", f"--results={res}"]
+  proc = _run(args)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+  md = (res / "results.md").read_text()
+  claims = [l for l in md.splitlines() if re.match(r"\| \([a-e]\) ", l)]
+  assert [l[3] for l in claims] == list("abcde")
+  for key in "acd":   # base and online_sml ran: a paired CI and a verdict from the numbers
+    row = next(l for l in claims if l.startswith(f"| ({key})"))
+    assert "not run" not in row and re.search(r"\[[-+]\d\.\d{3}, [-+]\d\.\d{3}\]", row), row
+  # (e) compares online_sml with base (no Q-primed arm); the tiny model never answers, so the
+  # premature answer rate has no attempts to count: undefined, not "not run" nor 0.
+  assert "| undefined |" in next(l for l in claims if l.startswith("| (e)"))
+  assert "not run" in next(l for l in claims if l.startswith("| (b)"))   # needs offline_sml
+  for png in ("success_by_turn.png", "training.png"):
+    assert (res / png).stat().st_size > 1000
+  for arm in ("base", "online_sml"):
+    for suite in ("math", "code", "sharded"):
+      m = json.loads((res / "evals" / arm / "seed0" / f"{suite}.json").read_text())
+      assert m["study"]["arm"] == arm and len(m["success_at_turn"]) == 2
+      assert (res / "evals" / arm / "seed0" / f"{suite}.transcripts.jsonl").exists()
+  student = res / "students" / "online_sml"
+  meta = adapters.read_meta(str(student))
+  assert meta.model == "tiny" and meta.lora_rank == 4
+  size = sum(f.stat().st_size for f in student.iterdir())
+  assert 0 < size <= adapters.MAX_BYTES
+  assert f"{size / 2**20:.2f}" in md
+  assert "## Wall time" in md and "online_sml" in md.split("## Wall time")[1]
+
+  # Rerun: every run is finished, nothing runs again.
+  again = _run(args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "running" not in again.stdout
+  assert again.stdout.count("finished earlier, skipped") == 1 + 1 + 3 + 3   # train, export, evals
+
+  # The eval command of results.md on the committed student reproduces the reported numbers.
+  cmd = _command_after(md, "# online_sml seed 0: eval math")
+  assert f"--config.checkpoint={student}" in cmd and cmd[:3] == ["python", "-m", "sml_jax.main"]
+  rerun_wd = tmp_path / "rerun"
+  cmd = [a if not a.startswith("--workdir=") else f"--workdir={rerun_wd}" for a in cmd]
+  proc = _run(cmd[1:])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.loads((rerun_wd / "eval" / "eval_arithmetic.json").read_text())
+  want = json.loads((res / "evals" / "online_sml" / "seed0" / "math.json").read_text())
+  for key in ("success_at_turn", "question_rate", "well_formed_rate", "format_failure_rate",
+              "num_conversations", "mean_student_turns"):
+    assert got[key] == want[key], key
+  texts = lambda ts: [[t["text"] for t in c["turns"]] for c in ts]
+  orig = [json.loads(l) for l in open(wd / "online_sml/seed0/eval_math/eval/eval_arithmetic"
+                                           ".transcripts.jsonl")]
+  new = [json.loads(l) for l in open(rerun_wd / "eval" / "eval_arithmetic.transcripts.jsonl")]
+  assert texts(new) == texts(orig)
+
+
+def test_plan_equal_budgets_suites_and_seeds():
+  from sml_jax.study import runner, scales
+  full = scales.FULL
+  steps = runner.plan("/runs", list(scales.DEFAULT_ARMS), [0, 1, 2], full,
+                      all_seeds_arms=["online_sml"])
+  trained = {(s.arm, s.seed) for s in steps if s.kind == "train"}
+  assert trained == {("offline_sml", 0), ("online_sml", 0), ("online_sml", 1),
+                     ("online_sml", 2), ("qprime_online_sml", 0)}
+  evals = {(s.arm, s.seed, s.suite.name): s for s in steps if s.kind == "eval"}
+  assert evals[("base", 0, "math")].suite.num_problems >= 200                  # claim (a)
+  assert evals[("online_sml", 2, "math")].suite.num_problems >= 200
+  assert evals[("offline_sml", 0, "math")].suite.num_problems == 100           # a prefix
+  assert ("offline_sml", 0, "sharded") not in evals and ("qprime_online_sml", 0, "code") not in evals
+  assert all(s.suite.max_turns == 10 for s in evals.values())
+  base = evals[("base", 0, "math")]
+  assert f"--config.lora_rank={full.lora_rank}" in base.args and base.checkpoint is None
+  online = evals[("online_sml", 1, "code")]
+  assert online.checkpoint == "/runs/online_sml/seed1/student"
+  assert "--config.dialogue.student_line_stop=False" in online.args
+  # Equal rollout budgets: offline samples as many dialogues per step as online's groups.
+  from configs.study.arm import get_config
+  off, on = get_config("offline_sml,full"), get_config("online_sml,full")
+  assert (off.offline_sml.steps * off.offline_sml.problems_per_step
+          * off.offline_sml.rollouts_per_problem
+          == on.rl.steps * on.rl.problems_per_step * on.rl.group_size == full.rollouts_per_arm)
+  assert on.rl.group_size == 8 and on.dialogue.gamma == 0.7 and on.dialogue.max_turns <= 4
+  assert get_config("qprime_online_sml,full").stages == "qprime_sft,rl"
