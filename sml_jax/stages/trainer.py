@@ -103,22 +103,29 @@ class Trainer:
   def batch(self, examples: Sequence[batching.Example], needs_old_logprobs: bool):
     """This host's examples -> the step's global batch, or None when no host has an example.
 
-    One process: the numpy batch (the step puts it on the mesh). Several: every host pads its
-    rows to the same [rows, T] (agreed by an all-gather of counts and lengths) and the global
-    arrays are assembled from each host's rows (`distributed.global_batch`).
+    Packed rows (`segment_ids`) and a `loss_index`, so the step computes logits only where the
+    loss needs them (`batching.make_batch`; exact). One process: the numpy batch (the step puts
+    it on the mesh). Several: every host pads its rows to the same [rows, T] and index size K
+    (agreed by all-gathers of counts, lengths and K) and the global arrays are assembled from
+    each host's rows (`distributed.global_batch`).
     """
     train = self.exp.spec.train
+    layout = dict(pack=True, with_loss_index=True)
     sizes = distributed.allgather_rows(
         [len(examples), max((len(e.ids) for e in examples), default=0)])
     if sizes[:, 0].sum() == 0:
       return None
     hosts, micro = sizes.shape[0], train.micro_batch_size
     if hosts == 1:
-      return batching.make_batch(examples, max_len=train.max_len, batch_multiple=micro)
-    rows = batching.round_up(int(sizes[:, 0].max()), micro // math.gcd(micro, hosts))
+      return batching.make_batch(examples, max_len=train.max_len, batch_multiple=micro, **layout)
     length = batching.bucket_length(int(sizes[:, 1].max()), max_len=train.max_len)
+    first = (batching.make_batch(examples, max_len=train.max_len, buckets=(length,), **layout)
+             if examples else None)
+    rows, k = distributed.allgather_rows(
+        [0, 0] if first is None else list(first.loss_index.shape)).max(axis=0).tolist()
     local = batching.make_batch(examples, max_len=train.max_len, buckets=(length,),
-                                pad_batch_to=rows)
+                                pad_batch_to=batching.round_up(rows, micro // math.gcd(micro, hosts)),
+                                loss_index_size=k, **layout)
     if needs_old_logprobs and local.old_logprobs is None:   # A host without examples.
       local = local.replace(old_logprobs=np.zeros_like(local.weights))
     return distributed.global_batch(local, self.exp.mesh)
@@ -158,5 +165,6 @@ class Trainer:
       metrics.update({f"first_{k}": inner[0][k] for k in ("loss", "clip_fraction", "log_ratio_abs_mean")
                       if k in inner[0]})
     metrics["train_tokens"] = global_sum(batch.input_mask)
+    metrics["padding_fraction"] = 1.0 - metrics["train_tokens"] / math.prod(batch.tokens.shape)
     return state, metrics
 
