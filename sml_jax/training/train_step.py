@@ -301,7 +301,7 @@ class TrainStep:
     self.cfg, self.mesh = cfg, mesh
     self._fn = functools.partial(train_step, model=model, optimizer=optimizer, cfg=cfg,
                                  schedule=schedule, mesh=mesh)
-    self._jitted = None
+    self._jitted = {}     # per batch structure (which optional fields are present)
     self.data_parallel = 1 if mesh is None else math.prod(mesh.shape[a] for a in mesh_lib.BATCH_AXES)
 
   def _jit(self, state: TrainState, batch: Batch):
@@ -322,14 +322,19 @@ class TrainStep:
   def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     check_batch(batch, self.cfg, self.data_parallel)
     batch = self.put_batch(batch)
-    if self._jitted is None:
-      self._jitted = self._jit(state, batch)
-    return self._jitted(state, batch)
+    return self._jitted_for(state, batch)(state, batch)
+
+  def _jitted_for(self, state: TrainState, batch: Batch):
+    key = jax.tree.structure(batch)
+    if key not in self._jitted:
+      self._jitted[key] = self._jit(state, batch)
+    return self._jitted[key]
 
   def lower(self, state: TrainState, batch: Batch):
     """jax `Lowered` for cost / memory analysis (does not run the step)."""
+    check_batch(batch, self.cfg, self.data_parallel)
     batch = self.put_batch(batch)
-    return (self._jitted or self._jit(state, batch)).lower(state, batch)
+    return self._jitted_for(state, batch).lower(state, batch)
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, cfg: TrainConfig | None = None,
