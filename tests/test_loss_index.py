@@ -225,13 +225,12 @@ for kind, lora in (("sft", False), ("rl", True)):
     state = ts.create_train_state(model, params, tx)
     if lora:
       state = state.replace(params=trainable)
-    before = state.params
+    before = jax.device_get(state.params)   # The step donates the state.
     if mesh is not None:
       state = ts.shard_train_state(state, mesh)
       batch = distributed.global_batch(batch, mesh)
     state, m = tstep.make_train_step(model, tx, cfg, mesh=mesh)(state, batch)
-    delta = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), before,
-                         jax.device_get(state.params))
+    delta = jax.tree.map(np.subtract, before, jax.device_get(state.params))
     return delta, {k: float(v) for k, v in m.items()}
   ref, ref_m = run(plain, None, 1)
   scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(ref))
