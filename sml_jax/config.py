@@ -91,7 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.stages = "eval_before,rl,eval_after"
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-  c.sampler = ml_collections.ConfigDict({"cache_length": 2048})
+  # cache_dtype: the KV cache's dtype, "" = compute_dtype; "bfloat16" under float32 compute
+  # halves the cache (keys / values rounded once when written; attention still in float32).
+  c.sampler = ml_collections.ConfigDict({"cache_length": 2048, "cache_dtype": ""})
 
   # The teacher: None model = a frozen copy of the student's initial weights.
   c.teacher = ml_collections.ConfigDict({
@@ -288,6 +290,8 @@ def to_spec(config) -> spec_lib.RunSpec:
   for field in ("param_dtype", "compute_dtype"):
     _need(config[field] in _DTYPES, field, f"must be one of {_DTYPES}, got {config[field]!r}")
   _need(config.sampler.cache_length > 0, "sampler.cache_length", "must be positive")
+  _need(config.sampler.cache_dtype in ("", *_DTYPES), "sampler.cache_dtype",
+        f"must be '' (the compute dtype) or one of {_DTYPES}, got {config.sampler.cache_dtype!r}")
   tr = config.train
   _need(tr.max_len >= 2, "train.max_len", f"must be >= 2, got {tr.max_len}")
   for field in ("micro_batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -316,4 +320,4 @@ def to_spec(config) -> spec_lib.RunSpec:
       train=spec_lib.TrainLoopSpec(max_len=tr.max_len, micro_batch_size=tr.micro_batch_size,
                                    checkpoint_every=tr.checkpoint_every,
                                    keep_checkpoints=tr.keep_checkpoints, log_every=tr.log_every),
-      stages=stages, task_kwargs=task_kwargs)
+      stages=stages, task_kwargs=task_kwargs, cache_dtype=config.sampler.cache_dtype)

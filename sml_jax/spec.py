@@ -138,6 +138,7 @@ class RunSpec:
   # Task constructor arguments by task name (from every curriculum that names the task), for
   # verifying problems of that task wherever they come from.
   task_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  cache_dtype: str = ""               # the sampler's KV cache dtype ("": compute_dtype)
 
   @property
   def training_steps(self) -> int:

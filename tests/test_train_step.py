@@ -255,19 +255,27 @@ def test_train_bench_json_on_tiny(capsys):
 
 
 def test_rl_bench_splits_an_iteration_on_tiny():
-  """`python -m sml_jax.bench rl`: the stage loop's RL iteration, timed by part."""
+  """`python -m sml_jax.bench rl`: the stage loop's RL iteration, timed by part, and our train
+  step against the plain one on its batch (same loss: the bench checks exactness too)."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run(
       [sys.executable, "-m", "sml_jax.bench", "rl", "--config=configs/tiny_test.py",
-       "--iterations=1", "--override=rl.problems_per_step=2", "--override=dialogue.teacher=scripted",
+       "--iterations=1", "--problems=2", "--override=dialogue.teacher=scripted",
        "--json"], capture_output=True, text=True, timeout=600, cwd=repo)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "student sampling" in proc.stdout and "training" in proc.stdout
-  (row,) = json.loads(proc.stdout.strip().splitlines()[-1])["iterations"]
+  assert "hardware ceiling" in proc.stdout
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  (row,) = out["iterations"]
   assert row["conversations"] == 2 * 2  # problems x group size of tiny_test
   for part in ("time_student_s", "time_teacher_s", "time_verify_s", "rollout_s", "training_s"):
     assert row[part] >= 0
   assert row["time_student_s"] > 0 and row["rollout_s"] >= row["time_student_s"]
+  for key in ("iteration_s", "time_sampling_s", "time_training_s", "train_tokens_per_s",
+              "reference_train_tokens_per_s", "padding_fraction"):
+    assert out[key] is not None and out[key] >= 0, key
+  assert out["padding_fraction"] <= out["reference_padding_fraction"]
+  assert abs(out["loss"] - out["reference_loss"]) <= 1e-4 * abs(out["reference_loss"])
   bad = subprocess.run([sys.executable, "-m", "sml_jax.bench", "rl", "--config=configs/tiny_test.py",
                         "--override=rl.stepz=3"], capture_output=True, text=True, timeout=120, cwd=repo)
   assert bad.returncode != 0 and "stepz" in bad.stderr

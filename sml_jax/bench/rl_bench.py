@@ -1,13 +1,26 @@
-"""Where one online-SML (GRPO) iteration spends its time, for a config (default: the demo's).
+"""Where one online-SML (GRPO) iteration spends its time, for a config (default: the demo's),
+and our train step against the plain one on that iteration's batch.
 
-    python -m sml_jax.bench rl [--config=configs/demo.py] [--iterations=2] [--json]
-                               [--override=rl.problems_per_step=2 ...]
+    python -m sml_jax.bench rl [--config=configs/demo.py] [--iterations=1] [--problems=N] [--json]
+                               [--override=rl.problems_per_step=2 ...] [--no-reference]
 
 Builds the same `Experiment` as `python -m sml_jax.main` and runs `--iterations` RL iterations
 through the driver's own `TrainingStage.iteration` (rollouts with the current params -> GRPO
-examples -> batch -> the train step), printing per iteration: student sampling, teacher turns, verification, Q-priming,
-training (the first iteration includes compilation; later ones are the steady state). With
---json the last line is one JSON object with a list `iterations` of those splits.
+examples -> batch -> the train step), printing per iteration: student sampling, teacher turns,
+verification, Q-priming, training (the first iteration includes compilation; later ones are the
+steady state). Then, on the last iteration's examples and the state before its update, one
+step of each, compiled first and timed apart from compilation:
+
+  ours   packed rows, logits only at targets with a non-zero mask / weight (`Trainer.batch`)
+  plain  one conversation per row, full-sequence forward + backward, logits at every position
+
+Both start from the same state, so their losses must agree (printed: a built-in exactness check).
+`train_tokens_per_s` counts real (non-pad) tokens, the same for both. `--problems` (problems per
+step) keeps a quick check short. The machine's ceiling (matmul FLOP/s, memory bandwidth) is
+measured and printed as the other benches do. With --json the last line is one JSON object:
+`iterations` (the splits), `iteration_s`, `time_sampling_s`, `time_training_s` (last iteration),
+`train_tokens_per_s`, `reference_train_tokens_per_s`, `train_step_speedup`, `padding_fraction`,
+`reference_padding_fraction`, the step and compile seconds of both, and `hardware`.
 """
 
 from __future__ import annotations
@@ -24,13 +37,21 @@ import time
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="python -m sml_jax.bench rl", description=__doc__.split("\n")[0])
   p.add_argument("--config", default="configs/demo.py")
-  p.add_argument("--iterations", type=int, default=2)
+  p.add_argument("--iterations", type=int, default=1)
+  p.add_argument("--problems", type=int, default=None,
+                 help="problems per RL step (rl.problems_per_step), e.g. 1 for a quick check")
+  p.add_argument("--no-reference", action="store_true",
+                 help="skip the plain-step comparison (iteration split only)")
   p.add_argument("--override", action="append", default=[],
                  help="config override KEY=VALUE (as --config.KEY=VALUE of sml_jax.main)")
   p.add_argument("--json", action="store_true")
   args = p.parse_args(argv)
   if args.iterations < 1:
     p.error("--iterations must be >= 1")
+  if args.problems is not None:
+    if args.problems < 1:
+      p.error("--problems must be >= 1")
+    args.override.append(f"rl.problems_per_step={args.problems}")
   return args
 
 
@@ -73,13 +94,16 @@ def main(argv) -> None:
   # Heavy imports after the config is known to be good.
   from sml_jax.experiment import Experiment  # pylint: disable=g-import-not-at-top
   from sml_jax.stages import base, rollout  # pylint: disable=g-import-not-at-top
-  from sml_jax.stages.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from sml_jax.bench import hardware  # pylint: disable=g-import-not-at-top
 
+  print("measuring hardware ...", flush=True)
+  hw = hardware.measure()
+  print("  " + hardware.describe(hw), flush=True)
   t_setup = time.time()
   exp = Experiment(spec)
-  trainer = Trainer(exp)
+  trainer = _recording_trainer(exp)
   state = trainer.start_stage(trainer.initial_state())
-  stage = rollout.RLStage(rl)
+  stage = _recording_stage(rollout.RLStage)(rl)
   ctx = base.Context(exp=exp, trainer=trainer, workdir=tempfile.mkdtemp(prefix="sml_jax_rl_bench_"))
   d = spec.dialogue
   print(f"config {args.config}: model {spec.student.name}, {rl.problems_per_step} problems x group "
@@ -98,6 +122,8 @@ def main(argv) -> None:
            "rollout_s": m["time_sampling_s"], **{k: round(v, 2) for k, v in seconds.items()},
            "train_tokens": int(m.get("train_tokens", 0)), "training_s": m["time_training_s"],
            "total_s": time.time() - t0}
+    row.update({k: m[k] for k in ("padding_fraction", "time_sampling_s", "time_training_s")
+                if k in m})
     rows.append(row)
     other = row["rollout_s"] - sum(seconds.values())
     print(f"iteration {it + 1}{' (incl. compilation)' if it == 0 else ''}: total "
@@ -106,5 +132,93 @@ def main(argv) -> None:
           f"Q-priming {seconds['time_qprime_s']:.1f} + other {other:.1f} + training "
           f"{row['training_s']:.1f} ({row['examples']} examples, {row['train_tokens']} tokens); "
           f"success {row['success_rate']:.2f}", flush=True)
+  last = rows[-1]
+  out = {"config": args.config, "iterations": rows, "iteration_s": last["total_s"],
+         "time_sampling_s": last["rollout_s"], "time_training_s": last["training_s"],
+         "padding_fraction": last.get("padding_fraction")}
+  if not args.no_reference:
+    if trainer.last is not None:
+      out.update(compare_steps(trainer, rl.train, *trainer.last), comparison_examples="rl")
+    elif stage.every:   # All rewards equal: the same student tokens, each with weight 1.
+      print("no RL signal in the last iteration (all rewards of each group equal): the steps "
+            "are compared on all its conversations, student tokens weighted 1", flush=True)
+      out.update(compare_steps(trainer, rl.train, state, stage.every),
+                 comparison_examples="all conversations, weight 1")
+  hw = hardware.best_of(hw, hardware.measure())
+  print("hardware ceiling: " + hardware.describe(hw), flush=True)
+  out["hardware"] = hw
   if args.json:
-    print(json.dumps({"config": args.config, "iterations": rows}))
+    print(json.dumps(out))
+
+
+def _time_step(trainer, state, batch, settings, copy_state: bool = True):
+  """(compile s, step s, metrics) of one step on `batch` from `state` (a copy of it unless
+  `copy_state` is False: the step donates its state)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  step = trainer.step_for(batch, settings)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  t1 = time.perf_counter()
+  copy = jax.tree.map(jnp.copy, state) if copy_state else state
+  placed = step.put_batch(batch)
+  jax.block_until_ready((copy, placed))
+  t2 = time.perf_counter()
+  _, metrics = jax.block_until_ready(compiled(copy, placed))
+  return t1 - t0, time.perf_counter() - t2, {k: float(v) for k, v in metrics.items()}
+
+
+def compare_steps(trainer, settings, state, examples) -> dict:
+  """Our step and the plain step on the same examples from the same state (see the docstring)."""
+  out = {}
+  for name, plain in (("", False), ("reference_", True)):
+    batch = trainer.prepare(state, examples, settings, plain=plain)
+    # The last step may use up the state (one copy less of a model in memory).
+    compile_s, step_s, m = _time_step(trainer, state, batch, settings, copy_state=not plain)
+    tokens = float(batch.input_mask.sum())
+    out.update({f"{name}train_step_s": step_s, f"{name}compile_s": compile_s,
+                f"{name}train_tokens_per_s": tokens / step_s, f"{name}loss": m["loss"],
+                f"{name}padding_fraction": batch.padding_fraction(),
+                f"{name}batch_shape": list(batch.shape)})
+    index = "" if plain else f", loss index K={batch.loss_index.shape[1]}"
+    print(f"{'plain' if plain else 'ours '} step: {step_s:.1f} s ({tokens / step_s:.0f} tok/s; "
+          f"compile {compile_s:.0f} s) on [{batch.shape[0]}, {batch.shape[1]}]{index}, padding "
+          f"{batch.padding_fraction():.1%}, loss {m['loss']:.6f}", flush=True)
+  out["train_step_speedup"] = out["reference_train_step_s"] / out["train_step_s"]
+  print(f"train step: {out['train_step_speedup']:.2f}x the plain step", flush=True)
+  return out
+
+
+def _recording_stage(cls):
+  """The RL stage, also keeping every conversation of its last rollout as an example with weight
+  1 on the student tokens it sampled (for a comparison when no group carried a signal)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from sml_jax.training.batching import Example  # pylint: disable=g-import-not-at-top
+
+  class Recording(cls):
+    every: list = []
+
+    def to_examples(self, convs):
+      self.every = [Example(*c.training_arrays()[:2], weight=1.0,
+                            token_weights=c.student.sampled_mask().astype(np.float32))
+                    for c in convs]
+      return super().to_examples(convs)
+
+  return Recording
+
+
+def _recording_trainer(exp):
+  """A `Trainer` that keeps the (state, examples) of its last `train` call for `compare_steps`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from sml_jax.stages.trainer import Trainer  # pylint: disable=g-import-not-at-top
+
+  class Recording(Trainer):
+    last = None
+
+    def train(self, state, examples, settings, learning_rate):
+      if examples:   # A copy: the step donates the state it is given.
+        self.last = (jax.tree.map(jnp.copy, state), list(examples))
+      return super().train(state, examples, settings, learning_rate)
+
+  return Recording(exp)

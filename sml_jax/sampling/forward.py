@@ -188,7 +188,8 @@ def _attention(arch: Arch, i: int, p, x, positions, k_cache, v_cache, cache_pos,
   k_cache = jax.lax.dynamic_update_slice(k_cache, k, (0, index, 0))
   v_cache = jax.lax.dynamic_update_slice(v_cache, v, (0, index, 0))
   q = q.reshape(b, t, kh, g, hd).transpose(0, 2, 1, 3, 4).reshape(b * kh, t * g, hd)
-  logits = jnp.einsum("xqh,xsh->xqs", q, k_cache).reshape(b, kh, t, g, -1)
+  # A cache stored narrower than the compute dtype (bf16 under f32) is read back in it.
+  logits = jnp.einsum("xqh,xsh->xqs", q, k_cache.astype(x.dtype)).reshape(b, kh, t, g, -1)
   if arch.attn_softcap is not None:
     logits = jnp.tanh(logits / arch.attn_softcap) * arch.attn_softcap
   if arch.local[i]:
@@ -197,8 +198,8 @@ def _attention(arch: Arch, i: int, p, x, positions, k_cache, v_cache, cache_pos,
     kpos = cache_pos[:, None, :]
     mask = mask & (kpos > qpos - w) & (kpos < qpos + w)
   logits = jnp.where(mask[:, None, :, None, :], logits, K_MASK)
-  probs = jax.nn.softmax(logits, axis=-1).astype(k_cache.dtype).reshape(b * kh, t * g, -1)
-  enc = jnp.einsum("xqs,xsh->xqh", probs, v_cache).reshape(b, kh, t, g, hd)
+  probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype).reshape(b * kh, t * g, -1)
+  enc = jnp.einsum("xqs,xsh->xqh", probs, v_cache.astype(x.dtype)).reshape(b, kh, t, g, hd)
   enc = enc.transpose(0, 2, 1, 3, 4).reshape(b, t, nh * hd)
   return project(enc, p["wo"]), k_cache, v_cache
 

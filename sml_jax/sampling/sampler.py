@@ -109,8 +109,12 @@ class Sampler:
   """Batched, sharded, multi-turn sampler for `gm.nn` Gemma 3 text models (plain or LoRA)."""
 
   def __init__(self, model, cache_length: int = 1024, mesh=None, dtype=jnp.bfloat16,
-               stop_tokens: Sequence[int] = token_ids.STOP_TOKENS, min_shared_prefix: int = 32):
-    """`stop_tokens`: a row's turn ends when it writes one (default <end_of_turn>, <eos>).
+               stop_tokens: Sequence[int] = token_ids.STOP_TOKENS, min_shared_prefix: int = 32,
+               cache_dtype=None):
+    """`dtype`: the compute dtype. `cache_dtype`: the KV cache's (None: `dtype`); e.g.
+    bfloat16 under float32 compute halves the cache (keys and values are rounded once when
+    written, attention still computes in `dtype`).
+    `stop_tokens`: a row's turn ends when it writes one (default <end_of_turn>, <eos>).
     `min_shared_prefix`: when all prompts of `start` begin with the same tokens (e.g. the
     instructions and in-context demos of a dialogue), a common prefix at least this long is
     prefilled once and copied to every row (0 disables)."""
@@ -121,6 +125,7 @@ class Sampler:
     self.cache_length = int(cache_length)
     self.mesh = mesh
     self.dtype = jnp.dtype(dtype)
+    self.cache_dtype = jnp.dtype(cache_dtype or dtype)
     self.stop_tokens = tuple(int(t) for t in stop_tokens)
     self._stop_array = np.asarray(self.stop_tokens or (-1,), np.int32)
     self.min_shared_prefix = int(min_shared_prefix)
@@ -158,7 +163,7 @@ class Sampler:
       # Prefill the shared prefix on one row (padded to the mesh), copy it to every row, then
       # append each row's own rest: the prefix costs one row's compute instead of B.
       one = self._padded_batch(1)
-      cache = decode.init_cache(self.arch, one, capacity, self.dtype, self.mesh)
+      cache = decode.init_cache(self.arch, one, capacity, self.cache_dtype, self.mesh)
       prefix = list(prompts[0][:shared])
       state = self._extend(params, ChatState(cache=cache, history=[[]], pointer=0,
                                              padded_batch=one), [prefix], fresh=True)
@@ -166,7 +171,7 @@ class Sampler:
       state = ChatState(cache=cache, history=[list(prefix) for _ in prompts],
                         pointer=state.pointer, padded_batch=padded)
       return self._extend(params, state, [p[shared:] for p in prompts], fresh=False)
-    cache = decode.init_cache(self.arch, padded, capacity, self.dtype, self.mesh)
+    cache = decode.init_cache(self.arch, padded, capacity, self.cache_dtype, self.mesh)
     state = ChatState(cache=cache, history=[[] for _ in prompts], pointer=0,
                       padded_batch=padded)
     return self._extend(params, state, prompts, fresh=True)

@@ -101,25 +101,35 @@ class Trainer:
       self._steps[cfg] = make_train_step(self.exp.model, self.tx, cfg, mesh=self.exp.mesh)
     return self._steps[cfg]
 
-  def batch(self, examples: Sequence[batching.Example], needs_old_logprobs: bool):
+  def batch(self, examples: Sequence[batching.Example], needs_old_logprobs: bool,
+            plain: bool = False):
     """This host's examples -> the step's global batch, or None when no host has an example.
 
-    One process: the numpy batch (the step puts it on the mesh). Several: every host pads its
-    rows to the same [rows, T] (agreed by an all-gather of counts and lengths) and the global
-    arrays are assembled from each host's rows (`distributed.global_batch`).
+    plain: one conversation per row, logits at every position (the benchmark's reference).
+    Otherwise packed rows (`segment_ids`) and a `loss_index`, so the step computes logits only where the
+    loss needs them (`batching.make_batch`; exact). One process: the numpy batch (the step puts
+    it on the mesh). Several: every host pads its rows to the same [rows, T] and index size K
+    (agreed by all-gathers of counts, lengths and K) and the global arrays are assembled from
+    each host's rows (`distributed.global_batch`).
     """
     train = self.exp.spec.train
+    layout = dict(pack=not plain, with_loss_index=not plain)
     sizes = distributed.allgather_rows(
         [len(examples), max((len(e.ids) for e in examples), default=0)])
     if sizes[:, 0].sum() == 0:
       return None
     hosts, micro = sizes.shape[0], train.micro_batch_size
     if hosts == 1:
-      return batching.make_batch(examples, max_len=train.max_len, batch_multiple=micro)
-    rows = batching.round_up(int(sizes[:, 0].max()), micro // math.gcd(micro, hosts))
+      return batching.make_batch(examples, max_len=train.max_len, batch_multiple=micro, **layout)
     length = batching.bucket_length(int(sizes[:, 1].max()), max_len=train.max_len)
+    first = (batching.make_batch(examples, max_len=train.max_len, buckets=(length,), **layout)
+             if examples else None)
+    rows, k = distributed.allgather_rows(
+        [0, 0] if first is None else [first.shape[0], first.loss_index.shape[1] if not plain else 0]
+    ).max(axis=0).tolist()
     local = batching.make_batch(examples, max_len=train.max_len, buckets=(length,),
-                                pad_batch_to=rows)
+                                pad_batch_to=batching.round_up(rows, micro // math.gcd(micro, hosts)),
+                                loss_index_size=k or None, **layout)
     if needs_old_logprobs and local.old_logprobs is None:   # A host without examples.
       local = local.replace(old_logprobs=np.zeros_like(local.weights))
     return distributed.global_batch(local, self.exp.mesh)
@@ -136,20 +146,32 @@ class Trainer:
     """The frozen initial policy's log-probs of `batch` (for the KL term)."""
     return self._logprobs(self.exp.reference.model, self.exp.reference_params(), batch, settings)
 
-  def train(self, state, examples, settings: TrainSettings, learning_rate: float):
-    """`settings.inner_steps` updates on the batch of `examples` -> (state, metrics or None).
-    None (and no update) when no host has an example (e.g. all rewards of every group equal)."""
-    state = set_learning_rate(state, learning_rate)
-    batch = self.batch(examples, settings.needs_old_logprobs)
+  def prepare(self, state, examples, settings: TrainSettings, plain: bool = False):
+    """The train batch of `examples` with the old / reference log-probs the loss needs (None
+    when no host has an example); `plain` as in `batch`."""
+    batch = self.batch(examples, settings.needs_old_logprobs, plain=plain)
     if batch is None:
-      return state, None
+      return None
     if settings.recompute_old_logprobs:   # See TrainSettings.recompute_old_logprobs.
       batch = batch.replace(old_logprobs=self._logprobs(
           self.exp.model, state.full_params(), batch, settings))
     if settings.kl_beta > 0:
       batch = batch.replace(ref_logprobs=self.reference_logprobs(batch, settings))
+    return batch
+
+  def step_for(self, batch, settings: TrainSettings):
+    """The compiled step for this batch's row count (micro-batches of `micro_batch_size`)."""
     micro = self.exp.spec.train.micro_batch_size
-    step = self._step(self._config(settings, max(1, batch.tokens.shape[0] // micro)))
+    return self._step(self._config(settings, max(1, batch.tokens.shape[0] // micro)))
+
+  def train(self, state, examples, settings: TrainSettings, learning_rate: float):
+    """`settings.inner_steps` updates on the batch of `examples` -> (state, metrics or None).
+    None (and no update) when no host has an example (e.g. all rewards of every group equal)."""
+    state = set_learning_rate(state, learning_rate)
+    batch = self.prepare(state, examples, settings)
+    if batch is None:
+      return state, None
+    step = self.step_for(batch, settings)
     inner = []
     for _ in range(settings.inner_steps):
       state, m = step(state, batch)
@@ -159,5 +181,6 @@ class Trainer:
       metrics.update({f"first_{k}": inner[0][k] for k in ("loss", "clip_fraction", "log_ratio_abs_mean")
                       if k in inner[0]})
     metrics["train_tokens"] = global_sum(batch.input_mask)
+    metrics["padding_fraction"] = 1.0 - metrics["train_tokens"] / math.prod(batch.tokens.shape)
     return state, metrics
 

@@ -19,6 +19,11 @@ fields and shapes are in its docstring.
 T is the smallest of `buckets` holding the longest example (so few shapes get compiled), capped
 at `max_len`; longer examples are truncated on the right (their tail loses its weight) and
 counted in `batch_stats`.
+
+What the train step computes (`packing.py`): `pack=True` puts several conversations in one row
+(segments, first-fit-decreasing), so padding is small; `with_loss_index=True` adds per row the
+positions whose target carries a mask or weight, so logits are computed only there. Both are
+exact: the loss, its gradient and the log-probs of student tokens are those of the plain batch.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ import flax.struct
 import numpy as np
 
 from sml_jax.models.tokens import PAD_ID, loss_mask
+from sml_jax.training import packing
 
 DEFAULT_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 REQUIRED = ("tokens", "positions", "input_mask", "mask", "weights")
 OPTIONAL = ("old_logprobs", "ref_logprobs")
+LAYOUT = ("segment_ids", "loss_index")      # optional, not per-example values
 
 
 @flax.struct.dataclass
@@ -47,6 +54,10 @@ class Batch:
   weights       float32 [B, T]  per-token loss weight (1 for SFT, the advantage for RL)
   old_logprobs  float32 [B, T]  sampler log-probs, for PPO; None when absent
   ref_logprobs  float32 [B, T]  reference log-probs, for the KL term; None when absent
+  segment_ids   int32   [B, T]  packed rows: conversation 1, 2, ... of the row, 0 on padding;
+                                None: one conversation per row
+  loss_index    int32   [B, K]  positions t whose h[t] predicts a target with non-zero mask or
+                                weight, then T - 1 (`packing.loss_index`); None: every position
 
   A pytree (None fields have no leaves): `jax.tree.map` places or splits every array at once;
   `batch.replace(ref_logprobs=...)` adds a field.
@@ -58,6 +69,8 @@ class Batch:
   weights: Any
   old_logprobs: Any = None
   ref_logprobs: Any = None
+  segment_ids: Any = None
+  loss_index: Any = None
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -68,6 +81,10 @@ class Batch:
     """{field: array} of the fields that are present (not None), in field order."""
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
             if getattr(self, f.name) is not None}
+
+  def padding_fraction(self) -> float:
+    """Share of the [B, T] slots that hold no token (host arrays)."""
+    return float(1.0 - np.asarray(self.input_mask).mean())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,13 +123,17 @@ def round_up(n: int, multiple: int) -> int:
 
 def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
                buckets: Sequence[int] = DEFAULT_BUCKETS, batch_multiple: int = 1,
-               pad_batch_to: int | None = None) -> Batch:
+               pad_batch_to: int | None = None, pack: bool = False,
+               with_loss_index: bool = False, loss_index_size: int | None = None) -> Batch:
   """Examples -> the padded `Batch` described in the module docstring (numpy arrays).
 
   batch_multiple: pad B with empty rows (all weights 0) up to a multiple of this (micro-batches
     x data-parallel devices). pad_batch_to: pad B to exactly this many rows (fixed shapes); with
-    it, `examples` may be empty (an all-padding batch, e.g. a host whose rollouts carried no
+    it, `examples` may be empty (an all-padding batch, e.g. a host whose rows carried no
     signal while another's did).
+  pack: several examples per row (`segment_ids`); T is still the bucket of the longest example.
+  with_loss_index: add `loss_index` [B, K]; K = loss_index_size (e.g. agreed across hosts), else
+    bucketed from the largest row count.
   """
   if not examples and not pad_batch_to:
     raise ValueError("make_batch needs at least one example.")
@@ -122,9 +143,11 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
     raise ValueError(f"batch_multiple must be >= 1, got {batch_multiple}.")
   longest = max((len(e.ids) for e in examples), default=1)
   t = bucket_length(longest, buckets, max_len)
-  b = round_up(max(len(examples), pad_batch_to or 0), batch_multiple)
+  rows = (packing.pack_rows([min(len(e.ids), t) for e in examples], t) if pack
+          else [[i] for i in range(len(examples))])
+  b = round_up(max(len(rows), pad_batch_to or 0), batch_multiple)
   if pad_batch_to is not None and b != pad_batch_to:
-    raise ValueError(f"pad_batch_to={pad_batch_to} is smaller than the {len(examples)} examples "
+    raise ValueError(f"pad_batch_to={pad_batch_to} is smaller than the {len(rows)} rows "
                      f"or not a multiple of batch_multiple={batch_multiple}.")
 
   out = {
@@ -135,22 +158,31 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
       "weights": np.zeros((b, t), np.float32),
   }
   optional = [k for k in OPTIONAL if examples and all(getattr(e, k) is not None for e in examples)]
-  for k in optional:
-    out[k] = np.zeros((b, t), np.float32)
+  for k in optional + (["segment_ids"] if pack else []):
+    out[k] = np.zeros((b, t), np.int32 if k == "segment_ids" else np.float32)
 
-  for i, ex in enumerate(examples):
-    n = min(len(ex.ids), t)
-    out["tokens"][i, :n] = ex.ids[:n]
-    out["positions"][i, :n] = np.arange(n)
-    out["input_mask"][i, :n] = True
-    mask = loss_mask(ex.roles[:n])
-    mask[0] = 0.0  # Nothing predicts the first token.
-    out["mask"][i, :n] = mask
-    tw = (np.asarray(ex.token_weights[:n], np.float32) if ex.token_weights is not None
-          else np.float32(ex.weight))
-    out["weights"][i, :n] = mask * tw
-    for k in optional:
-      out[k][i, :n] = getattr(ex, k)[:n]
+  for r, members in enumerate(rows):
+    start = 0
+    for seg, i in enumerate(members, 1):
+      ex = examples[i]
+      n = min(len(ex.ids), t)
+      span = slice(start, start + n)
+      out["tokens"][r, span] = ex.ids[:n]
+      out["positions"][r, span] = np.arange(n)
+      out["input_mask"][r, span] = True
+      mask = loss_mask(ex.roles[:n])
+      mask[0] = 0.0  # Nothing predicts the first token.
+      out["mask"][r, span] = mask
+      tw = (np.asarray(ex.token_weights[:n], np.float32) if ex.token_weights is not None
+            else np.float32(ex.weight))
+      out["weights"][r, span] = mask * tw
+      for k in optional:
+        out[k][r, span] = getattr(ex, k)[:n]
+      if pack:
+        out["segment_ids"][r, span] = seg
+      start += n
+  if with_loss_index:
+    out["loss_index"] = packing.loss_index(out["mask"], out["weights"], loss_index_size)
   return Batch(**out)
 
 
@@ -162,7 +194,7 @@ def batch_stats(examples: Sequence[Example], batch: Batch) -> dict[str, float]:
       "num_tokens": float(batch.input_mask.sum()),
       "num_student_tokens": float(batch.mask.sum()),
       "num_truncated": float(sum(len(e.ids) > t for e in examples)),
-      "padding_fraction": float(1.0 - batch.input_mask.mean()),
+      "padding_fraction": batch.padding_fraction(),
   }
 
 
@@ -176,5 +208,10 @@ def split_micro_batches(batch: Batch, num_micro: int) -> list[Batch]:
           for m in range(num_micro)]
 
 
+def plain(batch: Batch) -> Batch:
+  """The same batch without the loss index (logits at every position), e.g. for benchmarks."""
+  return batch.replace(loss_index=None)
+
+
 __all__ = ["Batch", "Example", "make_batch", "batch_stats", "bucket_length",
-           "split_micro_batches", "DEFAULT_BUCKETS"]
+           "split_micro_batches", "plain", "DEFAULT_BUCKETS"]

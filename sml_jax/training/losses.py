@@ -103,15 +103,25 @@ def check_normaliser(name: str) -> str:
   return name
 
 
-def token_scale_and_denominator(mask: Array, normaliser: str) -> tuple[Array, Array]:
+def token_scale_and_denominator(mask: Array, normaliser: str,
+                                segment_ids: Array | None = None) -> tuple[Array, Array]:
   """mask [B, T] (1 on student tokens) -> (scale [B, T], denominator []) for this (micro-)batch.
 
-  Denominators of micro-batches add up to the full batch's denominator, for both normalisers.
+  A sequence is a row, or with `segment_ids` [B, T] (packed rows: 1, 2, ... per conversation,
+  0 on padding) a segment. Denominators of micro-batches add up to the full batch's
+  denominator, for both normalisers.
   """
   check_normaliser(normaliser)
   mask = mask.astype(jnp.float32)
   if normaliser == "tokens":
     return jnp.ones_like(mask), mask.sum()
-  per_seq = mask.sum(axis=-1, keepdims=True)                     # [B, 1]
-  scale = jnp.where(per_seq > 0, 1.0 / jnp.maximum(per_seq, 1.0), 0.0)
-  return jnp.broadcast_to(scale, mask.shape), (per_seq > 0).sum().astype(jnp.float32)
+  if segment_ids is None:
+    per_seq = mask.sum(axis=-1, keepdims=True)                   # [B, 1]
+    scale = jnp.where(per_seq > 0, 1.0 / jnp.maximum(per_seq, 1.0), 0.0)
+    return jnp.broadcast_to(scale, mask.shape), (per_seq > 0).sum().astype(jnp.float32)
+  t = mask.shape[-1]
+  per_seg = jax.vmap(lambda m, s: jnp.zeros((t + 1,), jnp.float32).at[s].add(m))(
+      mask, segment_ids)                                         # [B, T + 1], by segment id
+  per_tok = jnp.take_along_axis(per_seg, segment_ids, axis=-1)   # [B, T]
+  scale = jnp.where(per_tok > 0, 1.0 / jnp.maximum(per_tok, 1.0), 0.0)
+  return scale, (per_seg[:, 1:] > 0).sum().astype(jnp.float32)

@@ -13,13 +13,18 @@ Per micro-batch (B / num_micro_batches rows, rows m, m + M, m + 2M, ... for micr
 
     h = gemma trunk(tokens) in `compute_dtype` (bf16 copies of the f32 master params)
     loss_sum = sum_t scale_t * [policy_loss(logp_t, w_t, old_t) + kl_beta * mask_t * kl(logp_t, ref_t)]
+    over the positions in `batch.loss_index` (targets with non-zero mask or weight; every other
+    position adds exactly 0), or over every position when the batch has no index
     denominator = student tokens (or sequences), see `losses.py`
 
 gradients of loss_sum are summed over micro-batches (lax.scan, f32) and divided by the summed
 denominator, so 4 micro-batches give the gradient of one big batch exactly (up to float
 rounding). Token t's log-prob comes from h[t - 1]; `logprobs.fused_token_loss` computes it (and
-its gradient) chunk by chunk without [B, T, V] logits. The model's own logits output is unused
-and removed by XLA.
+its gradient) chunk by chunk without [B, T, V] logits, from h gathered at `loss_index` ([B, K],
+K ~ the student tokens of the fullest row; the gather's gradient scatters back into h). The
+model's own logits output is unused and removed by XLA. Packed rows (`segment_ids`) attend within
+their segment only, and the "sequences" normaliser counts segments, so a packed batch gives the
+same loss and gradient as the unpacked one.
 
 With a `mesh`, state and batch are sharded by `sml_jax/parallel/rules.py` (batch rows over
 ("data", "fsdp")); the state buffers are donated. Metrics (all float32 scalars): loss,
@@ -103,15 +108,28 @@ def _token_loss(logp, aux, *, cfg: TrainConfig):
   policy = losses.get_policy_loss(cfg.loss)
   out = policy(logp, aux["weights"], aux.get("old_logprobs"), clip_eps=cfg.clip_eps)
   if cfg.kl_beta:
-    out = out + cfg.kl_beta * aux["mask"] * losses.kl_k3(logp, aux["ref_logprobs"])
+    # where, not a product: k3 can overflow off the mask (ref_logprobs is 0 there).
+    out = out + cfg.kl_beta * jnp.where(aux["mask"] != 0, losses.kl_k3(
+        logp, aux["ref_logprobs"]), 0.0)
   return aux["scale"] * out
 
 
-def attention_mask(input_mask: jax.Array) -> jax.Array:
-  """input_mask bool [B, T] -> causal mask bool [B, T, T] over real (non-pad) keys."""
+def attention_mask(input_mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+  """input_mask bool [B, T] (segment_ids int [B, T]) -> causal mask bool [B, T, T] over real
+  (non-pad) keys of the query's own segment."""
   t = input_mask.shape[1]
   causal = jnp.tril(jnp.ones((t, t), bool))
-  return causal[None] & input_mask[:, None, :]
+  mask = causal[None] & input_mask[:, None, :]
+  if segment_ids is not None:
+    mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+  return mask
+
+
+def _gather(x: jax.Array, index: jax.Array | None) -> jax.Array:
+  """x [B, T, ...] at index [B, K] -> [B, K, ...] (x itself when index is None)."""
+  if index is None:
+    return x
+  return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
 def _tempered(h: jax.Array, model, cfg: TrainConfig) -> jax.Array:
@@ -127,7 +145,7 @@ def _tempered(h: jax.Array, model, cfg: TrainConfig) -> jax.Array:
 def hidden_states(model, params, batch: Batch) -> jax.Array:
   """The trunk's final-norm output h [B, T, D] (params already in the compute dtype)."""
   out = model.apply({"params": params}, batch.tokens, positions=batch.positions,
-                    attention_mask=attention_mask(batch.input_mask),
+                    attention_mask=attention_mask(batch.input_mask, batch.segment_ids),
                     return_hidden_states=True)
   return out.hidden_states
 
@@ -136,19 +154,21 @@ def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig
   """-> (loss_sum, (denominator, metric sums)) for one micro-batch of [b, T] arrays."""
   dtype = DTYPES[cfg.compute_dtype]
   params = merge_params(trainable, frozen)
-  h = _tempered(hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch),
-                model, cfg)
-  b, t, d = h.shape
-  scale, denominator = losses.token_scale_and_denominator(batch.mask, cfg.normaliser)
+  h = hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch)
+  h = _tempered(_gather(h, batch.loss_index), model, cfg)              # [b, K or T, D]
+  b, k, d = h.shape
+  scale, denominator = losses.token_scale_and_denominator(batch.mask, cfg.normaliser,
+                                                          batch.segment_ids)
   aux = {"weights": batch.weights, "mask": batch.mask, "scale": scale}
   for key in ("old_logprobs", "ref_logprobs"):
     if getattr(batch, key) is not None:
       aux[key] = getattr(batch, key)
-  aux = {k: _shift_left(v.astype(jnp.float32)).reshape(-1) for k, v in aux.items()}
-  targets = _shift_left(batch.tokens, PAD_ID).reshape(-1)
+  aux = {key: _gather(_shift_left(v.astype(jnp.float32)), batch.loss_index).reshape(-1)
+         for key, v in aux.items()}
+  targets = _gather(_shift_left(batch.tokens, PAD_ID), batch.loss_index).reshape(-1)
   softcap = getattr(getattr(model, "config", None), "final_logit_softcap", None)
   loss_sum, logp = logprobs_lib.fused_token_loss(
-      functools.partial(_token_loss, cfg=cfg), h.reshape(b * t, d),
+      functools.partial(_token_loss, cfg=cfg), h.reshape(b * k, d),
       params["embedder"]["input_embedding"], targets, aux,
       chunk_size=cfg.logits_chunk_size, softcap=softcap, compute_dtype=dtype)
   mask = aux["mask"]
@@ -165,17 +185,24 @@ def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig
 
 def batch_logprobs(params, batch: Batch, *, model, cfg: TrainConfig) -> jax.Array:
   """log p(tokens[:, t] | tokens[:, :t]) [B, T] float32 under `params` (full tree), aligned
-  like `weights`; 0 at t = 0 and on padding. For reference / old log-probs and evaluation."""
+  like `weights`; 0 at t = 0 and on padding. For reference / old log-probs and evaluation.
+  With a `loss_index`, computed only at the indexed targets (the only ones the loss reads) and
+  0 elsewhere."""
   dtype = DTYPES[cfg.compute_dtype]
-  h = _tempered(hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch),
-                model, cfg)
-  b, t, d = h.shape
-  targets = _shift_left(batch.tokens, PAD_ID).reshape(-1)
+  h = hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch)
+  h = _tempered(_gather(h, batch.loss_index), model, cfg)
+  b, k, d = h.shape
+  t = batch.tokens.shape[1]
+  targets = _gather(_shift_left(batch.tokens, PAD_ID), batch.loss_index).reshape(-1)
   softcap = getattr(getattr(model, "config", None), "final_logit_softcap", None)
-  logp = logprobs_lib.token_logprobs(h.reshape(b * t, d), params["embedder"]["input_embedding"],
+  logp = logprobs_lib.token_logprobs(h.reshape(b * k, d), params["embedder"]["input_embedding"],
                                      targets, chunk_size=cfg.logits_chunk_size, softcap=softcap,
-                                     compute_dtype=dtype).reshape(b, t)
-  logp = jnp.concatenate([jnp.zeros_like(logp[:, :1]), logp[:, :-1]], axis=1)
+                                     compute_dtype=dtype).reshape(b, k)
+  if batch.loss_index is None:
+    logp = jnp.concatenate([jnp.zeros_like(logp[:, :1]), logp[:, :-1]], axis=1)
+  else:   # h[t] predicts token t + 1; the padding entries (t = T - 1) fall off the end.
+    rows = jnp.arange(b)[:, None]
+    logp = jnp.zeros((b, t), jnp.float32).at[rows, batch.loss_index + 1].set(logp, mode="drop")
   return jnp.where(batch.input_mask, logp, 0.0)
 
 
@@ -198,8 +225,9 @@ def check_batch(batch: Batch, cfg: TrainConfig, data_parallel: int = 1) -> None:
     raise ValueError(f"Train batch is missing {', '.join(missing)}.")
   shape = tuple(batch.tokens.shape)
   for k, v in batch.arrays().items():
-    if tuple(v.shape) != shape:
-      raise ValueError(f"Train batch '{k}' has shape {tuple(v.shape)}, expected {shape}.")
+    want = shape[:1] + tuple(v.shape[1:2]) if k == "loss_index" else shape
+    if tuple(v.shape) != want or len(v.shape) != 2:
+      raise ValueError(f"Train batch '{k}' has shape {tuple(v.shape)}, expected {want}.")
   need = cfg.num_micro_batches * data_parallel
   if len(shape) != 2 or shape[0] % need:
     raise ValueError(f"Train batch size {shape[0] if shape else None} must be a multiple of "
@@ -273,7 +301,7 @@ class TrainStep:
     self.cfg, self.mesh = cfg, mesh
     self._fn = functools.partial(train_step, model=model, optimizer=optimizer, cfg=cfg,
                                  schedule=schedule, mesh=mesh)
-    self._jitted = None
+    self._jitted = {}     # per batch structure (which optional fields are present)
     self.data_parallel = 1 if mesh is None else math.prod(mesh.shape[a] for a in mesh_lib.BATCH_AXES)
 
   def _jit(self, state: TrainState, batch: Batch):
@@ -294,14 +322,19 @@ class TrainStep:
   def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
     check_batch(batch, self.cfg, self.data_parallel)
     batch = self.put_batch(batch)
-    if self._jitted is None:
-      self._jitted = self._jit(state, batch)
-    return self._jitted(state, batch)
+    return self._jitted_for(state, batch)(state, batch)
+
+  def _jitted_for(self, state: TrainState, batch: Batch):
+    key = jax.tree.structure(batch)
+    if key not in self._jitted:
+      self._jitted[key] = self._jit(state, batch)
+    return self._jitted[key]
 
   def lower(self, state: TrainState, batch: Batch):
     """jax `Lowered` for cost / memory analysis (does not run the step)."""
+    check_batch(batch, self.cfg, self.data_parallel)
     batch = self.put_batch(batch)
-    return (self._jitted or self._jit(state, batch)).lower(state, batch)
+    return self._jitted_for(state, batch).lower(state, batch)
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, cfg: TrainConfig | None = None,

@@ -1,0 +1,252 @@
+"""The train step's cheaper layout (packed rows, logits only at weighted targets) is exact: loss,
+gradients and metrics equal the plain step's (full rows, logits at every position) for SFT
+weights and RL advantages (PPO + KL, per-sequence normaliser), full finetuning and LoRA, on
+`tiny`, on the real 270M at small shapes, and on 8 fake devices."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sml_jax.dialogue import chat_format as cf
+from sml_jax.models import registry
+from sml_jax.training import batching, packing
+from sml_jax.training import train_state as ts
+from sml_jax.training import train_step as tstep
+
+DIALOGUES = [
+    [("user", "What is 2+3?"), ("model", "Is it 6?"), ("user", "No, count again."),
+     ("model", "It is 5."), ("user", "Correct.")],
+    [("user", "Capital of France?"), ("model", "Paris.")],
+    [("user", "Name a prime number."), ("model", "Seven"), ("user", "Yes.")],
+    [("user", "Spell cat backwards."), ("model", "tac"), ("user", "Good."), ("model", "Thanks!")],
+    [("user", "Say hello in French, then in Spanish, then in German please."),
+     ("model", "Bonjour. Hola. Hallo.")],
+]
+ADVANTAGES = [1.2, -0.5, 0.7, -1.2, 0.4, 0.9, -0.3, 1.1, -0.8, 0.6]
+CONFIGS = {
+    "sft": tstep.TrainConfig(compute_dtype="float32"),
+    "rl": tstep.TrainConfig(compute_dtype="float32", loss="ppo", kl_beta=0.1,
+                            normaliser="sequences", temperature=0.7),
+}
+
+
+def examples(tok, kind: str, dialogues=DIALOGUES):
+  """SFT: weight 1 on student tokens. RL: the advantage, 0 on each turn's last student token
+  (as on an appended <end_of_turn>), with old / reference log-probs near the policy's."""
+  rng = np.random.default_rng(0)
+  out = []
+  for d, a in zip(dialogues * 2, ADVANTAGES):
+    ids, roles = cf.encode_dialogue(tok, d)
+    if kind == "sft":
+      out.append(batching.Example(ids, roles, weight=1.0))
+      continue
+    w = np.where(roles == cf.Role.MODEL, np.float32(a), np.float32(0.0))
+    w[np.flatnonzero(np.diff((roles == cf.Role.MODEL).astype(int)) == -1)] = 0.0
+    lp = lambda: (-rng.uniform(0.5, 12.0, len(ids))).astype(np.float32)
+    out.append(batching.Example(ids, roles, weight=a, token_weights=w.astype(np.float32),
+                                old_logprobs=lp(), ref_logprobs=lp()))
+  return out
+
+
+def both_layouts(exs, **kw):
+  """(plain batch, packed batch with loss index)."""
+  return (batching.make_batch(exs, **kw),
+          batching.make_batch(exs, pack=True, with_loss_index=True, **kw))
+
+
+def loss_and_grads(model, trainable, frozen, batch, cfg):
+  batch = jax.tree.map(jnp.asarray, batch)
+
+  def loss(p):
+    s, (d, sums) = tstep.micro_batch_loss(p, frozen, batch, model=model, cfg=cfg)
+    return s / d, (d, sums)
+  (value, (den, sums)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(trainable)
+  return float(value), float(den), {k: float(v) for k, v in sums.items()}, grads
+
+
+def assert_same(model, trainable, frozen, plain, fast, cfg, rtol=1e-5):
+  v0, d0, s0, g0 = loss_and_grads(model, trainable, frozen, plain, cfg)
+  v1, d1, s1, g1 = loss_and_grads(model, trainable, frozen, fast, cfg)
+  assert d0 == d1 and s0["num_student_tokens"] == s1["num_student_tokens"] > 0
+  np.testing.assert_allclose(v1, v0, rtol=rtol)
+  for k in s0:
+    np.testing.assert_allclose(s1[k], s0[k], rtol=rtol, atol=1e-5, err_msg=k)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
+  diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
+  assert scale > 1e-6 and diff <= rtol * scale, (diff, scale)
+  return v0
+
+
+def lora_state(model, params, seed=0):
+  """LoRA split (trainable adapters, frozen base) with non-zero B, so every adapter factor has
+  a gradient."""
+  state = ts.create_train_state(model, params, optax.sgd(1.0))
+  keys = iter(jax.random.split(jax.random.PRNGKey(seed), len(jax.tree.leaves(state.params))))
+  lora = jax.tree.map(lambda x: 0.02 * jax.random.normal(next(keys), x.shape, x.dtype),
+                      state.params)
+  return lora, state.frozen
+
+
+# ---------------------------------------------------------------------------------- layout
+
+
+def test_bucket_count_pack_rows_and_loss_index():
+  assert [packing.bucket_count(n) for n in (0, 8, 9, 13, 17, 25, 33, 49, 65, 97)] == \
+      [8, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+  assert packing.bucket_count(1000, cap=640) == 640
+  rows = packing.pack_rows([300, 120, 200, 90, 512], 512)
+  assert rows == [[4], [0, 2], [1, 3]]
+  with pytest.raises(ValueError, match="row_len"):
+    packing.pack_rows([600], 512)
+  mask = np.array([[0, 0, 1, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]], np.float32)
+  weights = mask * 0.0
+  weights[1, 7] = 2.0   # A weight without mask counts too.
+  np.testing.assert_array_equal(packing.loss_index(mask, weights),
+                                [[1, 2, 4, 7, 7, 7, 7, 7], [6, 7, 7, 7, 7, 7, 7, 7]])
+  with pytest.raises(ValueError, match="smaller"):
+    packing.loss_index(mask, weights, size=2)
+  with pytest.raises(ValueError, match="first token"):
+    packing.loss_index(np.ones((1, 4)), np.zeros((1, 4)))
+
+
+def test_packed_batch_holds_every_example_once(tiny_tok):
+  exs = examples(tiny_tok, "rl")
+  plain, fast = both_layouts(exs, buckets=(64,))
+  assert fast.shape[0] < plain.shape[0] and fast.padding_fraction() < plain.padding_fraction()
+  assert fast.input_mask.sum() == plain.input_mask.sum()
+  segments = set()
+  for r in range(fast.shape[0]):
+    for s in set(fast.segment_ids[r].tolist()) - {0}:
+      seg = fast.segment_ids[r] == s
+      assert fast.positions[r][seg].tolist() == list(range(seg.sum()))
+      segments.add(tuple(fast.tokens[r][seg].tolist()))
+      assert fast.mask[r][seg][0] == 0   # Nothing predicts a segment's first token.
+  assert segments == {tuple(e.ids.tolist()) for e in exs}
+  for k in ("mask", "weights", "old_logprobs", "ref_logprobs"):
+    np.testing.assert_allclose(np.sort(getattr(fast, k)[fast.input_mask]),
+                               np.sort(getattr(plain, k)[plain.input_mask]), err_msg=k)
+  assert fast.loss_index.shape[1] < fast.shape[1]
+  assert (packing.loss_counts(fast.mask, fast.weights) <= fast.loss_index.shape[1]).all()
+
+
+# ------------------------------------------------------------------------------ tiny model
+
+
+@pytest.fixture(scope="module")
+def tiny_tok():
+  return registry.load_tokenizer("tiny")
+
+
+@pytest.mark.parametrize("kind", ["sft", "rl"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_tiny_step_is_exact(tiny, tiny_tok, kind, lora):
+  _, params = tiny
+  exs = examples(tiny_tok, kind)
+  plain, fast = both_layouts(exs, buckets=(64,))
+  if lora:
+    # Rank 4 as elsewhere in the suite (gemma's nn.jit caches a LoRA trace per base module).
+    model = registry.build_model("tiny", lora_rank=4)
+    trainable, frozen = lora_state(model, params)
+  else:
+    model, trainable, frozen = registry.build_model("tiny"), params, {}
+  assert_same(model, trainable, frozen, plain, fast, CONFIGS[kind])
+  # Log-probs (reference / old log-prob passes): equal at every target the loss reads.
+  full = ts.merge_params(trainable, frozen)
+  lp_plain = tstep.make_logprob_fn(model, CONFIGS[kind])(full, plain)
+  lp_index = tstep.make_logprob_fn(model, CONFIGS[kind])(
+      full, plain.replace(loss_index=packing.loss_index(plain.mask, plain.weights)))
+  need = (plain.mask != 0) | (plain.weights != 0)
+  np.testing.assert_allclose(np.asarray(lp_index)[need], np.asarray(lp_plain)[need], rtol=1e-5)
+  assert (np.asarray(lp_index)[~need] == 0).all()
+
+
+def test_tiny_train_step_with_micro_batches_is_exact(tiny, tiny_tok):
+  """The whole jitted step (scan over 2 micro-batches, SGD): same update and metrics."""
+  model, params = registry.build_model("tiny"), tiny[1]
+  plain, fast = both_layouts(examples(tiny_tok, "rl"), buckets=(64,), batch_multiple=2)
+  cfg = tstep.TrainConfig(num_micro_batches=2, **{k: getattr(CONFIGS["rl"], k) for k in (
+      "compute_dtype", "loss", "kl_beta", "normaliser", "temperature")})
+  tx = optax.sgd(1.0)
+  out = []
+  for batch in (plain, fast):
+    step = tstep.make_train_step(model, tx, cfg)
+    state, m = step(ts.create_train_state(model, params, tx), batch)
+    out.append((jax.tree.map(jnp.subtract, params, state.params), m))
+  (g0, m0), (g1, m1) = out
+  for k in m0:
+    np.testing.assert_allclose(float(m1[k]), float(m0[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
+  diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
+  assert scale > 1e-6 and diff <= 1e-5 * scale
+
+
+# ----------------------------------------------------------------------------- the 270M
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,lora", [("sft", False), ("rl", True)])
+def test_270m_step_is_exact_at_small_shapes(real_270m, tokenizer, kind, lora):
+  _, params = real_270m
+  exs = examples(tokenizer, kind, DIALOGUES[:3])[:4]
+  plain, fast = both_layouts(exs, buckets=(48,))
+  if lora:
+    model = registry.build_model("gemma3_270m", lora_rank=4)
+    trainable, frozen = lora_state(model, params)
+  else:
+    model, trainable, frozen = real_270m[0], params, {}
+  assert_same(model, trainable, frozen, plain, fast, CONFIGS[kind], rtol=1e-4)
+
+
+# ------------------------------------------------------------------------- 8 fake devices
+
+_EIGHT_DEVICES = """
+import json, jax, jax.numpy as jnp, numpy as np, optax
+from sml_jax.models import registry
+from sml_jax.parallel import distributed
+from sml_jax.parallel.mesh import make_mesh
+from sml_jax.training import train_state as ts, train_step as tstep
+from tests.test_loss_index import CONFIGS, both_layouts, examples, lora_state
+assert jax.device_count() == 8
+tok, params = registry.load_tokenizer("tiny"), registry.load_params("tiny")
+out = {}
+for kind, lora in (("sft", False), ("rl", True)):
+  model = registry.build_model("tiny", lora_rank=4 if lora else None)
+  trainable = lora_state(model, params)[0] if lora else None
+  plain, fast = both_layouts(examples(tok, kind), buckets=(64,), batch_multiple=8)
+  tx = optax.sgd(1.0)
+  def run(batch, mesh, micro):
+    c = CONFIGS[kind]
+    cfg = tstep.TrainConfig(num_micro_batches=micro, compute_dtype="float32", loss=c.loss,
+                            kl_beta=c.kl_beta, normaliser=c.normaliser, temperature=c.temperature)
+    state = ts.create_train_state(model, params, tx)
+    if lora:
+      state = state.replace(params=trainable)
+    before = jax.device_get(state.params)   # The step donates the state.
+    if mesh is not None:
+      state = ts.shard_train_state(state, mesh)
+      batch = distributed.global_batch(batch, mesh)
+    state, m = tstep.make_train_step(model, tx, cfg, mesh=mesh)(state, batch)
+    delta = jax.tree.map(np.subtract, before, jax.device_get(state.params))
+    return delta, {k: float(v) for k, v in m.items()}
+  ref, ref_m = run(plain, None, 1)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(ref))
+  for shape, micro in (((8, 1, 1), 1), ((2, 2, 2), 1)):
+    got, m = run(fast, make_mesh(*shape), micro)
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)))
+    out[f"{kind} lora={lora} {shape}"] = {"rel_diff": diff / scale, "loss": [m["loss"], ref_m["loss"]],
+                                          "metrics_ok": all(abs(m[k] - ref_m[k]) <= 1e-5 * max(1, abs(ref_m[k])) for k in ref_m)}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_sharded_fast_step_on_8_fake_devices_equals_plain_one_device(fake_devices):
+  out = json.loads(fake_devices(_EIGHT_DEVICES).strip().splitlines()[-1])
+  print(json.dumps(out, indent=1))
+  assert len(out) == 4
+  for name, r in out.items():
+    assert r["rel_diff"] < 1e-5 and r["metrics_ok"], (name, r)
