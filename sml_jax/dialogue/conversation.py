@@ -114,9 +114,9 @@ class Conversation:
 
 
 def write_transcripts(path, conversations) -> None:
-  with open(path, "w") as f:
-    for c in conversations:
-      f.write(json.dumps(c.to_json()) + "\n")
+  """One JSON line per conversation, to a local path or a gs:// URL."""
+  from sml_jax import paths  # pylint: disable=g-import-not-at-top
+  paths.write_text_atomic(path, "".join(json.dumps(c.to_json()) + "\n" for c in conversations))
 
 
 def turn_reward(solved_turn: int | None, gamma: float) -> float:

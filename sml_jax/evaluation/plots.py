@@ -12,10 +12,13 @@ state, so plotting is safe in threads and never tries to open a window.
 
 from __future__ import annotations
 
+import io
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from sml_jax import paths
 
 RATE_KEYS = (("question_rate", "question rate"), ("premature_answer_rate", "premature answers"),
              ("teacher_leak_rate", "teacher leaks"))
@@ -27,6 +30,13 @@ TRAIN_KEYS = (("reward_mean", "mean reward"), ("success_rate", "success rate"), 
               ("well_formed_rate", "well-formed student turns"),
               ("truncated_rate", "examples cut at train.max_len"))
 COLORS = {"before": "tab:gray", "after": "tab:blue"}
+
+
+def _save(fig: Figure, path: str) -> None:
+  """PNG to a local path or a gs:// URL (rendered in memory, written in one piece)."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
+  paths.write_bytes(path, buf.getvalue())
 
 
 def _finite(values) -> np.ndarray:
@@ -72,7 +82,7 @@ def plot_success_by_turn(evals: dict[str, dict], pairs: Sequence[tuple[str, str,
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left")
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   return path
 
 
@@ -104,7 +114,7 @@ def plot_rates(evals: dict[str, dict], pairs: Sequence[tuple[str, str, str]], pa
                   rotation=30 if tilt else 0, ha="right" if tilt else "center")
     ax.set(title=title, ylabel="rate", ylim=(0, min(1.02, max(0.05, 1.2 * top))))
     ax.legend(fontsize="small")
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   return path
 
 
@@ -141,5 +151,5 @@ def plot_training(log: Sequence[dict], path: str) -> str | None:
     ax.set(title=label, xlabel="step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   return path

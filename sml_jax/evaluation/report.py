@@ -1,7 +1,7 @@
 """`write_report(workdir)`: report.md (before/after table, training summary), PNGs, transcripts.html.
 
 Reads what `store.py` lays out (workdir/eval/*.json, their transcripts, workdir/metrics.jsonl)
-and writes, in workdir:
+and writes, in workdir (local or gs://, `sml_jax.paths`):
 
     report.md  success_by_turn.png  rates.png  training.png  transcripts.html
 
@@ -12,11 +12,11 @@ says so. Returns the markdown evaluation table(s), which the demo prints.
 from __future__ import annotations
 
 import math
-import os
 from typing import Sequence
 
 import numpy as np
 
+from sml_jax import paths
 from sml_jax.evaluation import metrics as metrics_lib
 from sml_jax.evaluation import paired as paired_lib
 from sml_jax.evaluation import plots
@@ -166,12 +166,12 @@ def example_pair_text(workdir: str) -> str:
 
 def write_report(workdir: str, *, show_k: Sequence[int] = SHOW_K, max_viewer_items: int = 100) -> str:
   """Writes report.md, the PNGs and transcripts.html into `workdir`; returns the eval table(s)."""
-  if not os.path.isdir(workdir):
+  if not paths.isdir(workdir):
     raise ValueError(f"workdir {workdir!r} does not exist.")
   evals = store.read_evals(workdir)
   pairs, singles = store.pair_names(list(evals))
   log = store.read_train_log(workdir)
-  join = lambda name: os.path.join(workdir, name)
+  join = lambda name: paths.join(workdir, name)
   metric_keys = set(metrics_lib.compute_metrics([])) | {"name"}
 
   transcripts = {n: store.read_transcripts(workdir, n) for n in evals}
@@ -195,17 +195,16 @@ def write_report(workdir: str, *, show_k: Sequence[int] = SHOW_K, max_viewer_ite
       "training.png": plots.plot_training(log, join("training.png")),
   }
   for name, written in pngs.items():  # a plot from an earlier run would no longer match the report
-    if not written and os.path.exists(join(name)):
-      os.remove(join(name))
+    if not written and paths.exists(join(name)):
+      paths.remove(join(name))
   sections = [(x, [(b, transcripts[b]), (a, transcripts[a])]) for x, b, a in pairs]
   sections += [(s, [(s, transcripts[s])]) for s in singles]
-  with open(join("transcripts.html"), "w", encoding="utf-8") as f:
-    f.write(viewer.render_page(sections, max_viewer_items))
+  paths.write_text_atomic(join("transcripts.html"), viewer.render_page(sections, max_viewer_items))
 
   def image(name, alt):
     return f"![{alt}]({name})" if pngs[name] else f"_(no {alt} plot: nothing to show)_"
 
-  md = [f"# SML report\n\nWorkdir: `{os.path.abspath(workdir)}`\n",
+  md = [f"# SML report\n\nWorkdir: `{paths.resolve(workdir)}`\n",
         "## Evaluation\n",
         "Cells: value [95% bootstrap CI, resampling conversations (problems for LiC)]. Rates are "
         "fractions of turns (out-of-context and truncated: of conversations); a quality flag a "
@@ -222,6 +221,5 @@ def write_report(workdir: str, *, show_k: Sequence[int] = SHOW_K, max_viewer_ite
         (training_table(log) + "\n\n" + image("training.png", "training")) if log
         else "_(no workdir/metrics.jsonl: no training logged)_",
         ""]
-  with open(join("report.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(md))
+  paths.write_text_atomic(join("report.md"), "\n".join(md))
   return table_text

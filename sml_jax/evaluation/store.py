@@ -4,16 +4,17 @@
     workdir/eval/<name>.transcripts.jsonl   the conversations, one JSON record per line
     workdir/metrics.jsonl                   training log: {"step", "stage", "loss", "reward_mean", ...}
 
-Names pair up for before/after comparisons as `before_<x>` / `after_<x>`.
+`workdir` may be local or gs://bucket/dir (`sml_jax.paths`). Names pair up for before/after
+comparisons as `before_<x>` / `after_<x>`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Any, Sequence
 
+from sml_jax import paths
 from sml_jax.evaluation import metrics as metrics_lib
 from sml_jax.evaluation import schema
 
@@ -28,14 +29,6 @@ def check_name(name: str) -> str:
     raise ValueError(f"Eval name must match {_NAME_RE.pattern} (a file name, not ending in "
                      f"'.transcripts'), got {name!r}.")
   return name
-
-
-def _write_atomic(path: str, text: str) -> None:
-  """Readers (the report, a viewer refresh) never see a half-written file."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def write_eval(workdir: str, name: str, transcripts: Sequence[dict], extra: dict | None = None,
@@ -55,35 +48,33 @@ def write_eval(workdir: str, name: str, transcripts: Sequence[dict], extra: dict
   if clash:
     raise ValueError(f"extra keys {clash} collide with metric keys of eval {name!r}.")
   result.update(extra or {})
-  out_dir = os.path.join(workdir, EVAL_DIR)
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = paths.join(workdir, EVAL_DIR)
+  paths.makedirs(out_dir)
   lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in transcripts)
-  _write_atomic(os.path.join(out_dir, name + TRANSCRIPTS_SUFFIX), lines)
-  _write_atomic(os.path.join(out_dir, name + ".json"),
-                json.dumps(result, indent=1, allow_nan=False, ensure_ascii=False) + "\n")
+  paths.write_text_atomic(paths.join(out_dir, name + TRANSCRIPTS_SUFFIX), lines)
+  paths.write_text_atomic(paths.join(out_dir, name + ".json"),
+                          json.dumps(result, indent=1, allow_nan=False, ensure_ascii=False) + "\n")
   return result
 
 
 def read_evals(workdir: str) -> dict[str, dict]:
   """name -> metrics dict for every eval/<name>.json, sorted by name ({} if none)."""
-  out_dir = os.path.join(workdir, EVAL_DIR)
-  if not os.path.isdir(out_dir):
-    return {}
+  out_dir = paths.join(workdir, EVAL_DIR)
   evals = {}
-  for fname in sorted(os.listdir(out_dir)):
+  for fname in paths.listdir(out_dir):
     if fname.endswith(".json"):
-      path = os.path.join(out_dir, fname)
-      with open(path, encoding="utf-8") as f:
-        try:
-          evals[fname[:-len(".json")]] = json.load(f)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path} is not valid JSON: {e}") from e
+      path = paths.join(out_dir, fname)
+      try:
+        evals[fname[:-len(".json")]] = json.loads(paths.read_text(path))
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
   return evals
 
 
 def _read_jsonl(path: str, tolerate_partial_tail: bool = False) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    lines = [(i, line) for i, line in enumerate(f, 1) if line.strip()]
+  """The records of a JSON-lines file ([] when it does not exist)."""
+  text = paths.read_text_or_none(path) or ""
+  lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
   records = []
   for i, line in lines:
     try:
@@ -97,14 +88,12 @@ def _read_jsonl(path: str, tolerate_partial_tail: bool = False) -> list[dict]:
 
 def read_transcripts(workdir: str, name: str) -> list[dict]:
   """The conversations of eval `name` ([] when its transcripts file is absent)."""
-  path = os.path.join(workdir, EVAL_DIR, check_name(name) + TRANSCRIPTS_SUFFIX)
-  return _read_jsonl(path) if os.path.exists(path) else []
+  return _read_jsonl(paths.join(workdir, EVAL_DIR, check_name(name) + TRANSCRIPTS_SUFFIX))
 
 
 def read_train_log(workdir: str) -> list[dict]:
   """The records of workdir/metrics.jsonl in file order ([] when absent)."""
-  path = os.path.join(workdir, TRAIN_LOG)
-  return _read_jsonl(path, tolerate_partial_tail=True) if os.path.exists(path) else []
+  return _read_jsonl(paths.join(workdir, TRAIN_LOG), tolerate_partial_tail=True)
 
 
 def pair_names(names: Sequence[str]) -> tuple[list[tuple[str, str, str]], list[str]]:
@@ -118,8 +107,8 @@ def pair_names(names: Sequence[str]) -> tuple[list[tuple[str, str, str]], list[s
 
 def write_rollouts(workdir: str, stage: str, step: int, transcripts: Sequence[dict]) -> str:
   """workdir/rollouts/<stage>/step_<n>.jsonl: one training iteration's conversations."""
-  out = os.path.join(os.fspath(workdir), "rollouts", stage)
-  os.makedirs(out, exist_ok=True)
-  path = os.path.join(out, f"step_{step:05d}.jsonl")
-  _write_atomic(path, "".join(json.dumps(c) + "\n" for c in transcripts))
+  out = paths.join(workdir, "rollouts", stage)
+  paths.makedirs(out)
+  path = paths.join(out, f"step_{step:05d}.jsonl")
+  paths.write_text_atomic(path, "".join(json.dumps(c) + "\n" for c in transcripts))
   return path

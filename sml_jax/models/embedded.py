@@ -144,17 +144,26 @@ def tokenizer_proto_from_gguf(reader) -> bytes:
 def convert(out_dir: pathlib.Path) -> None:
   """Converts the GGUF into `out_dir` (params/ + tokenizer.model + DONE). Deterministic."""
   import gguf  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   src = _gguf_path()
+  # A local cache of this host only: after `jax.distributed.initialize` a default orbax save is
+  # a collective in which only process 0 writes (other hosts would get no params, and hosts
+  # with and without a cache would wait for each other forever).
+  pid = jax.process_index()
+  local_only = ocp.options.MultiprocessingOptions(
+      primary_host=pid, active_processes={pid}, barrier_sync_key_prefix=f"sml_jax_cache_{pid}")
   reader = gguf.GGUFReader(src)
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{NAME}-"))
   try:
     (tmp / "tokenizer.model").write_bytes(tokenizer_proto_from_gguf(reader))
     params = params_from_gguf(reader)
-    with ocp.StandardCheckpointer() as ckpt:
+    with ocp.StandardCheckpointer(multiprocessing_options=local_only) as ckpt:
       ckpt.save(tmp / "params", params)
     (tmp / "DONE").write_text(json.dumps({"gguf_sha256": _sha256(src), "converter_version": CONVERTER_VERSION}))
+    if _is_current(out_dir):
+      return   # Another process on this machine finished first: keep its copy.
     if out_dir.exists():
       shutil.rmtree(out_dir)
     tmp.rename(out_dir)  # Atomic: a half-written cache is never visible.
@@ -162,11 +171,15 @@ def convert(out_dir: pathlib.Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _is_current(out: pathlib.Path) -> bool:
+  done = out / "DONE"
+  return done.exists() and json.loads(done.read_text()).get("converter_version") == CONVERTER_VERSION
+
+
 def ensure_cached() -> pathlib.Path:
   """Returns the cache dir of the converted model, converting on first use (~20 s)."""
   out = cache_dir()
-  done = out / "DONE"
-  if not done.exists() or json.loads(done.read_text()).get("converter_version") != CONVERTER_VERSION:
+  if not _is_current(out):
     print(f"[sml_jax] converting the embedded Gemma 3 270M into {out} (once, ~20 s)", flush=True)
     convert(out)
   return out

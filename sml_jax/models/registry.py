@@ -113,6 +113,8 @@ def load_tokenizer(name: str, tokenizer_path: str | None = None):
   if tokenizer_path is None:
     from sml_jax.models import embedded  # pylint: disable=g-import-not-at-top
     tokenizer_path = str(embedded.tokenizer_path())
-  elif not os.path.exists(tokenizer_path):
-    raise FileNotFoundError(f"Tokenizer file {tokenizer_path!r} does not exist.")
+  else:
+    from sml_jax import paths  # pylint: disable=g-import-not-at-top
+    if not paths.exists(tokenizer_path):   # Local or gs:// (read through etils.epath).
+      raise FileNotFoundError(f"Tokenizer file {tokenizer_path!r} does not exist.")
   return gm.text.Gemma3Tokenizer(path=tokenizer_path)

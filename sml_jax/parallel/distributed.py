@@ -194,6 +194,19 @@ def gather_json(items: Sequence[Any]) -> list[Any]:
   return out
 
 
+def broadcast_json(item: Any) -> Any:
+  """Process 0's JSON-able `item` on every host (e.g. what it read from the shared workdir, so
+  that every host decides the same way: a file another host cannot see yet never splits them)."""
+  if jax.process_count() == 1:
+    return item
+  data = np.frombuffer(json.dumps(item).encode(), np.uint8) if is_primary() else np.zeros(0, np.uint8)
+  size = int(multihost_utils.broadcast_one_to_all(np.asarray(data.size, np.int32)))
+  padded = np.zeros(size, np.uint8)
+  padded[:data.size] = data
+  blob = np.asarray(multihost_utils.broadcast_one_to_all(padded))
+  return json.loads(bytes(blob).decode())
+
+
 def to_local_mesh(tree, local_mesh):
   """Global (cross-host sharded) arrays -> full copies on this host's `local_mesh`, sharded by
   the rules table: each host then samples on its own devices with no cross-host traffic.

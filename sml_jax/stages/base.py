@@ -1,7 +1,7 @@
 """The Stage protocol and the one training iteration (the kinds are in `kinds.py`).
 
     stage = kinds.make_stage(spec)           # spec: a TrainStageSpec or EvalSpec
-    state = stage.run(ctx, state, first_step)   # -> None when a SIGTERM checkpoint stopped it
+    state = stage.run(ctx, state, first_step)   # -> None when a preemption checkpoint stopped it
 
 A training stage is `steps` iterations of
 
@@ -15,14 +15,16 @@ and differs from another only in `collect` (how conversations become examples) a
 Resume: a checkpoint holds the train state plus {"stage_index", "stage_step", "iteration"}. The
 problems and sampling seeds of an iteration depend only on (seed, stage, step)
 (`rng.stream(..., "rollout")`), so a run killed at any point and restarted on the same workdir
-ends with the same params as an uninterrupted one.
+ends with the same params as an uninterrupted one. A preemption notice on any host stops the
+rollouts of every host at their next dialogue turn; all save the state of the last finished
+iteration and exit (`parallel/preemption.py`), and the rerun redoes the interrupted iteration.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -32,6 +34,7 @@ from sml_jax import rng
 from sml_jax.evaluation import metrics as metrics_lib
 from sml_jax.evaluation import store
 from sml_jax.parallel import distributed
+from sml_jax.parallel import preemption
 from sml_jax.spec import EvalSpec, TrainStageSpec
 from sml_jax.stages.trainer import Trainer, stage_schedule
 from sml_jax.tasks import registry as task_registry
@@ -60,7 +63,7 @@ class Stage(Protocol):
   spec: TrainStageSpec | EvalSpec
 
   def run(self, ctx: Context, state, first_step: int = 0):
-    """Runs the stage from `first_step` -> the new state, or None if a SIGTERM checkpoint
+    """Runs the stage from `first_step` -> the new state, or None if a preemption checkpoint
     was saved and the run should exit."""
 
 
@@ -101,9 +104,11 @@ class TrainingStage:
 
   samples = True     # Rolls out with the student's current params (SFT on references: False).
 
-  def collect(self, exp, params, problems, seed: int, first_problem: int) -> Collected:
+  def collect(self, exp, params, problems, seed: int, first_problem: int,
+              on_turn: Callable[[], None] | None = None) -> Collected:
     """This host's `problems` (starting at `first_problem` of the step's list) -> examples.
-    `params`: the student's current params on the rollout mesh (None if not `samples`)."""
+    `params`: the student's current params on the rollout mesh (None if not `samples`).
+    `on_turn`: called after every dialogue turn (it raises `preemption.Preempted` to stop)."""
     raise NotImplementedError
 
   def problems(self, exp, step: int, stage_index: int):
@@ -113,7 +118,9 @@ class TrainingStage:
     return task_registry.sample_problems(entries, self.spec.problems_per_step, seed), seed
 
   def iteration(self, ctx: Context, state, step: int):
-    """One training iteration -> (state, metrics row, transcripts of every host)."""
+    """One training iteration -> (state, metrics row, transcripts of every host), or None when
+    a preemption notice on any host stopped the rollouts (every host returns None; the state
+    is the one passed in)."""
     exp = ctx.exp
     problems, seed = self.problems(exp, step, ctx.stage_index)
     lo, hi = distributed.host_range(len(problems))   # Each host rolls out its own block.
@@ -124,8 +131,22 @@ class TrainingStage:
     # On every host, even one without problems: moving the params to the rollout mesh is a
     # collective on several hosts.
     params = exp.sampling_params(state) if self.samples else None
-    got = (self.collect(exp, params, problems[lo:hi], seed, first_problem=lo) if hi > lo
-           else Collected([], [], {}))
+    watch = ctx.checkpointer.preemption if ctx.checkpointer is not None else None
+    got, preempted = Collected([], [], {}), False
+    try:
+      if watch is not None:
+        watch.check()
+      if hi > lo:
+        got = self.collect(exp, params, problems[lo:hi], seed, first_problem=lo,
+                           on_turn=watch.check if watch is not None else None)
+    except preemption.Preempted:
+      preempted = True
+    # Every host, every iteration (a collective): the hosts that saw a notice stopped their
+    # rollouts at the next turn; the others learn it here.
+    if watch is not None and watch.agree(preempted):
+      print(f"[preempted] {self.spec.name} step {step}: rollouts stopped "
+            f"{time.time() - t0:.1f} s into the iteration", flush=True)
+      return None
     convs = distributed.gather_json([transcript(c) for c in got.conversations])
     t1 = time.time()
     # Examples longer than train.max_len lose their tail in batching (the trainer batches at
@@ -162,7 +183,13 @@ class TrainingStage:
     primary = distributed.is_primary()
     log_every = ctx.exp.spec.train.log_every
     for step in range(first_step, self.spec.steps):
-      state, row, convs = self.iteration(ctx, state, step)
+      out = self.iteration(ctx, state, step)
+      if out is None:   # Preempted mid-rollout: the state is the one of the last iteration.
+        ctx.checkpointer.save_if_new(ctx.iteration, state, {
+            "stage_index": ctx.stage_index, "stage_step": step, "iteration": ctx.iteration})
+        print("[preempted] checkpoint saved; exiting", flush=True)
+        return None
+      state, row, convs = out
       if primary:
         store.write_rollouts(ctx.workdir, self.spec.name, step, convs)
       ctx.iteration += 1
@@ -179,7 +206,7 @@ class TrainingStage:
       if last:
         ctx.checkpointer.save(ctx.iteration, state, pos)
       elif ctx.checkpointer.maybe_save(ctx.iteration, state, pos):
-        print("[sigterm] checkpoint saved; exiting", flush=True)
+        print("[preempted] checkpoint saved; exiting", flush=True)
         return None
     return state
 

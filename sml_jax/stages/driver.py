@@ -9,16 +9,19 @@
   workdir/rollouts/<stage>/step_<n>.jsonl   training conversations (transcripts)
   workdir/report.md, *.png, transcripts.html
 
+The workdir may be local or gs://bucket/dir (`sml_jax.paths`); on several hosts it must be
+shared (a bucket): every host writes its checkpoint shards there and reads where to resume.
+
 Every stage uses the same samplers and the same train state; training stages share the
 compiled train steps (`trainer.py`).
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 from sml_jax import evaluation
+from sml_jax import paths
 from sml_jax.evaluation import report
 from sml_jax.experiment import Experiment
 from sml_jax.parallel import distributed
@@ -41,7 +44,7 @@ class _NoMetrics:
 
 
 def run_stages(exp: Experiment, workdir: str) -> bool:
-  """Runs (or resumes) every stage. False when a SIGTERM checkpoint stopped the run."""
+  """Runs (or resumes) every stage. False when a preemption checkpoint stopped the run."""
   spec = exp.spec
   stages = [kinds.make_stage(s) for s in spec.stages]
   trainer = Trainer(exp)
@@ -76,10 +79,10 @@ def run_stages(exp: Experiment, workdir: str) -> bool:
 
 
 def run(spec: RunSpec, workdir: str, config_json: str | None = None) -> None:
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.resolve(workdir)
+  paths.makedirs(workdir)
   if distributed.is_primary() and config_json is not None:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config_json)
+    paths.write_text_atomic(paths.join(workdir, "config.json"), config_json)
   t_start = time.time()
   finished = run_stages(Experiment(spec), workdir)
   if not finished or not distributed.is_primary():
@@ -89,6 +92,6 @@ def run(spec: RunSpec, workdir: str, config_json: str | None = None) -> None:
   example = report.example_pair_text(workdir)
   if example:
     print("\n" + example)
-  print(f"\nReport: {os.path.join(workdir, 'report.md')}  |  transcripts: "
-        f"{os.path.join(workdir, 'transcripts.html')}  |  total {time.time() - t_start:.0f} s",
+  print(f"\nReport: {paths.join(workdir, 'report.md')}  |  transcripts: "
+        f"{paths.join(workdir, 'transcripts.html')}  |  total {time.time() - t_start:.0f} s",
         flush=True)

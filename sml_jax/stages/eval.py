@@ -2,22 +2,25 @@
 
 eval_before / eval_after on task T write `before_T` / `after_T` (the report pairs them). Batches
 of `batch_size` problems run in order; each finished batch is appended to
-`eval/<name>.partial.jsonl`, so an interrupted eval resumes where it stopped. On several hosts
-each runs its block of every batch (`distributed.host_range`) and process 0 writes the gathered
-transcripts (the workdir is shared, as for checkpoints).
+`eval/<name>.partial.jsonl`, so an interrupted eval resumes where it stopped; a preemption notice
+on any host stops every host's batch at its next turn. On several hosts each runs its block of
+every batch (`distributed.host_range`) and process 0 writes the gathered transcripts (the
+workdir is shared, as for checkpoints); what is already done is what process 0 reads there,
+broadcast to every host, so hosts never disagree about where to resume.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from tqdm.auto import tqdm
 
 from sml_jax import evaluation
+from sml_jax import paths
 from sml_jax import rng
 from sml_jax.parallel import distributed
+from sml_jax.parallel import preemption
 from sml_jax.spec import EvalSpec, TaskEntry
 from sml_jax.stages.base import Context, transcript
 
@@ -25,17 +28,26 @@ from sml_jax.stages.base import Context, transcript
 def read_partial(path: str) -> dict[int, list[dict]]:
   """{first problem index of a batch: its transcripts} of an interrupted eval ({} if none).
   A line cut short by the interruption is dropped (that batch runs again)."""
-  if not os.path.exists(path):
-    return {}
   done = {}
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      done[int(record["start"])] = record["transcripts"]
+  for line in (paths.read_text_or_none(path) or "").splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    done[int(record["start"])] = record["transcripts"]
   return done
+
+
+def _resume_point(eval_dir: str, name: str) -> tuple[bool, dict[int, list[dict]]]:
+  """(finished, finished batches) of eval `name`, as process 0 reads them, on every host."""
+  if distributed.is_primary():
+    finished = paths.exists(paths.join(eval_dir, f"{name}.json"))
+    done = {} if finished else read_partial(paths.join(eval_dir, f"{name}.partial.jsonl"))
+    seen = [finished, sorted(done.items())]
+  else:
+    seen = None
+  finished, items = distributed.broadcast_json(seen)
+  return finished, {int(k): v for k, v in items}
 
 
 class EvalStage:
@@ -47,7 +59,12 @@ class EvalStage:
     del first_step
     params = ctx.exp.sampling_params(state)
     for entry in self.spec.tasks:
-      self.evaluate(ctx, entry, params)
+      try:
+        self.evaluate(ctx, entry, params)
+      except preemption.Preempted:   # Every host, at the same batch (`Watch.agree`).
+        print(f"[preempted] {self.spec.name} {entry.name}: finished batches kept; exiting",
+              flush=True)
+        return None
     return state
 
   def evaluate(self, ctx: Context, entry: TaskEntry, params) -> dict | None:
@@ -55,8 +72,9 @@ class EvalStage:
     exp, ev = ctx.exp, self.spec
     stage = ev.name
     name = f"{stage.removeprefix('eval_')}_{entry.name}"
-    eval_dir = os.path.join(ctx.workdir, "eval")
-    if os.path.exists(os.path.join(eval_dir, f"{name}.json")):
+    eval_dir = paths.join(ctx.workdir, "eval")
+    finished, done = _resume_point(eval_dir, name)
+    if finished:
       print(f"[{stage}] {entry.name}: already evaluated (resume), skipping", flush=True)
       return None
     task = exp.tasks.task(entry.name, entry.kwargs)
@@ -68,28 +86,45 @@ class EvalStage:
     primary = distributed.is_primary()
     t0 = time.time()
     starts = range(0, len(problems), ev.batch_size)
-    partial = os.path.join(eval_dir, f"{name}.partial.jsonl")
-    done = read_partial(partial)
+    partial = paths.join(eval_dir, f"{name}.partial.jsonl")
     if done:
       print(f"[resume] {stage} {entry.name}: {len(done)} finished batches kept", flush=True)
     bar = tqdm(total=len(starts) * ev.max_turns, desc=f"{stage} {entry.name}", unit="turn",
                dynamic_ncols=True, initial=sum(i in done for i in starts) * ev.max_turns)
-    for b, i in enumerate(starts):
-      if i in done:
-        continue
-      batch = problems[i:i + ev.batch_size]
-      lo, hi = distributed.host_range(len(batch))
-      convs = runner.run(batch[lo:hi], params, exp.teacher.params,
-                         seed=rng.stream(exp.spec.seed, "eval_batch", first_problem=i),
-                         repeats=ev.repeats, on_turn=lambda: bar.update(),
-                         first_row=lo * ev.repeats) if hi > lo else []
-      done[i] = distributed.gather_json([transcript(c) for c in convs])
-      if primary:
-        os.makedirs(eval_dir, exist_ok=True)
-        with open(partial, "a", encoding="utf-8") as f:
-          f.write(json.dumps({"start": i, "transcripts": done[i]}, ensure_ascii=False) + "\n")
-      bar.update((b + 1) * ev.max_turns - bar.n)
-    bar.close()
+    watch = ctx.checkpointer.preemption if ctx.checkpointer is not None else None
+
+    def on_turn():
+      bar.update()
+      if watch is not None:
+        watch.check()   # Raises Preempted: this batch is dropped, the finished ones are kept.
+
+    log = paths.Appender(partial) if primary else None
+    try:
+      for b, i in enumerate(starts):
+        if i in done:
+          continue
+        batch = problems[i:i + ev.batch_size]
+        lo, hi = distributed.host_range(len(batch))
+        convs, stopped = [], False
+        try:
+          if watch is not None:
+            watch.check()
+          if hi > lo:
+            convs = runner.run(batch[lo:hi], params, exp.teacher.params,
+                               seed=rng.stream(exp.spec.seed, "eval_batch", first_problem=i),
+                               repeats=ev.repeats, on_turn=on_turn, first_row=lo * ev.repeats)
+        except preemption.Preempted:
+          stopped = True
+        if watch is not None and watch.agree(stopped):   # Every host, every batch.
+          raise preemption.Preempted()
+        done[i] = distributed.gather_json([transcript(c) for c in convs])
+        if primary:
+          log.write(json.dumps({"start": i, "transcripts": done[i]}, ensure_ascii=False) + "\n")
+        bar.update((b + 1) * ev.max_turns - bar.n)
+    finally:
+      bar.close()
+      if log is not None:
+        log.close()
     transcripts = [t for i in starts for t in done[i]]
     if not primary:
       distributed.sync(f"eval {name}")   # Process 0 writes the results.
@@ -100,8 +135,8 @@ class EvalStage:
                "task": entry.name, "teacher_kind": ev.teacher, "seconds": round(time.time() - t0, 1),
                # Where this run's time went (batches kept from an interrupted run excluded).
                **{f"time_{k}_s": round(v, 1) for k, v in runner.seconds.items()}})
-    if os.path.exists(partial):
-      os.remove(partial)
+    if paths.exists(partial):
+      paths.remove(partial)
     sat = metrics["success_at_turn"]
     print(f"[{stage}] {entry.name}: {len(transcripts)} conversations, success@1 {sat[0]:.3f}, "
           f"success@{len(sat)} {sat[-1]:.3f}, questions {metrics['question_rate'] or 0:.3f}, "

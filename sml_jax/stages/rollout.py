@@ -27,10 +27,11 @@ class RolloutStage(TrainingStage):
   def to_examples(self, convs):
     raise NotImplementedError
 
-  def collect(self, exp, params, problems, seed: int, first_problem: int) -> Collected:
+  def collect(self, exp, params, problems, seed: int, first_problem: int,
+              on_turn=None) -> Collected:
     runner = exp.episodes() if self.qprime else exp.episodes(qprime_q=0.0)
-    convs = runner.run(problems, params, exp.teacher.params, seed=seed,
-                       repeats=self.rollouts, first_row=first_problem * self.rollouts)
+    convs = runner.run(problems, params, exp.teacher.params, seed=seed, repeats=self.rollouts,
+                       first_row=first_problem * self.rollouts, on_turn=on_turn)
     return Collected(self.to_examples(convs), convs,
                      {f"time_{k}_s": v for k, v in runner.seconds.items()})
 

@@ -11,7 +11,8 @@ from sml_jax.stages.base import Collected, TrainingStage
 class SFTStage(TrainingStage):
   samples = False
 
-  def collect(self, exp, params, problems, seed: int, first_problem: int) -> Collected:
-    del params, seed, first_problem  # Nothing is sampled.
+  def collect(self, exp, params, problems, seed: int, first_problem: int,
+              on_turn=None) -> Collected:
+    del params, seed, first_problem, on_turn  # Nothing is sampled.
     return Collected(examples.reference_examples(problems, exp.tokenizer,
                                                  exp.spec.dialogue.fewshot), [], {})

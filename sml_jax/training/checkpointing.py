@@ -1,7 +1,7 @@
 """Checkpoints with orbax `CheckpointManager`: every N steps, keep K, save on SIGTERM, exact resume.
 
     ckpt = Checkpointer(workdir, every=100, keep=3)
-    ckpt.install_sigterm_handler()                     # SIGTERM -> save at the next step, stop
+    ckpt.install_sigterm_handler()                     # SIGTERM (any host) -> save, stop
     restored = ckpt.restore_latest(state)              # None on a fresh workdir
     if restored:
       state, extra = restored                          # extra: the JSON dict given to save()
@@ -10,7 +10,9 @@
       if ckpt.maybe_save(int(state.step), state, {"data_position": pos, "stage": "rl"}):
         break                                          # SIGTERM received: saved, now exit
 
-Saved per step, under `workdir/checkpoints/<step>/`: `state` (the whole `TrainState` pytree:
+`workdir` may be local or `gs://bucket/dir`: every host writes its own shards there (orbax /
+tensorstore), so on several hosts it must be shared storage (a bucket). Saved per step, under
+`workdir/checkpoints/<step>/`: `state` (the whole `TrainState` pytree:
 params, frozen params, optimizer state, step, RNG key data; orbax StandardSave) and `extra` (a
 JSON dict for host-side position: data position, stage name, python RNG seeds ...). Restoring
 needs a `target` state of the same structure (e.g. a freshly created one): it gives the shapes,
@@ -22,11 +24,13 @@ nothing, and a SIGKILL mid-save leaves only an uncommitted temp dir that orbax i
 from __future__ import annotations
 
 import os
-import signal
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from sml_jax import paths
+from sml_jax.parallel import preemption
 
 
 class Checkpointer:
@@ -37,9 +41,8 @@ class Checkpointer:
     if keep is not None and keep < 1:
       raise ValueError(f"checkpoint keep must be >= 1 or None (keep all), got {keep}.")
     self.every = every
-    self.directory = os.path.abspath(os.path.join(os.fspath(workdir), subdir))
-    self.sigterm_received = False
-    self._previous_handler = None
+    self.directory = paths.resolve(paths.join(workdir, subdir))
+    self.preemption = preemption.Watch()
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -58,28 +61,34 @@ class Checkpointer:
     return bool(saved)
 
   def maybe_save(self, step: int, state: Any, extra: dict | None = None) -> bool:
-    """Saves every `every` steps, and at once after a SIGTERM. Returns True when the caller
-    should stop (a SIGTERM was received; the state is saved)."""
-    if self.sigterm_received:
-      if self.latest_step() != int(step):
-        self.save(step, state, extra)
+    """Saves every `every` steps, and at once after a preemption notice on any host. Returns
+    True when the caller should stop (preempted; the state is saved). On several hosts every
+    host must call it at the same point (the decision is a collective, `preemption.Watch.agree`)."""
+    if self.preemption.agree():
+      self.save_if_new(step, state, extra)
       return True
-    if int(step) % self.every == 0 and self.latest_step() != int(step):
-      self.save(step, state, extra)
+    if int(step) % self.every == 0:
+      self.save_if_new(step, state, extra)
     return False
 
+  def save_if_new(self, step: int, state: Any, extra: dict | None = None) -> None:
+    """Saves unless the newest checkpoint already is `step` (e.g. saved at the end of an
+    iteration, then preempted before the next one changed anything)."""
+    if self.latest_step() != int(step):
+      self.save(step, state, extra)
+
   def install_sigterm_handler(self) -> None:
-    """SIGTERM sets a flag (a handler cannot save safely mid-step: the state may be donated);
-    `maybe_save` then saves and tells the loop to stop."""
-    def handler(signum, frame):
-      del signum, frame
-      self.sigterm_received = True
-    self._previous_handler = signal.signal(signal.SIGTERM, handler)
+    """One process: SIGTERM sets a flag (a handler cannot save safely mid-step: the state may be
+    donated). Several: JAX's preemption service hears it. Either way `maybe_save` (between steps)
+    and `preemption.check()` (inside rollouts) see the notice; see `parallel/preemption.py`."""
+    self.preemption.install()
 
   def uninstall_sigterm_handler(self) -> None:
-    if self._previous_handler is not None:
-      signal.signal(signal.SIGTERM, self._previous_handler)
-      self._previous_handler = None
+    self.preemption.uninstall()
+
+  @property
+  def sigterm_received(self) -> bool:
+    return self.preemption.notice()
 
   # --- restoring --------------------------------------------------------------------------------
 

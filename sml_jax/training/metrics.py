@@ -5,8 +5,8 @@
                         "time_sampling_s": 12.0, "time_training_s": 3.1})
     writer.close()
 
-metrics.jsonl holds one JSON object per call: {"step": ..., "time": unix seconds, **metrics}.
-Numbers (python, numpy or jax scalars) are stored as floats, strings as strings; other values are
+`workdir` may be local or gs://bucket/dir (`sml_jax.paths`). metrics.jsonl holds one JSON
+object per call: {"step": ..., "time": unix seconds, **metrics}. Numbers (python, numpy or jax scalars) are stored as floats, strings as strings; other values are
 rejected. TensorBoard (tensorboardX) gets every numeric metric as a scalar, tagged
 "<stage>/<name>" when a string `stage` is given. On resume (`resume_step`), lines written after
 that step by the interrupted run are dropped so the file matches the restored state.
@@ -15,6 +15,7 @@ The progress bar (tqdm) shows the step, ETA and a few headline metrics.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -22,6 +23,8 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
+
+from sml_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 HEADLINE = ("loss", "reward_mean", "success_rate", "tokens_per_s")
@@ -44,11 +47,8 @@ def _to_json_value(name: str, value: Any):
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-  path = os.path.join(os.fspath(workdir), METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = paths.read_text_or_none(paths.join(workdir, METRICS_FILE))
+  return [json.loads(line) for line in (text or "").splitlines() if line.strip()]
 
 
 def truncate_after(workdir: str | os.PathLike, step: int) -> int:
@@ -56,12 +56,44 @@ def truncate_after(workdir: str | os.PathLike, step: int) -> int:
   rows = read_metrics(workdir)
   keep = [r for r in rows if r.get("step", -1) <= step]
   if len(keep) != len(rows):
-    path = os.path.join(os.fspath(workdir), METRICS_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in keep)
-    os.replace(tmp, path)
+    paths.write_text_atomic(paths.join(workdir, METRICS_FILE),
+                            "".join(json.dumps(r) + "\n" for r in keep))
   return len(rows) - len(keep)
+
+
+class _EpathEventFile:
+  """tensorboardX's event file on GCS through `paths` (its own "gs" writer opens another client
+  with its own credential lookup): the buffer is uploaded whole at every flush."""
+
+  def __init__(self, p: str):
+    self.path, self._buffer, self._flushed = p, io.BytesIO(), 0
+
+  def write(self, data: bytes) -> None:
+    self._buffer.write(data)
+
+  def flush(self) -> None:
+    if self._buffer.tell() != self._flushed:
+      paths.write_bytes(self.path, self._buffer.getvalue())
+      self._flushed = self._buffer.tell()
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathEventFileFactory:
+
+  def open(self, p: str) -> _EpathEventFile:
+    return _EpathEventFile(p)
+
+  def directory_check(self, p: str) -> None:
+    del p   # GCS has no directories.
+
+
+def _tensorboard_writer(logdir: str):
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  record_writer.register_writer_factory("gs", _EpathEventFileFactory())
+  return SummaryWriter(logdir)
 
 
 class MetricsWriter:
@@ -69,15 +101,12 @@ class MetricsWriter:
                resume_step: int | None = None, tensorboard: bool = True, progress: bool = True,
                desc: str = "train"):
     self.workdir = os.fspath(workdir)
-    os.makedirs(self.workdir, exist_ok=True)
+    paths.makedirs(self.workdir)
     if resume_step is not None:
       truncate_after(self.workdir, resume_step)
-    self.path = os.path.join(self.workdir, METRICS_FILE)
-    self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
-    self._tb = None
-    if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+    self.path = paths.join(self.workdir, METRICS_FILE)
+    self._file = paths.Appender(self.path)
+    self._tb = _tensorboard_writer(paths.join(self.workdir, "tensorboard")) if tensorboard else None
     self._bar = None
     if progress:
       from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
@@ -88,8 +117,7 @@ class MetricsWriter:
     """Appends one line (flushed at once, so a killed run keeps every finished step)."""
     row = {"step": int(step), "time": round(time.time(), 3)}
     row.update({k: _to_json_value(k, v) for k, v in metrics.items()})
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
+    self._file.write(json.dumps(row) + "\n")   # Flushed (on GCS: uploaded) at once.
     stage = row.get("stage") if isinstance(row.get("stage"), str) else None
     if self._tb is not None:
       for k, v in row.items():
