@@ -122,7 +122,8 @@ def test_rl_update_with_signal_moves_rewarded_turns_up(tmp_path):
       break
   assert exs, "tiny never earned a reward after SFT"
   assert (adv > 0).any() and (adv < 0).any()
-  batch = trainer.batch(exs, needs_old_logprobs=False)
+  # Scored one conversation per row (plain), so row i is example i; training packs rows.
+  batch = trainer.batch(exs, needs_old_logprobs=False, plain=True)
   score = lambda s: np.asarray(trainer._logprobs(exp.model, s.full_params(), batch, rl_spec.train))
   before = score(state)
   state, m = trainer.train(state, exs, rl_spec.train, learning_rate=rl_spec.train.learning_rate)
