@@ -141,8 +141,8 @@ def test_iteration_rows_count_truncation_and_out_of_context(tmp_path):
   from sml_jax import evaluation
   from sml_jax.training.metrics import MetricsWriter
   c = tiny_test.get_config()
-  c.train.max_len = 300               # the openings (few-shot demos) are ~290 tokens
-  c.sampler.cache_length = 305        # room for the opening and one 8-token student turn only
+  c.train.max_len = 410               # the openings (few-shot demos) are ~400 tokens
+  c.sampler.cache_length = 415        # room for the opening and one 8-token student turn only
   c.dialogue.qprime_q = 0.0
   c.sft.steps = c.rl.steps = 1
   spec = config_lib.to_spec(c)
@@ -161,29 +161,29 @@ def test_iteration_rows_count_truncation_and_out_of_context(tmp_path):
   sft_examples = examples.reference_examples(
       kinds.make_stage(spec.stages[i]).problems(exp, 0, i)[0], exp.tokenizer, spec.dialogue.fewshot)
   lengths = np.array([len(e.ids) for e in sft_examples])
-  assert (lengths > 300).any()
-  assert rows["sft"]["truncated_rate"] == pytest.approx(np.mean(lengths > 300))
-  assert rows["sft"]["train_tokens_cut"] == float(np.maximum(lengths - 300, 0).sum()) > 0
+  assert (lengths > 410).any()
+  assert rows["sft"]["truncated_rate"] == pytest.approx(np.mean(lengths > 410))
+  assert rows["sft"]["train_tokens_cut"] == float(np.maximum(lengths - 410, 0).sum()) > 0
   assert rows["sft"]["well_formed_rate"] is None    # no conversations: not measured
 
   convs = [json.loads(line) for line in
            (tmp_path / "rollouts" / "rl" / "step_00000.jsonl").read_text().splitlines()]
   assert convs and all(t["out_of_context"] for t in convs)
-  assert all(t["student_tokens"] > 290 for t in convs)
+  assert all(t["student_tokens"] > 390 for t in convs)
   assert rows["rl"]["out_of_context_rate"] == 1.0
   assert "truncated_rate" in rows["rl"] and "train_tokens_cut" in rows["rl"]
 
   # The eval JSON: out of context counted; truncated_rate against the run's train.max_len.
   ev = evaluation.read_evals(str(tmp_path))["before_arithmetic"]
-  assert ev["out_of_context_rate"] == 1.0 and ev["truncated_max_len"] == 300
+  assert ev["out_of_context_rate"] == 1.0 and ev["truncated_max_len"] == 410
   tokens = [t["student_tokens"] for t in evaluation.read_transcripts(str(tmp_path),
                                                                      "before_arithmetic")]
-  assert ev["truncated_rate"] == pytest.approx(np.mean(np.array(tokens) > 300))
+  assert ev["truncated_rate"] == pytest.approx(np.mean(np.array(tokens) > 410))
   evaluation.write_report(str(tmp_path))
   report = (tmp_path / "report.md").read_text()
   assert "mean truncated" in report
   sft_line = next(line for line in report.splitlines() if line.startswith("| sft |"))
-  assert f"| {np.mean(lengths > 300):.3f} |" in sft_line
+  assert f"| {np.mean(lengths > 410):.3f} |" in sft_line
 
 
 def test_conversation_stats_quality_rates():
