@@ -29,7 +29,9 @@ from typing import Any, Mapping, Sequence, TypeVar
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
 
+from sml_jax.parallel import mesh as mesh_lib
 from sml_jax.parallel import rules
 
 T = TypeVar("T")
@@ -194,13 +196,36 @@ def gather_json(items: Sequence[Any]) -> list[Any]:
   return out
 
 
-def to_local_mesh(tree, local_mesh):
-  """Global (cross-host sharded) arrays -> full copies on this host's `local_mesh`, sharded by
-  the rules table: each host then samples on its own devices with no cross-host traffic.
+def to_local_mesh(tree, local_mesh, dtype=None, *, view=None):
+  """Params on the training mesh -> a full copy on this host's `local_mesh`, laid out by the rules
+  table (and cast to `dtype`): each host then samples on its own devices with no cross-host
+  traffic.
 
-  Goes through host memory (`process_allgather`), once per RL step for the student's params.
+  On device: the arrays are resharded onto `view` (`mesh.hosts_view` of every host's rollout
+  mesh; default: built from the processes' devices) with the local mesh's PartitionSpecs, i.e.
+  replicated over hosts (device-to-device collectives), and this host's shards are then viewed
+  as arrays on `local_mesh` (no copy). Nothing goes through host memory. One process (and no
+  `view`): `place` on the same devices. LoRA callers move only the factors.
   """
-  if jax.process_count() == 1:
-    return tree
-  full = multihost_utils.process_allgather(tree, tiled=True)
-  return jax.device_put(full, rules.param_shardings(full, local_mesh))
+  if view is None and jax.process_count() == 1:
+    return place(tree, local_mesh, dtype)
+  if view is None:
+    view = mesh_lib.hosts_view([mesh_lib.host_mesh_like(local_mesh, p)
+                                for p in range(jax.process_count())])
+  specs = jax.tree.map(lambda s: s.spec, rules.param_shardings(tree, local_mesh))
+  moved = jax.device_put(_cast(tree, dtype), jax.tree.map(lambda s: NamedSharding(view, s), specs))
+  mine = set(local_mesh.devices.flat)
+  return jax.tree.map(
+      lambda g, s: jax.make_array_from_single_device_arrays(
+          g.shape, NamedSharding(local_mesh, s),
+          [sh.data for sh in g.addressable_shards if sh.device in mine]), moved, specs)
+
+
+def place(tree, mesh, dtype=None):
+  """`tree` cast to `dtype` (None: kept) and laid out on `mesh` by the rules table; the inputs
+  may be sharded any way over the same devices (a no-op for leaves already placed so)."""
+  return jax.device_put(_cast(tree, dtype), rules.param_shardings(tree, mesh))
+
+
+def _cast(tree, dtype):
+  return tree if dtype is None else jax.tree.map(lambda x: x.astype(dtype), tree)

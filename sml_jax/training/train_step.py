@@ -44,6 +44,7 @@ from sml_jax.parallel import mesh as mesh_lib
 from sml_jax.parallel import rules
 from sml_jax.training import logprobs as logprobs_lib
 from sml_jax.training import losses
+from sml_jax.training import remat
 from sml_jax.training.batching import Batch
 from sml_jax.training.train_state import TrainState, merge_params, state_shardings
 
@@ -64,8 +65,12 @@ class TrainConfig:
   # The policy's temperature: log-probs of softmax(logits / temperature), the distribution the
   # rollouts were sampled from (so the first PPO inner step has ratio 1). 1.0 for SFT.
   temperature: float = 1.0
+  # Per-layer rematerialization of the trunk in the backward pass: "none" | "full" | "dots"
+  # (see `remat.py`). Same gradients, less activation memory.
+  remat: str = "none"
 
   def __post_init__(self):
+    remat.check_policy(self.remat)
     losses.get_policy_loss(self.loss)
     losses.check_normaliser(self.normaliser)
     if not 0 < self.clip_eps < 1:
@@ -124,10 +129,10 @@ def _tempered(h: jax.Array, model, cfg: TrainConfig) -> jax.Array:
   return (h.astype(jnp.float32) / cfg.temperature).astype(h.dtype)
 
 
-def hidden_states(model, params, batch: Batch) -> jax.Array:
+def hidden_states(model, params, batch: Batch, remat_policy: str = "none") -> jax.Array:
   """The trunk's final-norm output h [B, T, D] (params already in the compute dtype)."""
-  out = model.apply({"params": params}, batch.tokens, positions=batch.positions,
-                    attention_mask=attention_mask(batch.input_mask),
+  out = remat.apply(model, remat_policy, {"params": params}, batch.tokens,
+                    positions=batch.positions, attention_mask=attention_mask(batch.input_mask),
                     return_hidden_states=True)
   return out.hidden_states
 
@@ -136,8 +141,8 @@ def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig
   """-> (loss_sum, (denominator, metric sums)) for one micro-batch of [b, T] arrays."""
   dtype = DTYPES[cfg.compute_dtype]
   params = merge_params(trainable, frozen)
-  h = _tempered(hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch),
-                model, cfg)
+  h = _tempered(hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch,
+                             cfg.remat), model, cfg)
   b, t, d = h.shape
   scale, denominator = losses.token_scale_and_denominator(batch.mask, cfg.normaliser)
   aux = {"weights": batch.weights, "mask": batch.mask, "scale": scale}
