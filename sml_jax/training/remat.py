@@ -42,20 +42,28 @@ def _jax_policy(name: str):
 
 
 @contextlib.contextmanager
-def layers(policy: str):
-  """While open, every gemma `Block` called (under `model.apply`) is rematerialized."""
+def layers(policy: str, activations=None):
+  """While open, every gemma `Block` called (under `model.apply`) is rematerialized; with
+  `activations` (a Sharding of [B, T, D]) each block's input and output are constrained to it,
+  so that on an fsdp mesh activations stay split over the batch and each layer's weights are
+  gathered instead (GSPMD left alone may split activations like the weights' embed dim and
+  replicate the batch)."""
   check_policy(policy)
-  if policy == "none":
+  if policy == "none" and activations is None:
     yield
     return
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   from gemma.gm.nn import _modules  # pylint: disable=g-import-not-at-top
-  jax_policy = _jax_policy(policy)
+  jax_policy = None if policy == "none" else _jax_policy(policy)
+  constrain = ((lambda x: x) if activations is None
+               else (lambda x: jax.lax.with_sharding_constraint(x, activations)))
 
   def body(module, *args, **kwargs):
     token = _INSIDE.set(True)   # The call below re-enters the interceptor: pass it through.
     try:
-      return module(*args, **kwargs)
+      cache, x = module(constrain(args[0]), *args[1:], **kwargs)
+      return cache, constrain(x)
     finally:
       _INSIDE.reset(token)
 
@@ -63,6 +71,8 @@ def layers(policy: str):
     if (_INSIDE.get() or context.method_name != "__call__"
         or not isinstance(context.module, _modules.Block)):
       return next_fun(*args, **kwargs)
+    if policy == "none":
+      return body(context.module, *args, **kwargs)
     return nn.checkpoint(body, policy=jax_policy, prevent_cse=True)(context.module, *args,
                                                                      **kwargs)
 
@@ -70,17 +80,17 @@ def layers(policy: str):
     yield
 
 
-def variant(model, policy: str):
+def variant(model, policy: str, activations=None):
   """`model` (a gm.nn Transformer, or a `gm.nn.LoRA` around one) as an instance of a subclass
-  named for `policy` (same fields, same params); "none" returns `model` itself."""
+  for (`policy`, `activations`) (same fields, same params); "none" unconstrained: `model`."""
   check_policy(policy)
-  if policy == "none":
+  if policy == "none" and activations is None:
     return model
   inner = getattr(model, "model", None)
   if inner is not None and hasattr(inner, "config"):       # gm.nn.LoRA: the jit is inside
-    return _clone(model, model=variant(inner, policy))
+    return _clone(model, model=variant(inner, policy, activations))
   cls = type(model)
-  key = (cls, policy)
+  key = (cls, policy, activations)
   if key not in _VARIANTS:
     _VARIANTS[key] = type(f"{cls.__name__}_remat_{policy}", (cls,), {"__module__": cls.__module__})
   return _clone(model, cls=_VARIANTS[key])
@@ -92,7 +102,8 @@ def _clone(module, cls=None, **updates):
   return (cls or type(module))(**{**fields, **updates})
 
 
-def apply(model, policy: str, variables, *args, **kwargs):
-  """`model.apply(variables, *args, **kwargs)` with the trunk's layers rematerialized."""
-  with layers(policy):
-    return variant(model, policy).apply(variables, *args, **kwargs)
+def apply(model, policy: str, variables, *args, activations=None, **kwargs):
+  """`model.apply(variables, *args, **kwargs)` with the trunk's layers rematerialized (and
+  their activations constrained, see `layers`)."""
+  with layers(policy, activations):
+    return variant(model, policy, activations).apply(variables, *args, **kwargs)

@@ -129,20 +129,23 @@ def _tempered(h: jax.Array, model, cfg: TrainConfig) -> jax.Array:
   return (h.astype(jnp.float32) / cfg.temperature).astype(h.dtype)
 
 
-def hidden_states(model, params, batch: Batch, remat_policy: str = "none") -> jax.Array:
-  """The trunk's final-norm output h [B, T, D] (params already in the compute dtype)."""
+def hidden_states(model, params, batch: Batch, remat_policy: str = "none",
+                  mesh=None) -> jax.Array:
+  """The trunk's final-norm output h [B, T, D] (params already in the compute dtype). With a
+  mesh, every layer's activations stay split over the batch axes (see `remat.layers`)."""
+  activations = None if mesh is None else rules.batch_sharding(mesh, 3)
   out = remat.apply(model, remat_policy, {"params": params}, batch.tokens,
                     positions=batch.positions, attention_mask=attention_mask(batch.input_mask),
-                    return_hidden_states=True)
+                    return_hidden_states=True, activations=activations)
   return out.hidden_states
 
 
-def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig):
+def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig, mesh=None):
   """-> (loss_sum, (denominator, metric sums)) for one micro-batch of [b, T] arrays."""
   dtype = DTYPES[cfg.compute_dtype]
   params = merge_params(trainable, frozen)
   h = _tempered(hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch,
-                             cfg.remat), model, cfg)
+                             cfg.remat, mesh), model, cfg)
   b, t, d = h.shape
   scale, denominator = losses.token_scale_and_denominator(batch.mask, cfg.normaliser)
   aux = {"weights": batch.weights, "mask": batch.mask, "scale": scale}
@@ -227,7 +230,7 @@ def train_step(state: TrainState, batch: Batch, *, model, optimizer, cfg: TrainC
                schedule: Callable | None = None, mesh=None) -> tuple[TrainState, dict]:
   """The un-jitted step; `make_train_step` jits it."""
   grad_fn = jax.value_and_grad(
-      functools.partial(micro_batch_loss, model=model, cfg=cfg), has_aux=True)
+      functools.partial(micro_batch_loss, model=model, cfg=cfg, mesh=mesh), has_aux=True)
   if cfg.num_micro_batches == 1:
     (loss_sum, (denominator, sums)), grads = grad_fn(state.params, state.frozen, batch)
   else:
