@@ -246,7 +246,8 @@ with jax.transfer_guard("disallow"):
 want = rules.param_shardings(local, hosts[1])
 out["placed"] = all(x.sharding == w for x, w in zip(jax.tree.leaves(local), jax.tree.leaves(want)))
 out["devices"] = sorted({d.id for x in jax.tree.leaves(local) for d in x.sharding.device_set})
-out["diff"] = max(float(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.bfloat16).astype(jnp.float32)).max())
+out["diff"] = max(float(np.abs(np.asarray(a, np.float32)
+                              - np.asarray(b.astype(jnp.bfloat16), np.float32)).max())
                   for a, b in zip(jax.tree.leaves(local), jax.tree.leaves(params)))
 out["emb_spec"] = str(local["embedder"]["input_embedding"].sharding.spec)
 

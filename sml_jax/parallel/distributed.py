@@ -21,6 +21,7 @@ Data: each host builds only the rows its devices hold, then assembles the global
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -213,7 +214,7 @@ def to_local_mesh(tree, local_mesh, dtype=None, *, view=None):
     view = mesh_lib.hosts_view([mesh_lib.host_mesh_like(local_mesh, p)
                                 for p in range(jax.process_count())])
   specs = jax.tree.map(lambda s: s.spec, rules.param_shardings(tree, local_mesh))
-  moved = jax.device_put(_cast(tree, dtype), jax.tree.map(lambda s: NamedSharding(view, s), specs))
+  moved = jax.tree.map(lambda x, s: _reshard(x, NamedSharding(view, s)), _cast(tree, dtype), specs)
   mine = set(local_mesh.devices.flat)
   return jax.tree.map(
       lambda g, s: jax.make_array_from_single_device_arrays(
@@ -224,7 +225,23 @@ def to_local_mesh(tree, local_mesh, dtype=None, *, view=None):
 def place(tree, mesh, dtype=None):
   """`tree` cast to `dtype` (None: kept) and laid out on `mesh` by the rules table; the inputs
   may be sharded any way over the same devices (a no-op for leaves already placed so)."""
-  return jax.device_put(_cast(tree, dtype), rules.param_shardings(tree, mesh))
+  return jax.tree.map(_reshard, _cast(tree, dtype), rules.param_shardings(tree, mesh))
+
+
+def _reshard(x, sharding):
+  """x -> `sharding` on device. Same device order: a jit with `out_shardings` (a plain
+  device_put between two shardings of one device list takes a path through host memory);
+  another order: device_put, which reorders shards on device."""
+  if x.sharding == sharding:
+    return x
+  if list(x.sharding._device_assignment) == list(sharding._device_assignment):  # pylint: disable=protected-access
+    return _identity(sharding)(x)
+  return jax.device_put(x, sharding)
+
+
+@functools.lru_cache(maxsize=None)
+def _identity(sharding):
+  return jax.jit(lambda x: x, out_shardings=sharding)
 
 
 def _cast(tree, dtype):
