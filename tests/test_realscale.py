@@ -264,7 +264,7 @@ def run(remat, m):
   step = tstep.make_train_step(model, tx, tstep.TrainConfig(compute_dtype="float32", remat=remat),
                                mesh=m)
   state, metrics = step(state, batch)
-  return state, float(metrics["loss"])
+  return state, [float(metrics["loss"]), float(metrics["grad_norm"])]
 ref, ref_loss = run("none", None)
 got, loss = run("full", make_mesh(2, 4, 1))
 out["losses"] = [loss, ref_loss]
@@ -279,6 +279,6 @@ def test_move_to_a_hosts_rollout_mesh_on_device_and_remat_step_matches_one_devic
   out = json.loads(fake_devices(_ON_DEVICE_MOVE, num_devices=8).strip().splitlines()[-1])
   print(json.dumps(out, indent=1))
   assert out["placed"] and out["devices"] == [4, 5, 6, 7]
-  assert out["diff"] == 0.0 and out["emb_spec"] == "P('tensor',)"
-  assert abs(out["losses"][0] - out["losses"][1]) <= 1e-5 * max(1.0, abs(out["losses"][1]))
-  assert out["param_diff"] < 1e-5
+  assert out["diff"] == 0.0 and out["emb_spec"] == "P('tensor', 'fsdp')"
+  for got, want in zip(*out["losses"]):   # loss and gradient norm
+    assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), out["losses"]
