@@ -24,6 +24,7 @@ from sml_jax.dialogue.episode import DialogueConfig
 from sml_jax.models import adapters
 from sml_jax.models import registry as model_registry
 from sml_jax.tasks import registry as task_registry
+from sml_jax.training.remat import POLICIES as REMAT_POLICIES
 
 STAGE_KINDS = spec_lib.STAGE_KINDS
 
@@ -123,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
       "micro_batch_size": 8,        # sequences per micro-batch (gradient accumulation)
       "checkpoint_every": 10, "keep_checkpoints": 2,
       "log_every": 1,               # a progress line on the console every this many steps
+      "remat": "none",              # per-layer rematerialization: none | full | dots (remat.py)
   })
   c.sft = _stage("sft", 100, 1e-5, "math", 64)
   c.offline_sml = _stage("offline_sml", 50, 1e-5, "math", 64)
@@ -296,6 +298,8 @@ def to_spec(config) -> spec_lib.RunSpec:
   _need(tr.max_len >= 2, "train.max_len", f"must be >= 2, got {tr.max_len}")
   for field in ("micro_batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
     _need(tr[field] >= 1, f"train.{field}", f"must be >= 1, got {tr[field]}")
+  _need(tr.remat in REMAT_POLICIES, "train.remat",
+        f"must be one of {', '.join(REMAT_POLICIES)}, got {tr.remat!r}")
   stages = tuple(_eval_stage(config, name) if kind == "eval" else train_stage_spec(config, name, kind)
                  for name, kind in stage_names(config))
   task_kwargs: dict[str, dict] = {}
@@ -319,5 +323,6 @@ def to_spec(config) -> spec_lib.RunSpec:
       optimizer=_optimizer(config),
       train=spec_lib.TrainLoopSpec(max_len=tr.max_len, micro_batch_size=tr.micro_batch_size,
                                    checkpoint_every=tr.checkpoint_every,
-                                   keep_checkpoints=tr.keep_checkpoints, log_every=tr.log_every),
+                                   keep_checkpoints=tr.keep_checkpoints, log_every=tr.log_every,
+                                   remat=tr.remat),
       stages=stages, task_kwargs=task_kwargs, cache_dtype=config.sampler.cache_dtype)

@@ -9,6 +9,16 @@
 
 Meshes: training spans every host (`mesh`); rollouts run on `sample_mesh`, the same mesh on one
 process and each host's own devices on several (`parallel.mesh.sampling_mesh`).
+
+Weights, per device (no full host or replicated copy is ever made): the initial student is
+restored straight into the training mesh's rules-table shardings in `param_dtype`
+(`initial_params`), the train state is built from it inside one jit (`Trainer.initial_state`)
+and it is then dropped (`release_initial_params`; reloaded if asked for again). The teacher
+(when it is the frozen initial student) and the KL reference are cast from those sharded params
+on the mesh they serve: the teacher on the rollout mesh, the reference on the training mesh (the
+same arrays on one process). Each RL step the student's weights reach the rollout mesh on
+device (`distributed.to_local_mesh`); with LoRA only the factors travel, the frozen base on the
+rollout mesh is shared with the teacher when it is the same weights.
 """
 
 from __future__ import annotations
@@ -25,9 +35,9 @@ from sml_jax.models import adapters
 from sml_jax.dialogue.episode import EpisodeRunner
 from sml_jax.parallel import distributed
 from sml_jax.parallel import mesh as mesh_lib
-from sml_jax.parallel import rules
 from sml_jax.sampling import Sampler
 from sml_jax.tasks import registry as task_registry
+from sml_jax.training import train_state
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -75,30 +85,47 @@ class Experiment:
     if adapters.is_adapter_dir(base_ckpt):
       meta, self.initial_lora = adapters.load_adapter(base_ckpt)
       base_ckpt, base_seed, lora_rank = meta.base_checkpoint, meta.base_seed, meta.lora_rank
-    # The initial student's (base) weights in the master dtype: the train state starts from them.
-    self.base_params = models.load_params(name, base_ckpt, dtype=DTYPES[spec.param_dtype],
-                                          seed=base_seed)
+    # The initial student's (base) weights: loaded sharded on first use (`initial_params`).
+    self._base_checkpoint, self._base_seed, self._initial = base_ckpt, base_seed, None
     student_model = models.build_model(name, lora_rank=lora_rank or None)
     self.student = Role(student_model, self._sampler(student_model))
     base_model = models.build_model(name)
     if spec.teacher is not None:   # Another model or checkpoint.
       t_model = models.build_model(spec.teacher.name)
       t_params = models.load_params(spec.teacher.name, spec.teacher.checkpoint,
-                                    dtype=self.compute_dtype)
-      self.teacher = Role(t_model, self._sampler(t_model))
+                                    dtype=self.compute_dtype, sharding=self.sample_mesh)
+      self.teacher = Role(t_model, self._sampler(t_model), params=t_params)
     else:                          # A frozen copy of the initial student.
-      t_params = models.cast(self.base_params, self.compute_dtype)
-      self.teacher = Role(base_model)
-    self.teacher.params = rules.shard_params(t_params, self.sample_mesh)
-    # The frozen initial policy for the optional KL term: the teacher's copy when it is one.
+      self.teacher = Role(base_model, params=self._on_sample_mesh(self.initial_params()))
+    # The frozen initial policy for the optional KL term: the teacher's arrays when they are it.
     same_copy = spec.teacher is None and self.sample_mesh is self.mesh
     self.reference = Role(base_model, params=self.teacher.params if same_copy else None)
+    # With LoRA on several hosts, the student samples with this base plus its moved factors.
+    self._rollout_base = None
     self.tasks = TaskBook(spec.task_kwargs)
 
   @property
   def model(self):
     """The trained model (with LoRA adapters when `lora_rank` > 0)."""
     return self.student.model
+
+  def initial_params(self):
+    """The initial student's (base) params in `param_dtype`, sharded over the training mesh by the
+    rules table (restored shard by shard; loaded on first use, again after a release). For a
+    student given as an adapter: the adapter's base (its factors are `initial_lora`)."""
+    if self._initial is None:
+      self._initial = models.load_params(
+          self.spec.student.name, self._base_checkpoint, sharding=self.mesh,
+          dtype=DTYPES[self.spec.param_dtype], seed=self._base_seed)
+    return self._initial
+
+  def release_initial_params(self) -> None:
+    """Drops the initial params once the train state (and the roles) are built from them."""
+    self._initial = None
+
+  def _on_sample_mesh(self, params):
+    """Params on the training mesh -> the compute dtype on the rollout mesh (on device)."""
+    return distributed.to_local_mesh(params, self.sample_mesh, self.compute_dtype)
 
   def _sampler(self, model) -> Sampler:
     return Sampler(model, cache_length=self.spec.cache_length, mesh=self.sample_mesh,
@@ -116,12 +143,25 @@ class Experiment:
     """The initial student's params in the compute dtype on the training mesh (built on first
     use when the teacher is not that copy)."""
     if self.reference.params is None:
-      self.reference.params = rules.shard_params(
-          models.cast(self.base_params, self.compute_dtype), self.mesh)
+      self.reference.params = distributed.place(self.initial_params(), self.mesh,
+                                                self.compute_dtype)
     return self.reference.params
 
   def sampling_params(self, state):
     """The student's current params in the compute dtype, on the rollout mesh (fresh every
-    iteration: rollouts are on-policy)."""
-    params = models.cast(state.full_params(), self.compute_dtype)
-    return distributed.to_local_mesh(params, self.sample_mesh)
+    iteration: rollouts are on-policy). One process: cast in place. Several: moved on device;
+    with LoRA only the factors move and join the frozen base already on the rollout mesh."""
+    if self.sample_mesh is self.mesh or not state.frozen:
+      return self._on_sample_mesh(state.full_params())
+    factors = self._on_sample_mesh(state.params)
+    return train_state.merge_params(factors, self._base_on_sample_mesh(state))
+
+  def _base_on_sample_mesh(self, state):
+    """The LoRA student's frozen base on the rollout mesh: the teacher's arrays when the teacher
+    is the initial student, else moved once from the train state."""
+    if self._rollout_base is None:
+      if self.spec.teacher is None:
+        self._rollout_base = self.teacher.params
+      else:
+        self._rollout_base = self._on_sample_mesh(state.frozen)
+    return self._rollout_base

@@ -10,7 +10,9 @@ mesh from the one rules table; the formulas and their assumptions are in
 `sml_jax/planning/memory.py`. The train step is planned for `config.train.micro_batch_size` rows
 of `config.train.max_len` tokens; the sampler for the largest batch a stage samples at once
 (RL: problems_per_step x group_size) with `config.sampler.cache_length` slots, student and
-teacher each. When the plan does not fit, meshes that would are listed.
+teacher each, placed per host as the runner does (`memory.rollout_mesh`), with the
+`config.train.remat` policy. Each phase gets a verdict; when the plan does not fit, meshes that
+would are listed.
 """
 
 from __future__ import annotations
@@ -59,21 +61,22 @@ def sample_batch(config) -> int:
   return max(sizes, default=1)
 
 
-def device_budget(topology: str) -> tuple[int, int | None, str]:
-  """-> (devices, bytes per device or None, description)."""
+def device_budget(topology: str) -> tuple[int, int | None, str, int]:
+  """-> (devices, bytes per device or None, description, hosts)."""
   if topology == "cpu":
     import jax  # pylint: disable=g-import-not-at-top
     n = jax.device_count()
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return n, ram // n, f"cpu: {n} device(s) sharing {ram / GiB:.1f} GiB of RAM"
+    return n, ram // n, f"cpu: {n} device(s) sharing {ram / GiB:.1f} GiB of RAM", 1
   from sml_jax.parallel import topology as topo  # pylint: disable=g-import-not-at-top
   t = topo.get_topology(topology)
   return t.chips, t.hbm_bytes, (f"{t.name}: {t.chips} chips x {t.hbm_bytes / GiB:.0f} GiB HBM, "
-                                f"{t.hosts} host(s)")
+                                f"{t.hosts} host(s)"), t.hosts
 
 
-def build(config, devices: int, hbm, mesh_sizes=None, sample=None):
+def build(config, devices: int, hbm, mesh_sizes=None, sample=None, hosts: int = 1):
   """-> (Plan, student model, teacher model) for `config` on `devices` devices."""
+  from sml_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from sml_jax.models import registry  # pylint: disable=g-import-not-at-top
   from sml_jax.planning import memory  # pylint: disable=g-import-not-at-top
   from sml_jax.parallel.mesh import resolve_axis_sizes  # pylint: disable=g-import-not-at-top
@@ -83,7 +86,7 @@ def build(config, devices: int, hbm, mesh_sizes=None, sample=None):
   teacher = registry.build_model(config.teacher.model or config.model)
   ts = memory.TrainShape(micro_batch_size=config.train.micro_batch_size,
                          max_len=config.train.max_len, compute_dtype=config.compute_dtype,
-                         param_dtype=config.param_dtype)
+                         param_dtype=config.param_dtype, remat=config.train.remat)
   ss = memory.SampleShape(batch=sample or sample_batch(config),
                           cache_length=config.sampler.cache_length,
                           prompt_chunk=_PROMPT_CHUNK.value, dtype=config.compute_dtype,
@@ -92,8 +95,11 @@ def build(config, devices: int, hbm, mesh_sizes=None, sample=None):
   key = (config.model, config.lora_rank, config.teacher.model or config.model)
   if key not in _SHAPES:
     _SHAPES[key] = (memory.model_shapes(student), memory.model_shapes(teacher))
+  spec = config_lib.to_spec(config)
+  kl = any(getattr(getattr(st, "train", None), "kl_beta", 0) > 0 for st in spec.stages)
   plan = memory.make_plan(student, teacher, memory.abstract_mesh(*sizes), ts, ss, hbm,
-                          shapes=_SHAPES[key])
+                          shapes=_SHAPES[key], hosts=hosts, kl=kl,
+                          other_teacher=spec.teacher is not None)
   return plan, ts, ss
 
 
@@ -113,9 +119,12 @@ def candidate_meshes(devices: int) -> list[tuple[int, int, int]]:
 def report(plan, ts, ss, config, header: str) -> str:
   rows = list(dict.fromkeys(list(plan.rollout) + list(plan.train)))
   lines = [header,
-           "mesh " + " ".join(f"{k}={v}" for k, v in plan.mesh.items()),
+           "mesh " + " ".join(f"{k}={v}" for k, v in plan.mesh.items())
+           + ("   rollouts per host on " + " ".join(f"{k}={v}" for k, v in plan.rollout_mesh.items())
+              if plan.rollout_mesh and plan.rollout_mesh != plan.mesh else ""),
            f"train step: micro-batch {ts.micro_batch_size} x {ts.max_len} tokens, compute "
-           f"{ts.compute_dtype}, params {ts.param_dtype}, LoRA rank {config.lora_rank or 'none'}",
+           f"{ts.compute_dtype}, params {ts.param_dtype}, LoRA rank {config.lora_rank or 'none'}, "
+           f"remat {ts.remat}",
            f"sampler: {ss.batch} conversations x {ss.cache_length} cache slots, student + teacher "
            f"({config.teacher.model or config.model}), prompt chunk "
            f"{min(ss.prompt_chunk, ss.cache_length)}",
@@ -128,6 +137,10 @@ def report(plan, ts, ss, config, header: str) -> str:
   lines.append(f"{'total':38s} {fmt(sum(plan.rollout.values())):>12s} "
                f"{fmt(sum(plan.train.values())):>12s}")
   if plan.hbm_bytes:
+    for phase in ("rollout", "train"):
+      total = sum(getattr(plan, phase).values())
+      lines.append(f"{phase:8s} {'fits' if plan.phase_fits(phase) else 'DOES NOT FIT':13s} "
+                   f"{fmt(total).strip()} per device = {100 * total / plan.hbm_bytes:.0f}% of HBM")
     verdict = "FITS" if plan.fits else "DOES NOT FIT"
     lines.append(f"\n{verdict}: peak {fmt(plan.peak).strip()} per device = "
                  f"{100 * plan.peak / plan.hbm_bytes:.0f}% of {fmt(plan.hbm_bytes).strip()} "
@@ -155,8 +168,8 @@ def main(argv):
     jax.config.update("jax_platforms", "cpu")  # Shapes only: no accelerator needed here.
   try:
     config_lib.to_spec(config)
-    devices, hbm, desc = device_budget(_TOPOLOGY.value)
-    plan, ts, ss = build(config, devices, hbm, sample=_SAMPLE_BATCH.value or None)
+    devices, hbm, desc, hosts = device_budget(_TOPOLOGY.value)
+    plan, ts, ss = build(config, devices, hbm, sample=_SAMPLE_BATCH.value or None, hosts=hosts)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -164,7 +177,7 @@ def main(argv):
   if plan.fits is False and _SUGGEST.value:
     fits = []
     for sizes in candidate_meshes(devices):
-      p, _, _ = build(config, devices, hbm, mesh_sizes=sizes, sample=ss.batch)
+      p, _, _ = build(config, devices, hbm, mesh_sizes=sizes, sample=ss.batch, hosts=hosts)
       if p.fits:
         fits.append((p.peak, sizes))
     # Prefer more data parallelism (less communication) among those that fit.
@@ -175,7 +188,8 @@ def main(argv):
         print(f"  --config.mesh.data={d} --config.mesh.fsdp={f} --config.mesh.tensor={t}"
               f"   {fmt(peak).strip()}")
     else:
-      print("\nNo (data, fsdp, tensor) mesh fits: try LoRA (--config.lora_rank=16), a smaller "
+      print("\nNo (data, fsdp, tensor) mesh fits: try LoRA (--config.lora_rank=16), "
+            "--config.train.remat=full, a smaller "
             "train.micro_batch_size / max_len / sampler batch, or a larger slice.")
     sys.exit(1)
 

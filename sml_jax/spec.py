@@ -117,6 +117,7 @@ class TrainLoopSpec:
   checkpoint_every: int = 10
   keep_checkpoints: int = 2
   log_every: int = 1                 # print a progress line every this many training steps
+  remat: str = "none"                # per-layer rematerialization: none | full | dots
 
 
 @dataclasses.dataclass(frozen=True)

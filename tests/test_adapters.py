@@ -93,3 +93,28 @@ def test_a_rank_16_adapter_of_the_270m_fits_the_size_limit():
   flat = adapters._flatten(shapes["params"])  # pylint: disable=protected-access
   n = sum(int(np.prod(v.shape)) for k, v in flat.items() if "/lora/" in k)
   assert 0 < 2 * n < adapters.MAX_BYTES, n
+
+
+def test_an_adapter_student_starts_the_sharded_train_state_from_its_factors(tmp_path, tiny_lora):
+  """config.checkpoint = an adapter dir: the Experiment loads the adapter's base (sharded over the
+  training mesh) and the Trainer's state, built in one jit on that mesh, starts from the
+  adapter's factors on top of that base; the initial params are then released."""
+  from configs import tiny_test  # pylint: disable=g-import-not-at-top
+  from sml_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from sml_jax.experiment import Experiment  # pylint: disable=g-import-not-at-top
+  from sml_jax.stages.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from sml_jax.training import train_state as ts  # pylint: disable=g-import-not-at-top
+  _, base, lora = tiny_lora
+  adapters.save_adapter(str(tmp_path), lora, _meta())
+  _, want = adapters.load_adapter(str(tmp_path))
+  c = tiny_test.get_config()
+  c.checkpoint, c.lora_rank = str(tmp_path), 0
+  exp = Experiment(config_lib.to_spec(c))
+  state = Trainer(exp).initial_state()
+  assert exp._initial is None  # pylint: disable=protected-access
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  for a, b in zip(jax.tree.leaves(state.frozen), jax.tree.leaves(base)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b.astype(a.dtype)))
+  shardings = ts.state_shardings(state, exp.mesh)
+  assert all(x.sharding == s for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)))

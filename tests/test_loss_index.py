@@ -3,6 +3,7 @@ gradients and metrics equal the plain step's (full rows, logits at every positio
 weights and RL advantages (PPO + KL, per-sequence normaliser), full finetuning and LoRA, on
 `tiny`, on the real 270M at small shapes, and on 8 fake devices."""
 
+import dataclasses
 import json
 
 import jax
@@ -182,6 +183,26 @@ def test_tiny_train_step_with_micro_batches_is_exact(tiny, tiny_tok):
   scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
   diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
   assert scale > 1e-6 and diff <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_tiny_remat_on_the_packed_indexed_batch_is_exact(tiny, tiny_tok, policy):
+  """Per-layer remat (`TrainConfig.remat`) with packed rows + loss index (RL, LoRA): the same
+  loss, metrics and gradients as the plain layout without remat."""
+  _, params = tiny
+  plain, fast = both_layouts(examples(tiny_tok, "rl"), buckets=(64,))
+  model = registry.build_model("tiny", lora_rank=4)
+  trainable, frozen = lora_state(model, params)
+  v0, d0, s0, g0 = loss_and_grads(model, trainable, frozen, plain, CONFIGS["rl"])
+  v1, d1, s1, g1 = loss_and_grads(model, trainable, frozen, fast,
+                                  dataclasses.replace(CONFIGS["rl"], remat=policy))
+  assert d0 == d1 and s0["num_student_tokens"] == s1["num_student_tokens"] > 0
+  np.testing.assert_allclose(v1, v0, rtol=1e-5)
+  for k in s0:
+    np.testing.assert_allclose(s1[k], s0[k], rtol=1e-5, atol=1e-5, err_msg=k)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
+  diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
+  assert scale > 1e-6 and diff <= 1e-5 * scale, (diff, scale)
 
 
 # ----------------------------------------------------------------------------- the 270M

@@ -115,8 +115,8 @@ def test_270m_plan_matches_xla_train_step_and_sampler():
 
 
 def test_param_bytes_are_exact_and_text_only():
-  """270M: 268,098,176 params (DESIGN.md); the 4B-27B inits carry a vision encoder that
-  `load_params(text_only=True)` drops, so the plan must drop it too."""
+  """270M: 268,098,176 params (DESIGN.md); the 4B-27B are built text-only, the structure
+  `load_params(text_only=True)` restores."""
   model = registry.build_model("gemma3_270m")
   shapes = memory.model_shapes(model)
   assert memory.tree_bytes(shapes, ONE, dtype=jnp.float32) == 268_098_176 * 4
@@ -129,9 +129,10 @@ def test_param_bytes_are_exact_and_text_only():
   kv = 18 * 2 * 640 * 256
   expected = (268_098_176 - scales - kv) * 4 // 8 + kv * 4 // 4 + scales * 4
   assert memory.tree_bytes(shapes, mesh, dtype=jnp.float32) == expected
-  big = memory.model_shapes(registry.build_model("gemma3_4b"))  # 3.88B text + SigLIP
-  assert "vision_encoder" not in big
-  assert sum(x.size for x in jax.tree.leaves(big)) == 3_883_049_600
+  big = memory.model_shapes(registry.build_model("gemma3_4b"))  # built text-only
+  assert "vision_encoder" not in big and "mm_input_projection" not in big["embedder"]
+  # What load_params(text_only=True) restores: no SigLIP, no multimodal projection (2,950,272).
+  assert sum(x.size for x in jax.tree.leaves(big)) == 3_880_099_328
 
 
 def test_topology_table():

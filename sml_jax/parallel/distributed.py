@@ -21,6 +21,7 @@ Data: each host builds only the rows its devices hold, then assembles the global
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,7 +30,9 @@ from typing import Any, Mapping, Sequence, TypeVar
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
 
+from sml_jax.parallel import mesh as mesh_lib
 from sml_jax.parallel import rules
 
 T = TypeVar("T")
@@ -207,13 +210,52 @@ def broadcast_json(item: Any) -> Any:
   return json.loads(bytes(blob).decode())
 
 
-def to_local_mesh(tree, local_mesh):
-  """Global (cross-host sharded) arrays -> full copies on this host's `local_mesh`, sharded by
-  the rules table: each host then samples on its own devices with no cross-host traffic.
+def to_local_mesh(tree, local_mesh, dtype=None, *, view=None):
+  """Params on the training mesh -> a full copy on this host's `local_mesh`, laid out by the rules
+  table (and cast to `dtype`): each host then samples on its own devices with no cross-host
+  traffic.
 
-  Goes through host memory (`process_allgather`), once per RL step for the student's params.
+  On device: the arrays are resharded onto `view` (`mesh.hosts_view` of every host's rollout
+  mesh; default: built from the processes' devices) with the local mesh's PartitionSpecs, i.e.
+  replicated over hosts (device-to-device collectives), and this host's shards are then viewed
+  as arrays on `local_mesh` (no copy). Nothing goes through host memory. One process (and no
+  `view`): `place` on the same devices. LoRA callers move only the factors.
   """
-  if jax.process_count() == 1:
-    return tree
-  full = multihost_utils.process_allgather(tree, tiled=True)
-  return jax.device_put(full, rules.param_shardings(full, local_mesh))
+  if view is None and jax.process_count() == 1:
+    return place(tree, local_mesh, dtype)
+  if view is None:
+    view = mesh_lib.hosts_view([mesh_lib.host_mesh_like(local_mesh, p)
+                                for p in range(jax.process_count())])
+  specs = jax.tree.map(lambda s: s.spec, rules.param_shardings(tree, local_mesh))
+  moved = jax.tree.map(lambda x, s: _reshard(x, NamedSharding(view, s)), _cast(tree, dtype), specs)
+  mine = set(local_mesh.devices.flat)
+  return jax.tree.map(
+      lambda g, s: jax.make_array_from_single_device_arrays(
+          g.shape, NamedSharding(local_mesh, s),
+          [sh.data for sh in g.addressable_shards if sh.device in mine]), moved, specs)
+
+
+def place(tree, mesh, dtype=None):
+  """`tree` cast to `dtype` (None: kept) and laid out on `mesh` by the rules table; the inputs
+  may be sharded any way over the same devices (a no-op for leaves already placed so)."""
+  return jax.tree.map(_reshard, _cast(tree, dtype), rules.param_shardings(tree, mesh))
+
+
+def _reshard(x, sharding):
+  """x -> `sharding` on device. Same device order: a jit with `out_shardings` (a plain
+  device_put between two shardings of one device list takes a path through host memory);
+  another order: device_put, which reorders shards on device."""
+  if x.sharding == sharding:
+    return x
+  if list(x.sharding._device_assignment) == list(sharding._device_assignment):  # pylint: disable=protected-access
+    return _identity(sharding)(x)
+  return jax.device_put(x, sharding)
+
+
+@functools.lru_cache(maxsize=None)
+def _identity(sharding):
+  return jax.jit(lambda x: x, out_shardings=sharding)
+
+
+def _cast(tree, dtype):
+  return tree if dtype is None else jax.tree.map(lambda x: x.astype(dtype), tree)

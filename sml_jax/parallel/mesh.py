@@ -64,15 +64,44 @@ def mesh_from_config(cfg) -> Mesh:
   return make_mesh(cfg.data, cfg.fsdp, cfg.tensor)
 
 
-def sampling_mesh(cfg) -> Mesh:
+def host_devices(process_index: int) -> list:
+  """The devices of one process, in `jax.devices()` order."""
+  return [d for d in jax.devices() if d.process_index == process_index]
+
+
+def sampling_mesh(cfg, process_index: int | None = None) -> Mesh:
   """The mesh rollouts run on. One process: the training mesh (`mesh_from_config`). Several
   (a pod slice): this host's devices only, so each host samples its own rows with no cross-host
   collectives in the decode loop (batch over `data`, params split over `tensor` when it divides
-  the local device count, else replicated). The student's weights reach it once per RL step
-  (`distributed.to_local_mesh`); the model must fit one host's devices.
+  the local device count, else replicated). The student's weights reach it on device once per
+  RL step (`distributed.to_local_mesh`); the model must fit one host's devices.
   """
-  if jax.process_count() == 1:
+  if jax.process_count() == 1 and process_index is None:
     return mesh_from_config(cfg)
-  devices = jax.local_devices()
-  tensor = cfg.tensor if cfg.tensor > 0 and len(devices) % cfg.tensor == 0 else 1
-  return make_mesh(-1, 1, tensor, devices=devices)
+  devices = host_devices(jax.process_index() if process_index is None else process_index)
+  return make_mesh(-1, 1, sampling_tensor(cfg.tensor, len(devices)), devices=devices)
+
+
+def sampling_tensor(tensor: int, local_devices: int) -> int:
+  """The `tensor` size of a host's rollout mesh: the configured one if it divides the host's
+  devices, else 1 (params replicated over the host's chips)."""
+  return tensor if tensor > 0 and local_devices % tensor == 0 else 1
+
+
+def host_mesh_like(local: Mesh, process_index: int) -> Mesh:
+  """Host `process_index`'s rollout mesh, shaped like `local` (as `sampling_mesh` builds it)."""
+  shape = tuple(local.shape[a] for a in AXES)
+  return Mesh(device_grid(shape, host_devices(process_index)), AXES)
+
+
+def hosts_view(local_meshes: list[Mesh]) -> Mesh:
+  """Every host's rollout mesh stacked into one global mesh with a leading `host` axis.
+
+  An array sharded on it with a PartitionSpec that leaves `host` out is, on each host's devices,
+  a full copy laid out like that host's mesh: `distributed.to_local_mesh` moves params there on
+  device and then views this host's shards as an array on its own mesh.
+  """
+  grids = [m.devices for m in local_meshes]
+  if len({g.shape for g in grids}) != 1:
+    raise ValueError("Every host's rollout mesh must have the same shape.")
+  return Mesh(np.stack(grids), ("host",) + tuple(local_meshes[0].axis_names))

@@ -14,14 +14,17 @@ this device = ceil(micro_batch_size / dp) x max_len, dp = data x fsdp, tp = tens
   grads           f32, like the trainable params (accumulated over micro-batches)
   compute copy    the weights cast to the compute dtype inside the step (none if equal)
   fsdp gather     with fsdp > 1, one layer's weights gathered (compute dtype, / tp)
-  activations     what autodiff saves for the backward pass, no rematerialisation. Per layer
+  activations     what autodiff saves for the backward pass (`train.remat` "none"). Per layer
                   and token: 6 E-vectors (block input, pre-attention norm out, attention out,
                   residual, pre-MLP norm out, MLP out), q before and after norm+RoPE, k the
                   same, v, the attention mix (3 H D + 3 K D), the MLP's gate and up (2 F),
                   gelu(gate) and its product with up (2 F); per layer and row the attention
                   probabilities H x T x T (compute dtype) and the T x T mask (bool); outside the
                   layers: the embeddings, final-norm input and output (cb each) and the loss's
-                  d/dh (f32) per token.
+                  d/dh (f32) per token. With `remat` "full" each layer keeps only its input
+                  (E per token) plus one layer's activations live while it is recomputed;
+                  with "dots" each layer keeps its weight-matmul outputs (q, k, v: (H + 2K) D,
+                  the attention and MLP output projections: 2 E, gate and up: 2 F) + its input.
   loss head       `logprobs.fused_token_loss`: one [C, V] f32 logits chunk (+ its gradient
                   in the compute dtype when that is not f32), C = tokens per chunk; with more
                   than one chunk, the embedding gradient's running sum and one chunk's
@@ -35,9 +38,19 @@ this device = ceil(micro_batch_size / dp) x max_len, dp = data x fsdp, tp = tens
                   prefill of a P-token prompt chunk, one layer at a time: the attention
                     logits B x P x H x C (f32; XLA fuses the mask and softmax into it) plus
                     the MLP's 3 F and 4 E-vectors per token in f32.
-  phases          rollout = state + student sampling copy + teacher params + both caches +
-                  one party's temporaries; train = state + teacher params + step temporaries.
-                  The peak is the larger; "fits" leaves 10% of HBM for XLA / runtime.
+  placement       (what `experiment.py` does) training on the training mesh; rollouts on the
+                  rollout mesh: one host -> the training mesh; several hosts -> each host's own
+                  chips (`mesh.sampling_mesh`: data = chips per host / t, tensor = t, where t
+                  is the configured tensor if it divides the chips per host, else 1), so params
+                  are replicated over a host's chips unless `tensor` splits them, and each host
+                  samples its 1/hosts share of the conversations.
+  phases          rollout = train state + student sampling copy + teacher params (both in the
+                  compute dtype on the rollout mesh) + both caches + one party's temporaries;
+                  train = train state + teacher params (they stay on the rollout mesh) + the
+                  KL reference (compute dtype, training mesh; only with kl_beta > 0 when it is
+                  not the teacher's arrays, i.e. on several hosts or with another teacher) +
+                  step temporaries. Each phase gets a verdict; "fits" leaves 10% of HBM for
+                  XLA / runtime.
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AbstractMesh
 
+from sml_jax.parallel import mesh as mesh_lib
 from sml_jax.parallel import rules
 from sml_jax.parallel.mesh import AXES, BATCH_AXES
 from sml_jax.sampling import forward
@@ -107,13 +121,9 @@ def tree_bytes(tree, mesh, table=rules.PARAM_RULES, dtype=None) -> int:
 
 def model_shapes(model) -> dict[str, Any]:
   """ShapeDtypeStruct params of `model` (a `gm.nn` module, LoRA or not); nothing allocated.
-
-  Text only: the 4B/12B/27B inits include a SigLIP vision encoder, which `load_params` leaves
-  out (text_only=True), so it is dropped here too.
-  """
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
-                          ["params"])
-  return {k: v for k, v in shapes.items() if k != "vision_encoder"}
+  The 4B/12B/27B classes are built text-only (`registry.build_model`), like the checkpoints."""
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+                        ["params"])
 
 
 def split_trainable(model, shapes) -> tuple[dict, dict]:
@@ -132,6 +142,7 @@ class TrainShape:
   param_dtype: str = "float32"
   frozen_dtype: str = "bfloat16"
   logits_chunk_size: int = logprobs.DEFAULT_CHUNK_SIZE  # as the train step's default
+  remat: str = "none"       # train.remat: none | full | dots
 
 
 def _cb(name: str) -> int:
@@ -158,10 +169,17 @@ def activation_bytes(d: Dims, mesh, ts: TrainShape) -> int:
   rows = math.ceil(ts.micro_batch_size / dp)
   t, n, cb = ts.max_len, math.ceil(ts.micro_batch_size / dp) * ts.max_len, _cb(ts.compute_dtype)
   heads, kv = _split(d.heads, tp), _split(d.kv_heads, tp)
-  per_token = (6 * d.embed + 3 * (heads + kv) * d.head_dim + 4 * _split(d.hidden, tp)) * cb
+  hidden = _split(d.hidden, tp)
+  per_token = (6 * d.embed + 3 * (heads + kv) * d.head_dim + 4 * hidden) * cb
   per_row = heads * t * t * cb + t * t  # attention probabilities + bool mask
   outside = n * d.embed * (3 * cb + 4)
-  return int(d.layers * (n * per_token + rows * per_row) + outside)
+  one_layer = n * per_token + rows * per_row
+  if ts.remat == "full":
+    return int(d.layers * n * d.embed * cb + one_layer + outside)
+  if ts.remat == "dots":
+    saved = ((heads + 2 * kv) * d.head_dim + 3 * d.embed + 2 * hidden) * cb
+    return int(d.layers * n * saved + one_layer + outside)
+  return int(d.layers * one_layer + outside)
 
 
 def loss_head_bytes(d: Dims, mesh, ts: TrainShape, embedding_trains: bool) -> int:
@@ -258,12 +276,13 @@ def party_bytes(model, shapes, mesh, ss: SampleShape) -> dict[str, int]:
 
 @dataclasses.dataclass
 class Plan:
-  """Per-device bytes by phase; `peak` the larger phase."""
+  """Per-device bytes by phase (rollout on the rollout mesh, train on the training mesh)."""
   mesh: dict[str, int]
   rollout: dict[str, int]
   train: dict[str, int]
   hbm_bytes: int | None
   warnings: list[str] = dataclasses.field(default_factory=list)
+  rollout_mesh: dict[str, int] = dataclasses.field(default_factory=dict)
 
   @property
   def peak(self) -> int:
@@ -273,16 +292,42 @@ class Plan:
   def fits(self) -> bool | None:
     return None if self.hbm_bytes is None else self.peak <= HEADROOM * self.hbm_bytes
 
+  def phase_fits(self, phase: str) -> bool | None:
+    """The verdict of one phase ("rollout" or "train")."""
+    if self.hbm_bytes is None:
+      return None
+    return sum(getattr(self, phase).values()) <= HEADROOM * self.hbm_bytes
+
+
+def rollout_mesh(mesh, hosts: int = 1):
+  """The mesh rollouts run on per device (`parallel.mesh.sampling_mesh`): the training mesh on
+  one host, else one host's chips with batch over `data` and params over `tensor` (if it divides
+  the chips per host)."""
+  if hosts <= 1:
+    return mesh
+  chips = math.prod(mesh.shape.values())
+  if chips % hosts:
+    raise ValueError(f"{chips} chips do not split over {hosts} hosts.")
+  local = chips // hosts
+  tensor = mesh_lib.sampling_tensor(mesh.shape["tensor"], local)
+  return abstract_mesh(local // tensor, 1, tensor)
+
 
 def make_plan(student, teacher, mesh, ts: TrainShape, ss: SampleShape,
-              hbm_bytes: int | None = None, shapes: tuple | None = None) -> Plan:
+              hbm_bytes: int | None = None, shapes: tuple | None = None, *, hosts: int = 1,
+              other_teacher: bool = False, kl: bool = False) -> Plan:
   """student / teacher: gm modules (the student maybe LoRA-wrapped); shapes: their
-  `model_shapes` if already known (they cost a trace of the init)."""
+  `model_shapes` if already known (they cost a trace of the init). hosts: processes the chips
+  are split over (rollouts run per host, see `rollout_mesh`); `ss.batch` is the global number
+  of conversations. other_teacher: the teacher is another checkpoint (not the initial student);
+  kl: some stage has kl_beta > 0."""
   s_shapes, t_shapes = shapes or (model_shapes(student), model_shapes(teacher))
   trainable, frozen = split_trainable(student, s_shapes)
   state = train_state_bytes(trainable, frozen, mesh, ts)
-  student_party = party_bytes(student, s_shapes, mesh, ss)
-  teacher_party = party_bytes(teacher, t_shapes, mesh, ss)
+  r_mesh = rollout_mesh(mesh, hosts)
+  local = dataclasses.replace(ss, batch=math.ceil(ss.batch / max(1, hosts)))
+  student_party = party_bytes(student, s_shapes, r_mesh, local)
+  teacher_party = party_bytes(teacher, t_shapes, r_mesh, local)
   rollout = dict(state)
   rollout["student params (sampling copy)"] = student_party["params (compute dtype)"]
   rollout["teacher params"] = teacher_party["params (compute dtype)"]
@@ -293,18 +338,24 @@ def make_plan(student, teacher, mesh, ts: TrainShape, ss: SampleShape,
   rollout["sampler temporaries"] = max(temps)
   train = dict(state)
   train["teacher params"] = teacher_party["params (compute dtype)"]
+  if kl and (hosts > 1 or other_teacher):
+    base = frozen or trainable
+    train["KL reference params"] = tree_bytes(base, mesh, dtype=DTYPES[ts.compute_dtype])
   train.update(train_step_bytes(student, s_shapes, mesh, ts))
   return Plan(mesh=dict(mesh.shape), rollout=rollout, train=train, hbm_bytes=hbm_bytes,
-              warnings=warnings(mesh, ts, ss))
+              warnings=warnings(mesh, ts, local if hosts > 1 else ss, r_mesh),
+              rollout_mesh=dict(r_mesh.shape))
 
 
-def warnings(mesh, ts: TrainShape, ss: SampleShape) -> list[str]:
+def warnings(mesh, ts: TrainShape, ss: SampleShape, r_mesh=None) -> list[str]:
   """Shape constraints of the real step / sampler that the formulas would paper over."""
   dp = _size(mesh, BATCH_AXES)
+  r_dp = _size(r_mesh if r_mesh is not None else mesh, BATCH_AXES)
   out = []
   if ts.micro_batch_size % dp:
     out.append(f"train.micro_batch_size={ts.micro_batch_size} is not a multiple of the "
                f"data-parallel devices (data x fsdp = {dp}): the train step rejects such batches.")
-  if ss.batch % dp:
-    out.append(f"the sampler pads its {ss.batch} conversations to a multiple of {dp} rows.")
+  if ss.batch % r_dp:
+    out.append(f"the sampler pads its {ss.batch} conversations (per host) to a multiple of "
+               f"{r_dp} rows.")
   return out

@@ -22,10 +22,10 @@ import numpy as np
 import optax
 
 from sml_jax.parallel import distributed
-from sml_jax.spec import TrainSettings
+from sml_jax.spec import TrainSettings, TrainStageSpec
 from sml_jax.training import batching
 from sml_jax.training.optimizer import OptimizerConfig, make_optimizer, make_schedule
-from sml_jax.training.train_state import create_train_state, shard_train_state
+from sml_jax.training.train_state import create_train_state
 from sml_jax.training.train_step import TrainConfig, make_logprob_fn, make_train_step
 
 
@@ -80,10 +80,15 @@ class Trainer:
     self._logprob_fns: dict[tuple, object] = {}
 
   def initial_state(self):
+    """A fresh state built sharded from the initial params (`create_train_state(mesh=...)`);
+    the experiment then drops those params (the roles were built from them already)."""
     exp = self.exp
-    return shard_train_state(create_train_state(exp.model, exp.base_params, self.tx,
-                                                seed=exp.spec.seed,
-                                                lora=getattr(exp, "initial_lora", None)), exp.mesh)
+    state = create_train_state(exp.model, exp.initial_params(), self.tx, seed=exp.spec.seed,
+                               lora=getattr(exp, "initial_lora", None), mesh=exp.mesh)
+    if any(isinstance(s, TrainStageSpec) and s.train.kl_beta > 0 for s in exp.spec.stages):
+      exp.reference_params()   # The KL reference, built before the params go.
+    exp.release_initial_params()
+    return state
 
   def start_stage(self, state):
     """Fresh AdamW moments, each placed like the one it replaces (computed in one jit so that
@@ -94,7 +99,7 @@ class Trainer:
   def _config(self, settings: TrainSettings, num_micro: int) -> TrainConfig:
     return TrainConfig(loss=settings.loss, clip_eps=settings.clip_eps, kl_beta=settings.kl_beta,
                        compute_dtype=self.exp.spec.compute_dtype, num_micro_batches=num_micro,
-                       temperature=settings.temperature)
+                       temperature=settings.temperature, remat=self.exp.spec.train.remat)
 
   def _step(self, cfg: TrainConfig):
     if cfg not in self._steps:

@@ -3,10 +3,14 @@
     model = build_model("gemma3_270m", lora_rank=8)      # or lora_rank=None: full finetune
     state = create_train_state(model, params, make_optimizer(opt_cfg), seed=0)
     full = state.full_params()                           # merged tree for sampling / eval
+    # Sharded from the start: params already on `mesh` (load_params(..., sharding=mesh)); the
+    # state is built inside one jit whose outputs carry the rules table's shardings.
+    state = create_train_state(model, params, tx, mesh=mesh)
 
 Full finetune: `params` = every weight (float32), `frozen` = {}.
 LoRA (`model` is a `gm.nn.LoRA`): `params` = only the LoRA factors (float32, freshly
-initialised: A random, B zero, so the model starts as the base model), `frozen` = the base
+initialised: A random, B zero, so the model starts as the base model; or an exported adapter's,
+`lora=`), `frozen` = the base
 weights stored in `frozen_dtype` (bfloat16 by default: they are only ever read in bf16).
 
 `rng` is raw uint32 key data [2] (not a typed key) so it checkpoints like any array.
@@ -19,7 +23,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from sml_jax.parallel import rules
@@ -66,56 +69,85 @@ def merge_params(trainable: Params, frozen: Params) -> Params:
   return peft.merge_params(frozen, trainable)
 
 
-def init_lora_params(model, base_params: Params, seed: int = 0) -> Params:
-  """Fresh LoRA factors for `model` (a `gm.nn.LoRA`); the base weights init is dead code."""
-  if not is_lora(model):
-    raise ValueError("init_lora_params needs a LoRA-wrapped model (build_model(..., lora_rank=r)).")
+def _shape_map(tree) -> dict[str, tuple[int, ...]]:
+  return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
-  @jax.jit
-  def init(key):
-    return split_params(model.init(key, jnp.zeros((1, 4), jnp.int32))["params"])[1]
 
-  lora = init(jax.random.key(seed))
+def check_lora_base(model, base_params: Params) -> None:
+  """Raises unless `base_params` (e.g. a loaded checkpoint) has exactly the structure and shapes
+  of the LoRA model's base weights."""
   expected, _ = split_params(jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]))
-  shapes = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape)
-                         for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-  if shapes(base_params) != shapes(expected):
-    raise ValueError("The base params do not match the LoRA model's base structure "
-                     "(wrong model name for this checkpoint?).")
-  return lora
+  got, want = _shape_map(base_params), _shape_map(expected)
+  if got != want:
+    diff = sorted(set(got.items()) ^ set(want.items()))[:4]
+    raise ValueError("The base params do not match the LoRA model's base structure (wrong model "
+                     f"name for this checkpoint?); first differences (path, shape): {diff}")
+
+
+def _lora_init(model, key) -> Params:
+  """The LoRA factors of a fresh init (inside jit the base weights' init is dead code)."""
+  return split_params(model.init(key, jnp.zeros((1, 4), jnp.int32))["params"])[1]
+
+
+def init_lora_params(model, base_params: Params, seed: int = 0) -> Params:
+  """Fresh LoRA factors for `model` (a `gm.nn.LoRA`), checked against `base_params`."""
+  if not is_lora(model):
+    raise ValueError("init_lora_params needs a LoRA-wrapped model (build_model(..., lora_rank=r)).")
+  check_lora_base(model, base_params)
+  return jax.jit(lambda key: _lora_init(model, key))(jax.random.key(seed))
+
+
+def _check_lora_factors(model, lora: Params) -> None:
+  """Raises unless `lora` has the structure and shapes of the model's LoRA factors."""
+  want = jax.eval_shape(lambda: _lora_init(model, jax.random.key(0)))
+  if _shape_map(lora) != _shape_map(want):
+    raise ValueError("The LoRA factors do not match the model's adapters (another model or "
+                     "rank?).")
+
+
+def _build_state(model, params: Params, optimizer, seed: int, frozen_dtype,
+                 lora: Params | None = None) -> TrainState:
+  """Traceable: base params (+ LoRA factors to start from, None: fresh) -> a fresh state (fresh
+  buffers: the step donates the state's, which must not alias the caller's params, e.g. a frozen
+  teacher's)."""
+  copy = lambda dtype: (lambda x: jnp.array(x, dtype, copy=True))
+  if is_lora(model):
+    trainable = _lora_init(model, jax.random.key(seed)) if lora is None else lora
+    frozen = jax.tree.map(copy(frozen_dtype), params)
+  else:
+    trainable, frozen = params, {}
+  trainable = jax.tree.map(copy(jnp.float32), trainable)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen,
+                    opt_state=optimizer.init(trainable),
+                    rng=jax.random.key_data(jax.random.key(seed)))
 
 
 def create_train_state(model, params: Params, optimizer: optax.GradientTransformation, *,
-                       seed: int = 0, frozen_dtype=jnp.bfloat16,
-                       lora: Params | None = None) -> TrainState:
-  """Builds the state on the host's default device; use `shard_train_state` to place it on a mesh.
+                       seed: int = 0, frozen_dtype=jnp.bfloat16, lora: Params | None = None,
+                       mesh=None) -> TrainState:
+  """A fresh train state from the model's base `params` (any float dtype; trainable ones are
+  stored in float32; LoRA: fresh factors, checked against `params`' structure).
 
-  params: the model's base params (any float dtype; trainable ones are stored in float32). The
-  state holds copies, so `params` stays valid after the step donates the state.
   lora: LoRA factors to start from (an exported adapter, `models.adapters`) instead of fresh ones;
   they must have the LoRA model's structure and shapes.
+  mesh None: on the default device (`shard_train_state` places it on a mesh later). With a
+  `mesh`: one jit whose `out_shardings` are the rules table's (`state_shardings`), so the state
+  is born sharded: no host copy and no replicated intermediate (pass `params` already on the
+  mesh, e.g. `load_params(..., sharding=mesh)`; the casts run shard by shard). On several hosts
+  every leaf is a global array, as the checkpointer and the step need.
   """
   if lora is not None and not is_lora(model):
     raise ValueError("LoRA factors were given but the model has no LoRA adapters.")
   if is_lora(model):
-    trainable = init_lora_params(model, params, seed)
+    check_lora_base(model, params)
     if lora is not None:
-      shapes = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape)
-                             for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-      if shapes(lora) != shapes(trainable):
-        raise ValueError("The LoRA factors do not match the model's adapters (another model or "
-                         "rank?).")
-      trainable = lora
-    frozen = jax.tree.map(lambda x: jnp.array(x, frozen_dtype, copy=True), params)
-  else:
-    trainable, frozen = params, {}
-  # Copies: the step donates the state's buffers, which must not alias the caller's params
-  # (e.g. the frozen teacher's).
-  trainable = jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), trainable)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, frozen=frozen,
-                    opt_state=optimizer.init(trainable),
-                    rng=jax.random.key_data(jax.random.key(seed)))
+      _check_lora_factors(model, lora)
+  build = lambda p, f: _build_state(model, p, optimizer, seed, frozen_dtype, f)
+  if mesh is None:
+    return jax.jit(build)(params, lora)
+  shardings = state_shardings(jax.eval_shape(build, params, lora), mesh)
+  return jax.jit(build, out_shardings=shardings)(params, lora)
 
 
 def state_shardings(state: TrainState, mesh):
@@ -125,13 +157,16 @@ def state_shardings(state: TrainState, mesh):
 
 
 def shard_train_state(state: TrainState, mesh) -> TrainState:
+  """A state built on the default device (`create_train_state(..., mesh=None)`) -> on `mesh`."""
   shardings = state_shardings(state, mesh)
   if jax.process_count() == 1:
     return jax.device_put(state, shardings)
-  # Several hosts (each passes the same values): assembled by a jit from host copies. A
-  # device_put of host-local arrays onto the cross-host mesh gives arrays orbax cannot save.
-  host = jax.tree.map(np.asarray, state)
-  return jax.jit(lambda s: s, out_shardings=shardings)(host)
+  # Several hosts, each holding the same values: every device takes its shard from this host's
+  # copy (a device-to-device slice, never the whole state through host numpy). A device_put of
+  # host-local arrays onto the cross-host mesh would give arrays orbax cannot save.
+  return jax.tree.map(
+      lambda x, sh: jax.make_array_from_callback(x.shape, sh, lambda idx, x=x: x[idx]),
+      state, shardings)
 
 
 def count_params(tree) -> int:

@@ -49,6 +49,7 @@ from sml_jax.parallel import mesh as mesh_lib
 from sml_jax.parallel import rules
 from sml_jax.training import logprobs as logprobs_lib
 from sml_jax.training import losses
+from sml_jax.training import remat
 from sml_jax.training.batching import Batch
 from sml_jax.training.train_state import TrainState, merge_params, state_shardings
 
@@ -69,8 +70,12 @@ class TrainConfig:
   # The policy's temperature: log-probs of softmax(logits / temperature), the distribution the
   # rollouts were sampled from (so the first PPO inner step has ratio 1). 1.0 for SFT.
   temperature: float = 1.0
+  # Per-layer rematerialization of the trunk in the backward pass: "none" | "full" | "dots"
+  # (see `remat.py`). Same gradients, less activation memory.
+  remat: str = "none"
 
   def __post_init__(self):
+    remat.check_policy(self.remat)
     losses.get_policy_loss(self.loss)
     losses.check_normaliser(self.normaliser)
     if not 0 < self.clip_eps < 1:
@@ -142,19 +147,24 @@ def _tempered(h: jax.Array, model, cfg: TrainConfig) -> jax.Array:
   return (h.astype(jnp.float32) / cfg.temperature).astype(h.dtype)
 
 
-def hidden_states(model, params, batch: Batch) -> jax.Array:
-  """The trunk's final-norm output h [B, T, D] (params already in the compute dtype)."""
-  out = model.apply({"params": params}, batch.tokens, positions=batch.positions,
+def hidden_states(model, params, batch: Batch, remat_policy: str = "none",
+                  mesh=None) -> jax.Array:
+  """The trunk's final-norm output h [B, T, D] (params already in the compute dtype). With a
+  mesh, every layer's activations stay split over the batch axes (see `remat.layers`)."""
+  activations = None if mesh is None else rules.batch_sharding(mesh, 3)
+  out = remat.apply(model, remat_policy, {"params": params}, batch.tokens,
+                    positions=batch.positions,
                     attention_mask=attention_mask(batch.input_mask, batch.segment_ids),
-                    return_hidden_states=True)
+                    return_hidden_states=True, activations=activations)
   return out.hidden_states
 
 
-def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig):
+def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig, mesh=None):
   """-> (loss_sum, (denominator, metric sums)) for one micro-batch of [b, T] arrays."""
   dtype = DTYPES[cfg.compute_dtype]
   params = merge_params(trainable, frozen)
-  h = hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch)
+  h = hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch, cfg.remat,
+                    mesh)
   h = _tempered(_gather(h, batch.loss_index), model, cfg)              # [b, K or T, D]
   b, k, d = h.shape
   scale, denominator = losses.token_scale_and_denominator(batch.mask, cfg.normaliser,
@@ -250,7 +260,7 @@ def train_step(state: TrainState, batch: Batch, *, model, optimizer, cfg: TrainC
                schedule: Callable | None = None, mesh=None) -> tuple[TrainState, dict]:
   """The un-jitted step; `make_train_step` jits it."""
   grad_fn = jax.value_and_grad(
-      functools.partial(micro_batch_loss, model=model, cfg=cfg), has_aux=True)
+      functools.partial(micro_batch_loss, model=model, cfg=cfg, mesh=mesh), has_aux=True)
   if cfg.num_micro_batches == 1:
     (loss_sum, (denominator, sums)), grads = grad_fn(state.params, state.frozen, batch)
   else:
