@@ -17,13 +17,10 @@ from sml_jax.models import registry
 from sml_jax.training import batching, packing
 from sml_jax.training import train_state as ts
 from sml_jax.training import train_step as tstep
+from tests import test_train_step
 
-DIALOGUES = [
-    [("user", "What is 2+3?"), ("model", "Is it 6?"), ("user", "No, count again."),
-     ("model", "It is 5."), ("user", "Correct.")],
-    [("user", "Capital of France?"), ("model", "Paris.")],
-    [("user", "Name a prime number."), ("model", "Seven"), ("user", "Yes.")],
-    [("user", "Spell cat backwards."), ("model", "tac"), ("user", "Good."), ("model", "Thanks!")],
+# The train-step tests' dialogues, plus a longer one so that packing has rows of several lengths.
+DIALOGUES = test_train_step.DIALOGUES + [
     [("user", "Say hello in French, then in Spanish, then in German please."),
      ("model", "Bonjour. Hola. Hallo.")],
 ]
