@@ -36,6 +36,17 @@ CACHE_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     (r".*", (BATCH_AXES,)),
 )
 
+# The loss head (`training/logprobs.py`, vocab-parallel): E re-split over its vocab by every
+# axis that splits the params, each token chunk's h gathered over those axes, logits split over
+# the vocab; dh returns split like the batch. Names: (V, D) embedding, (C, V) logits, (C, D)
+# hidden (gathered) and tokens (as the batch).
+LOSS_HEAD_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    (r"^embedding$", (("tensor", "fsdp"), None)),
+    (r"^logits$", ("data", ("tensor", "fsdp"))),
+    (r"^hidden$", ("data", None)),
+    (r"^tokens$", (BATCH_AXES, None)),
+)
+
 
 def _axis_size(mesh: Mesh, axis) -> int:
   if axis is None:
@@ -73,6 +84,14 @@ def param_shardings(params, mesh: Mesh):
 
 def cache_shardings(cache, mesh: Mesh):
   return tree_shardings(cache, mesh, CACHE_RULES)
+
+
+def loss_head_shardings(mesh: Mesh, vocab: int, embed: int, chunk: int) -> dict[str, NamedSharding]:
+  """name -> NamedSharding of the loss head's arrays (`LOSS_HEAD_RULES`) for a [V, D] embedding
+  and chunks of `chunk` tokens."""
+  shapes = {"embedding": (vocab, embed), "logits": (chunk, vocab), "hidden": (chunk, embed),
+            "tokens": (chunk, embed)}
+  return {k: NamedSharding(mesh, spec_for(k, s, mesh, LOSS_HEAD_RULES)) for k, s in shapes.items()}
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -22,10 +22,19 @@ The `logp` output carries no gradient (it is for metrics). The einsums keep E as
 `einsum('cd,vd->cv')` with f32 accumulation is much faster on CPU than `h @ E.T` in bf16.
 
 Shapes: h [N, D], E [V, D], targets int32 [N], aux: a pytree of [N] arrays.
+
+On a mesh (`layout`, from `rules.loss_head_layout`) the head runs vocab-parallel: E is
+re-split over its vocab (bf16, an all-to-all of 1/devices of the table), each chunk's h is
+gathered over those devices ([C, D], small), so every device computes the logits of the whole
+chunk for its slice of the vocabulary and its slice of dE. Left to GSPMD, E stays split over D
+(the fsdp layout): every device then gathers the whole table and sums a full [V, D] f32 dE
+contribution per chunk across devices (3 x 4 GiB per device and an all-reduce of 4 GiB per
+chunk at 12B).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -35,6 +44,19 @@ import jax.numpy as jnp
 Array = jax.Array
 # Tokens per unembedding chunk: [chunk, V] f32 logits live at once (512 x 262k = 0.5 GiB).
 DEFAULT_CHUNK_SIZE = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Shardings of the loss head's arrays on a mesh (see the module docstring)."""
+  embedding: Any      # E [V, D] (and dE): vocab split
+  hidden: Any         # a chunk's h [C, D], gathered over the vocab-split devices
+  logits: Any         # a chunk's logits [C, V]
+  tokens: Any         # a chunk's h / dh [C, D] split like the batch
+
+
+def _put(x: Array, sharding) -> Array:
+  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
 def _softcap(u: Array, cap: float | None) -> Array:
@@ -70,9 +92,13 @@ def _unchunked(x: Array, n: int) -> Array:
   return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])[:n]
 
 
-def _chunk_logits(h: Array, emb: Array, cap: float | None) -> tuple[Array, Array]:
+def _chunk_logits(h: Array, emb: Array, cap: float | None,
+                  layout: Layout | None = None) -> tuple[Array, Array]:
   """h [C, D], emb [V, D] -> (pre-softcap logits u [C, V] f32, logits z [C, V] f32)."""
+  if layout is not None:
+    h = _put(h, layout.hidden)
   u = jnp.einsum("cd,vd->cv", h, emb, preferred_element_type=jnp.float32)
+  u = _put(u, layout and layout.logits)
   return u, _softcap(u, cap)
 
 
@@ -84,14 +110,15 @@ def _target_logprob(z: Array, targets: Array) -> tuple[Array, Array]:
 
 
 def token_logprobs(h: Array, emb: Array, targets: Array, *, chunk_size: int = 512,
-                   softcap: float | None = None, compute_dtype=jnp.bfloat16) -> Array:
+                   softcap: float | None = None, compute_dtype=jnp.bfloat16,
+                   layout: Layout | None = None) -> Array:
   """log p(targets_n | h_n) with logits = softcap(h E^T)  (h [N, D], E [V, D], targets [N] -> [N])."""
   n = h.shape[0]
-  emb = emb.astype(compute_dtype)
+  emb = _put(emb.astype(compute_dtype), layout and layout.embedding)
 
   def one_chunk(args):
     hc, tc = args
-    _, z = _chunk_logits(hc.astype(compute_dtype), emb, softcap)
+    _, z = _chunk_logits(hc.astype(compute_dtype), emb, softcap, layout)
     return _target_logprob(z, tc)[0]
 
   k = num_chunks(n, chunk_size)
@@ -99,24 +126,26 @@ def token_logprobs(h: Array, emb: Array, targets: Array, *, chunk_size: int = 51
   return _unchunked(out, n)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7))
-def _fused(loss_fn, h, emb, targets, aux, chunk_size, softcap, compute_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5, 6, 7, 8))
+def _fused(loss_fn, h, emb, targets, aux, chunk_size, softcap, compute_dtype, layout):
   logp = token_logprobs(h, emb, targets, chunk_size=chunk_size, softcap=softcap,
-                        compute_dtype=compute_dtype)
+                        compute_dtype=compute_dtype, layout=layout)
   return loss_fn(logp, aux).sum(), logp
 
 
-def _fused_fwd(loss_fn, h, emb, targets, aux, chunk_size, softcap, compute_dtype):
+def _fused_fwd(loss_fn, h, emb, targets, aux, chunk_size, softcap, compute_dtype, layout):
   # symbolic_zeros=True: primals arrive as CustomVJPPrimal(value, perturbed).
   need_dh, need_de = h.perturbed, emb.perturbed
   h, emb, targets, aux = h.value, emb.value, targets.value, jax.tree.map(lambda a: a.value, aux)
   n, vocab = h.shape[0], emb.shape[0]
-  emb_c = emb.astype(compute_dtype)
+  emb_c = _put(emb.astype(compute_dtype), layout and layout.embedding)
 
   def one_chunk(de_acc, args):
     hc, tc, ac = args
     hc = hc.astype(compute_dtype)
-    u, z = _chunk_logits(hc, emb_c, softcap)
+    if layout is not None:
+      hc = _put(hc, layout.hidden)
+    u, z = _chunk_logits(hc, emb_c, softcap, layout)
     logp, lse = _target_logprob(z, tc)
     loss, vjp = jax.vjp(lambda lp: loss_fn(lp, ac), logp)
     (g,) = vjp(jnp.ones_like(loss))                                     # d loss_n / d logp_n
@@ -128,11 +157,16 @@ def _fused_fwd(loss_fn, h, emb, targets, aux, chunk_size, softcap, compute_dtype
     grad_u = grad_z.astype(compute_dtype)
     dh = (jnp.einsum("cv,vd->cd", grad_u, emb_c, preferred_element_type=jnp.float32)
           if need_dh else jnp.zeros(hc.shape, jnp.float32))
+    dh = _put(dh, layout and layout.tokens)
     if need_de:
-      de_acc = de_acc + jnp.einsum("cv,cd->vd", grad_u, hc, preferred_element_type=jnp.float32)
+      de_acc = _put(de_acc + jnp.einsum("cv,cd->vd", grad_u, hc,
+                                        preferred_element_type=jnp.float32),
+                    layout and layout.embedding)
     return de_acc, (loss.sum(), logp, dh)
 
   de0 = jnp.zeros((vocab, emb.shape[1]) if need_de else (), jnp.float32)
+  if need_de:
+    de0 = _put(de0, layout and layout.embedding)
   k = num_chunks(n, chunk_size)
   chunks = (_chunked(h, k), _chunked(targets, k), jax.tree.map(lambda a: _chunked(a, k), aux))
   de, (losses, logp, dh) = jax.lax.scan(one_chunk, de0, chunks)
@@ -141,8 +175,8 @@ def _fused_fwd(loss_fn, h, emb, targets, aux, chunk_size, softcap, compute_dtype
   return (losses.sum(), logp), (dh if need_dh else None, de, targets, aux)
 
 
-def _fused_bwd(loss_fn, chunk_size, softcap, compute_dtype, res, cotangents):
-  del loss_fn, chunk_size, softcap, compute_dtype
+def _fused_bwd(loss_fn, chunk_size, softcap, compute_dtype, layout, res, cotangents):
+  del loss_fn, chunk_size, softcap, compute_dtype, layout
   dh, de, _, aux = res
   g_loss = cotangents[0]  # The logp output is for metrics: its cotangent is ignored.
   if isinstance(g_loss, jax.custom_derivatives.SymbolicZero):
@@ -156,8 +190,8 @@ _fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
 
 def fused_token_loss(loss_fn: Callable[[Array, Any], Array], h: Array, emb: Array,
                      targets: Array, aux: Any, *, chunk_size: int = 512,
-                     softcap: float | None = None,
-                     compute_dtype=jnp.bfloat16) -> tuple[Array, Array]:
+                     softcap: float | None = None, compute_dtype=jnp.bfloat16,
+                     layout: Layout | None = None) -> tuple[Array, Array]:
   """(sum_n loss_fn(logp, aux)_n, logp [N]); see the module docstring.
 
   loss_fn: (logp [C], aux chunk) -> per-token loss [C], elementwise in logp (token n's loss may
@@ -170,5 +204,5 @@ def fused_token_loss(loss_fn: Callable[[Array, Any], Array], h: Array, emb: Arra
   if h.ndim != 2 or emb.ndim != 2 or h.shape[1] != emb.shape[1]:
     raise ValueError(f"fused_token_loss: expected h [N, D] and emb [V, D], got {h.shape} and "
                      f"{emb.shape}.")
-  loss, logp = _fused(loss_fn, h, emb, targets, aux, chunk_size, softcap, compute_dtype)
+  loss, logp = _fused(loss_fn, h, emb, targets, aux, chunk_size, softcap, compute_dtype, layout)
   return loss, jax.lax.stop_gradient(logp)

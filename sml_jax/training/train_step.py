@@ -159,6 +159,15 @@ def hidden_states(model, params, batch: Batch, remat_policy: str = "none",
   return out.hidden_states
 
 
+def loss_head_layout(mesh, emb_shape: tuple[int, int], n: int,
+                     chunk_size: int) -> logprobs_lib.Layout | None:
+  """The vocab-parallel shardings of the loss head for n tokens (None without a mesh)."""
+  if mesh is None:
+    return None
+  k = logprobs_lib.num_chunks(n, chunk_size)
+  return logprobs_lib.Layout(**rules.loss_head_shardings(mesh, *emb_shape, -(-n // k)))
+
+
 def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig, mesh=None):
   """-> (loss_sum, (denominator, metric sums)) for one micro-batch of [b, T] arrays."""
   dtype = DTYPES[cfg.compute_dtype]
@@ -177,10 +186,11 @@ def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig
          for key, v in aux.items()}
   targets = _gather(_shift_left(batch.tokens, PAD_ID), batch.loss_index).reshape(-1)
   softcap = getattr(getattr(model, "config", None), "final_logit_softcap", None)
+  emb = params["embedder"]["input_embedding"]
   loss_sum, logp = logprobs_lib.fused_token_loss(
-      functools.partial(_token_loss, cfg=cfg), h.reshape(b * k, d),
-      params["embedder"]["input_embedding"], targets, aux,
-      chunk_size=cfg.logits_chunk_size, softcap=softcap, compute_dtype=dtype)
+      functools.partial(_token_loss, cfg=cfg), h.reshape(b * k, d), emb, targets, aux,
+      chunk_size=cfg.logits_chunk_size, softcap=softcap, compute_dtype=dtype,
+      layout=loss_head_layout(mesh, emb.shape, b * k, cfg.logits_chunk_size))
   mask = aux["mask"]
   sums = {"num_student_tokens": mask.sum(), "logprob_sum": (mask * logp).sum()}
   if cfg.needs_old_logprobs:
