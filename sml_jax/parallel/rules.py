@@ -82,6 +82,16 @@ def param_shardings(params, mesh: Mesh):
   return tree_shardings(params, mesh, PARAM_RULES)
 
 
+def gathered_shardings(params, mesh: Mesh):
+  """The layout a layer's weights are used in: the rules table's spec less the data-parallel axes
+  (fsdp gathers a layer's weights while it runs; `tensor` keeps splitting them)."""
+  def gathered(path, x):
+    spec = spec_for(_path_str(path), tuple(x.shape), mesh, PARAM_RULES)
+    keep = lambda a: tuple(n for n in (a if isinstance(a, tuple) else (a,)) if n not in BATCH_AXES)
+    return NamedSharding(mesh, P(*((keep(a) or None) if a is not None else None for a in spec)))
+  return jax.tree_util.tree_map_with_path(gathered, params)
+
+
 def cache_shardings(cache, mesh: Mesh):
   return tree_shardings(cache, mesh, CACHE_RULES)
 

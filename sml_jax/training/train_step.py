@@ -147,6 +147,17 @@ def _tempered(h: jax.Array, model, cfg: TrainConfig) -> jax.Array:
   return (h.astype(jnp.float32) / cfg.temperature).astype(h.dtype)
 
 
+def compute_copy(params, dtype, mesh=None):
+  """params cast to the compute dtype; with a mesh, pinned to the params' own (fsdp-split)
+  layout: each layer gathers its copy itself (`remat.layers`), and without this pin GSPMD moves
+  that gather back onto the f32 master params (twice the bytes) and shares one gather between
+  the forward and backward passes."""
+  out = jax.tree.map(lambda x: x.astype(dtype), params)
+  if mesh is None:
+    return out
+  return jax.lax.with_sharding_constraint(out, rules.param_shardings(out, mesh))
+
+
 def hidden_states(model, params, batch: Batch, remat_policy: str = "none",
                   mesh=None) -> jax.Array:
   """The trunk's final-norm output h [B, T, D] (params already in the compute dtype). With a
@@ -172,8 +183,7 @@ def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig
   """-> (loss_sum, (denominator, metric sums)) for one micro-batch of [b, T] arrays."""
   dtype = DTYPES[cfg.compute_dtype]
   params = merge_params(trainable, frozen)
-  h = hidden_states(model, jax.tree.map(lambda x: x.astype(dtype), params), batch, cfg.remat,
-                    mesh)
+  h = hidden_states(model, compute_copy(params, dtype, mesh), batch, cfg.remat, mesh)
   h = _tempered(_gather(h, batch.loss_index), model, cfg)              # [b, K or T, D]
   b, k, d = h.shape
   scale, denominator = losses.token_scale_and_denominator(batch.mask, cfg.normaliser,
