@@ -14,14 +14,17 @@ this device = ceil(micro_batch_size / dp) x max_len, dp = data x fsdp, tp = tens
   grads           f32, like the trainable params (accumulated over micro-batches)
   compute copy    the weights cast to the compute dtype inside the step (none if equal)
   fsdp gather     with fsdp > 1, one layer's weights gathered (compute dtype, / tp)
-  activations     what autodiff saves for the backward pass (`train.remat` "none"). Per layer
-                  and token: 6 E-vectors (block input, pre-attention norm out, attention out,
-                  residual, pre-MLP norm out, MLP out), q before and after norm+RoPE, k the
-                  same, v, the attention mix (3 H D + 3 K D), the MLP's gate and up (2 F),
-                  gelu(gate) and its product with up (2 F); per layer and row the attention
-                  probabilities H x T x T (compute dtype) and the T x T mask (bool); outside the
-                  layers: the embeddings, final-norm input and output (cb each) and the loss's
-                  d/dh (f32) per token. With `remat` "full" each layer keeps only its input
+  activations     what autodiff saves for the backward pass (`train.remat` "none"), as XLA
+                  keeps it (counted in the compiled Gemma 3 12B step on fsdp=32, where the
+                  earlier 6 E / 4 F / 1 probabilities per layer fell ~2x short). Per layer and
+                  token: 12 E-vectors (inputs and outputs of the four norms, the scaled and
+                  residual sums, both output projections), 4 H D (q before and after
+                  norm + RoPE, the attention mix in two layouts), 4 K D (k and v before and
+                  after norm + RoPE), 7 F (gate, up, the tanh-GELU's intermediates, gelu(gate),
+                  its product with up); per layer and row two H x T x T buffers (attention
+                  logits and probabilities, compute dtype); outside the layers: the embeddings,
+                  final-norm input and output (cb each) and the loss's d/dh (f32) per token.
+                  With `remat` "full" each layer keeps only its input
                   (E per token) plus one layer's activations live while it is recomputed;
                   with "dots" each layer keeps its weight-matmul outputs (q, k, v: (H + 2K) D,
                   the attention and MLP output projections: 2 E, gate and up: 2 F) + its input.
@@ -170,8 +173,8 @@ def activation_bytes(d: Dims, mesh, ts: TrainShape) -> int:
   t, n, cb = ts.max_len, math.ceil(ts.micro_batch_size / dp) * ts.max_len, _cb(ts.compute_dtype)
   heads, kv = _split(d.heads, tp), _split(d.kv_heads, tp)
   hidden = _split(d.hidden, tp)
-  per_token = (6 * d.embed + 3 * (heads + kv) * d.head_dim + 4 * hidden) * cb
-  per_row = heads * t * t * cb + t * t  # attention probabilities + bool mask
+  per_token = (12 * d.embed + 4 * (heads + kv) * d.head_dim + 7 * hidden) * cb
+  per_row = 2 * heads * t * t * cb  # attention logits + probabilities
   outside = n * d.embed * (3 * cb + 4)
   one_layer = n * per_token + rows * per_row
   if ts.remat == "full":

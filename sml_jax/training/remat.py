@@ -43,22 +43,17 @@ def check_policy(name: str) -> str:
   return name
 
 
-# Data-movement primitives: cheap to redo from their (saved) input. "none" on a mesh saves every
-# other value; the gathered weights (a sharding constraint) and their casts / transposes /
-# reshapes inside the einsums are among these, so the backward pass gathers them again.
-_LAYOUT_PRIMITIVES = frozenset({"sharding_constraint", "convert_element_type", "transpose",
-                                "reshape", "broadcast_in_dim", "squeeze", "expand_dims", "copy",
-                                "copy_p", "name"})
-
-
-def _save_all_but_layout(prim, *_, **__) -> bool:
-  return prim.name not in _LAYOUT_PRIMITIVES
+def _save_all_but_gathered(prim, *_, **__) -> bool:
+  """"none" on a mesh: save every value but sharding constraints' outputs (the gathered weights;
+  an activation's constraint is redone from its saved input), so the backward pass gathers a
+  layer's weights again instead of keeping them from the forward pass."""
+  return prim.name != "sharding_constraint"
 
 
 def _jax_policy(name: str):
   import jax  # pylint: disable=g-import-not-at-top  (import-light: config.py reads POLICIES)
   # "dots" saves only weight-matmul outputs and "full" nothing: neither saves gathered weights.
-  return {"none": _save_all_but_layout, "full": None,
+  return {"none": _save_all_but_gathered, "full": None,
           "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
 
 
