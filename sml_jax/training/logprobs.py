@@ -199,7 +199,8 @@ def fused_token_loss(loss_fn: Callable[[Array, Any], Array], h: Array, emb: Arra
   h [N, D]; emb [V, D] (the gradient comes back in emb's dtype: pass the f32 master table);
   targets int32 [N]; aux: pytree of [N] arrays (weights, masks, old log-probs), not
   differentiated. Padding (when N has no divisor near N / chunk_size) uses zero aux, so loss_fn must give 0
-  on all-zero aux (true for every loss weighted by its weights / mask).
+  on all-zero aux (true for every loss weighted by its weights / mask). layout: the shardings on
+  a mesh (`train_step.loss_head_layout`); None leaves the layout to GSPMD.
   """
   if h.ndim != 2 or emb.ndim != 2 or h.shape[1] != emb.shape[1]:
     raise ValueError(f"fused_token_loss: expected h [N, D] and emb [V, D], got {h.shape} and "
