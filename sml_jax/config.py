@@ -125,6 +125,10 @@ def base_config() -> ml_collections.ConfigDict:
       "checkpoint_every": 10, "keep_checkpoints": 2,
       "log_every": 1,               # a progress line on the console every this many steps
       "remat": "none",              # per-layer rematerialization: none | full | dots (remat.py)
+      # The leading tokens every conversation of a train batch shares (instructions,
+      # demonstrations) are forwarded once per micro-batch, not once per row (exact;
+      # training/shared_prefix.py).
+      "share_prefix": True,
   })
   c.sft = _stage("sft", 100, 1e-5, "math", 64)
   c.offline_sml = _stage("offline_sml", 50, 1e-5, "math", 64)
@@ -300,6 +304,8 @@ def to_spec(config) -> spec_lib.RunSpec:
     _need(tr[field] >= 1, f"train.{field}", f"must be >= 1, got {tr[field]}")
   _need(tr.remat in REMAT_POLICIES, "train.remat",
         f"must be one of {', '.join(REMAT_POLICIES)}, got {tr.remat!r}")
+  _need(isinstance(tr.share_prefix, bool), "train.share_prefix",
+        f"must be True or False, got {tr.share_prefix!r}")
   stages = tuple(_eval_stage(config, name) if kind == "eval" else train_stage_spec(config, name, kind)
                  for name, kind in stage_names(config))
   task_kwargs: dict[str, dict] = {}
@@ -324,5 +330,5 @@ def to_spec(config) -> spec_lib.RunSpec:
       train=spec_lib.TrainLoopSpec(max_len=tr.max_len, micro_batch_size=tr.micro_batch_size,
                                    checkpoint_every=tr.checkpoint_every,
                                    keep_checkpoints=tr.keep_checkpoints, log_every=tr.log_every,
-                                   remat=tr.remat),
+                                   remat=tr.remat, share_prefix=tr.share_prefix),
       stages=stages, task_kwargs=task_kwargs, cache_dtype=config.sampler.cache_dtype)

@@ -118,6 +118,7 @@ class TrainLoopSpec:
   keep_checkpoints: int = 2
   log_every: int = 1                 # print a progress line every this many training steps
   remat: str = "none"                # per-layer rematerialization: none | full | dots
+  share_prefix: bool = True          # forward the prefix all conversations share once per batch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -73,3 +73,10 @@ def test_deprecated_clip_norm_still_works_with_a_warning(capsys):
   assert s.optimizer.grad_clip_norm == 0.5
   assert "config.optimizer.clip_norm is deprecated; use config.optimizer.grad_clip_norm" in (
       capsys.readouterr().err)
+
+
+def test_share_prefix_is_on_by_default_and_can_be_turned_off():
+  assert _spec().train.share_prefix is True
+  assert _spec(**{"train.share_prefix": False}).train.share_prefix is False
+  with pytest.raises(TypeError):
+    _spec(**{"train.share_prefix": "no"})

@@ -1,7 +1,8 @@
 """The train step's cheaper layout (packed rows, logits only at weighted targets) is exact: loss,
 gradients and metrics equal the plain step's (full rows, logits at every position) for SFT
 weights and RL advantages (PPO + KL, per-sequence normaliser), full finetuning and LoRA, on
-`tiny`, on the real 270M at small shapes, and on 8 fake devices."""
+`tiny`, on the real 270M at small shapes, and on 8 fake devices (there also with a shared prefix,
+2 micro-batches and remat, see tests/test_shared_prefix.py)."""
 
 import dataclasses
 import json
@@ -228,6 +229,7 @@ from sml_jax.parallel import distributed
 from sml_jax.parallel.mesh import make_mesh
 from sml_jax.training import train_state as ts, train_step as tstep
 from tests.test_loss_index import CONFIGS, both_layouts, examples, lora_state
+from tests import test_shared_prefix as sp
 assert jax.device_count() == 8
 tok, params = registry.load_tokenizer("tiny"), registry.load_params("tiny")
 out = {}
@@ -235,11 +237,15 @@ for kind, lora in (("sft", False), ("rl", True)):
   model = registry.build_model("tiny", lora_rank=4 if lora else None)
   trainable = lora_state(model, params)[0] if lora else None
   plain, fast = both_layouts(examples(tok, kind), buckets=(64,), batch_multiple=8)
+  # Conversations sharing their instructions: the prefix forwarded once per micro-batch.
+  plain_shared, shared = sp.layouts(sp.examples(tok, kind), buckets=(64, 128), batch_multiple=16)
+  assert shared.prefix_length >= 48
   tx = optax.sgd(1.0)
-  def run(batch, mesh, micro):
+  def run(batch, mesh, micro, remat="none"):
     c = CONFIGS[kind]
     cfg = tstep.TrainConfig(num_micro_batches=micro, compute_dtype="float32", loss=c.loss,
-                            kl_beta=c.kl_beta, normaliser=c.normaliser, temperature=c.temperature)
+                            kl_beta=c.kl_beta, normaliser=c.normaliser, temperature=c.temperature,
+                            remat=remat)
     state = ts.create_train_state(model, params, tx)
     if lora:
       state = state.replace(params=trainable)
@@ -250,13 +256,17 @@ for kind, lora in (("sft", False), ("rl", True)):
     state, m = tstep.make_train_step(model, tx, cfg, mesh=mesh)(state, batch)
     delta = jax.tree.map(np.subtract, before, jax.device_get(state.params))
     return delta, {k: float(v) for k, v in m.items()}
-  ref, ref_m = run(plain, None, 1)
-  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(ref))
-  for shape, micro in (((8, 1, 1), 1), ((2, 2, 2), 1)):
-    got, m = run(fast, make_mesh(*shape), micro)
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)))
-    out[f"{kind} lora={lora} {shape}"] = {"rel_diff": diff / scale, "loss": [m["loss"], ref_m["loss"]],
-                                          "metrics_ok": all(abs(m[k] - ref_m[k]) <= 1e-5 * max(1, abs(ref_m[k])) for k in ref_m)}
+  for name, reference, batch, runs in (
+      ("", plain, fast, (((8, 1, 1), 1, "none"), ((2, 2, 2), 1, "none"))),
+      ("shared prefix ", plain_shared, shared, (((8, 1, 1), 2, "none"), ((2, 2, 2), 2, "full")))):
+    ref, ref_m = run(reference, None, 1)
+    scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(ref))
+    for shape, micro, remat in runs:
+      got, m = run(batch, make_mesh(*shape), micro, remat)
+      diff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)))
+      out[f"{name}{kind} lora={lora} {shape} micro={micro} remat={remat}"] = {
+          "rel_diff": diff / scale, "loss": [m["loss"], ref_m["loss"]],
+          "metrics_ok": all(abs(m[k] - ref_m[k]) <= 1e-5 * max(1, abs(ref_m[k])) for k in ref_m)}
 print(json.dumps(out))
 """
 
@@ -265,6 +275,6 @@ print(json.dumps(out))
 def test_sharded_fast_step_on_8_fake_devices_equals_plain_one_device(fake_devices):
   out = json.loads(fake_devices(_EIGHT_DEVICES).strip().splitlines()[-1])
   print(json.dumps(out, indent=1))
-  assert len(out) == 4
+  assert len(out) == 8
   for name, r in out.items():
     assert r["rel_diff"] < 1e-5 and r["metrics_ok"], (name, r)

@@ -3,6 +3,7 @@ micro-batch accumulation is exact, PPO at ratio 1 equals SFT/GRPO, LoRA trains o
 and on 8 fake CPU devices sharded steps equal the 1-device step."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -274,7 +275,10 @@ def test_rl_bench_splits_an_iteration_on_tiny():
   for key in ("iteration_s", "time_sampling_s", "time_training_s", "train_tokens_per_s",
               "reference_train_tokens_per_s", "padding_fraction"):
     assert out[key] is not None and out[key] >= 0, key
-  assert out["padding_fraction"] <= out["reference_padding_fraction"]
+  # Ours computes fewer slots: packed rows of the suffixes after the prefix all conversations
+  # share (forwarded once; its rows' padding fraction may exceed the plain batch's).
+  assert out["shared_prefix_tokens"] >= 32 and 0 <= out["padding_fraction"] < 1
+  assert math.prod(out["batch_shape"]) < math.prod(out["reference_batch_shape"])
   assert abs(out["loss"] - out["reference_loss"]) <= 1e-4 * abs(out["reference_loss"])
   bad = subprocess.run([sys.executable, "-m", "sml_jax.bench", "rl", "--config=configs/tiny_test.py",
                         "--override=rl.stepz=3"], capture_output=True, text=True, timeout=120, cwd=repo)

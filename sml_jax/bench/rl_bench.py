@@ -11,16 +11,20 @@ verification, Q-priming, training (the first iteration includes compilation; lat
 steady state). Then, on the last iteration's examples and the state before its update, one
 step of each, compiled first and timed apart from compilation:
 
-  ours   packed rows, logits only at targets with a non-zero mask / weight (`Trainer.batch`)
-  plain  one conversation per row, full-sequence forward + backward, logits at every position
+  ours   packed rows, logits only at targets with a non-zero mask / weight, the prefix every
+         conversation shares forwarded once per micro-batch (`Trainer.batch`, `train.share_prefix`)
+  plain  one conversation per row, full-sequence forward + backward, logits at every position,
+         no prefix sharing
 
 Both start from the same state, so their losses must agree (printed: a built-in exactness check).
-`train_tokens_per_s` counts real (non-pad) tokens, the same for both. `--problems` (problems per
+`train_tokens_per_s` counts the conversations' real (non-pad) tokens, the same for both (ours
+counts the shared prefix once per conversation, as plain holds it). `--problems` (problems per
 step) keeps a quick check short. The machine's ceiling (matmul FLOP/s, memory bandwidth) is
 measured and printed as the other benches do. With --json the last line is one JSON object:
 `iterations` (the splits), `iteration_s`, `time_sampling_s`, `time_training_s` (last iteration),
 `train_tokens_per_s`, `reference_train_tokens_per_s`, `train_step_speedup`, `padding_fraction`,
-`reference_padding_fraction`, the step and compile seconds of both, and `hardware`.
+`reference_padding_fraction` (of the rows' slots; ours' rows hold the suffixes after the shared
+prefix), `shared_prefix_tokens`, the step and compile seconds of both, and `hardware`.
 """
 
 from __future__ import annotations
@@ -122,8 +126,8 @@ def main(argv) -> None:
            "rollout_s": m["time_sampling_s"], **{k: round(v, 2) for k, v in seconds.items()},
            "train_tokens": int(m.get("train_tokens", 0)), "training_s": m["time_training_s"],
            "total_s": time.time() - t0}
-    row.update({k: m[k] for k in ("padding_fraction", "time_sampling_s", "time_training_s")
-                if k in m})
+    row.update({k: m[k] for k in ("padding_fraction", "shared_prefix_tokens", "time_sampling_s",
+                                  "time_training_s") if k in m})
     rows.append(row)
     other = row["rollout_s"] - sum(seconds.values())
     print(f"iteration {it + 1}{' (incl. compilation)' if it == 0 else ''}: total "
@@ -175,12 +179,15 @@ def compare_steps(trainer, settings, state, examples) -> dict:
     batch = trainer.prepare(state, examples, settings, plain=plain)
     # The last step may use up the state (one copy less of a model in memory).
     compile_s, step_s, m = _time_step(trainer, state, batch, settings, copy_state=not plain)
-    tokens = float(batch.input_mask.sum())
+    tokens = float(batch.num_tokens())
     out.update({f"{name}train_step_s": step_s, f"{name}compile_s": compile_s,
                 f"{name}train_tokens_per_s": tokens / step_s, f"{name}loss": m["loss"],
                 f"{name}padding_fraction": batch.padding_fraction(),
                 f"{name}batch_shape": list(batch.shape)})
-    index = "" if plain else f", loss index K={batch.loss_index.shape[1]}"
+    if not plain:
+      out["shared_prefix_tokens"] = batch.prefix_length
+    index = ("" if plain else f", loss index K={batch.loss_index.shape[1]}, shared prefix "
+             f"P={batch.prefix_length}")
     print(f"{'plain' if plain else 'ours '} step: {step_s:.1f} s ({tokens / step_s:.0f} tok/s; "
           f"compile {compile_s:.0f} s) on [{batch.shape[0]}, {batch.shape[1]}]{index}, padding "
           f"{batch.padding_fraction():.1%}, loss {m['loss']:.6f}", flush=True)

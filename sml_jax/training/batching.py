@@ -22,8 +22,12 @@ counted in `batch_stats`.
 
 What the train step computes (`packing.py`): `pack=True` puts several conversations in one row
 (segments, first-fit-decreasing), so padding is small; `with_loss_index=True` adds per row the
-positions whose target carries a mask or weight, so logits are computed only there. Both are
-exact: the loss, its gradient and the log-probs of student tokens are those of the plain batch.
+positions whose target carries a mask or weight, so logits are computed only there;
+`share_prefix=True` cuts off the leading tokens every example shares and no loss reads
+(`packing.shared_prefix_length`): they are stored once (`prefix_tokens`), the rows hold the
+suffixes (positions continuing at P), and the step forwards the prefix once per micro-batch
+(`shared_prefix.py`). All three are exact: the loss, its gradient and the log-probs of student
+tokens are those of the plain batch.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from sml_jax.training import packing
 DEFAULT_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 REQUIRED = ("tokens", "positions", "input_mask", "mask", "weights")
 OPTIONAL = ("old_logprobs", "ref_logprobs")
-LAYOUT = ("segment_ids", "loss_index")      # optional, not per-example values
+LAYOUT = ("segment_ids", "loss_index", "prefix_tokens")   # optional, not per-example values
 
 
 @flax.struct.dataclass
@@ -58,6 +62,10 @@ class Batch:
                                 None: one conversation per row
   loss_index    int32   [B, K]  positions t whose h[t] predicts a target with non-zero mask or
                                 weight, then T - 1 (`packing.loss_index`); None: every position
+  prefix_tokens int32   [B, P]  the P leading tokens every conversation shares (the same in every
+                                row, so rows split and shard like the rest); the other fields
+                                then hold each conversation's suffix: its tokens from P on, with
+                                positions P, P + 1, ...; None: no shared prefix
 
   A pytree (None fields have no leaves): `jax.tree.map` places or splits every array at once;
   `batch.replace(ref_logprobs=...)` adds a field.
@@ -71,6 +79,7 @@ class Batch:
   ref_logprobs: Any = None
   segment_ids: Any = None
   loss_index: Any = None
+  prefix_tokens: Any = None
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -82,9 +91,26 @@ class Batch:
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
             if getattr(self, f.name) is not None}
 
+  @property
+  def prefix_length(self) -> int:
+    """P, the shared prefix's length (0 without one)."""
+    return 0 if self.prefix_tokens is None else int(self.prefix_tokens.shape[1])
+
   def padding_fraction(self) -> float:
-    """Share of the [B, T] slots that hold no token (host arrays)."""
+    """Share of the [B, T] slots that hold no token (host arrays). The shared prefix is not
+    counted: it is computed once, not per row."""
     return float(1.0 - np.asarray(self.input_mask).mean())
+
+  def num_sequences(self) -> int:
+    """Conversations in the batch (host arrays): segments of packed rows, else non-empty rows."""
+    if self.segment_ids is not None:
+      return int(np.asarray(self.segment_ids).max(axis=1, initial=0).sum())
+    return int(np.asarray(self.input_mask).any(axis=1).sum())
+
+  def num_tokens(self) -> int:
+    """The conversations' tokens (host arrays): the rows' real tokens plus, with a shared
+    prefix, its P tokens once per conversation (what the plain batch of the same examples holds)."""
+    return int(np.asarray(self.input_mask).sum()) + self.prefix_length * self.num_sequences()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +150,8 @@ def round_up(n: int, multiple: int) -> int:
 def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
                buckets: Sequence[int] = DEFAULT_BUCKETS, batch_multiple: int = 1,
                pad_batch_to: int | None = None, pack: bool = False,
-               with_loss_index: bool = False, loss_index_size: int | None = None) -> Batch:
+               with_loss_index: bool = False, loss_index_size: int | None = None,
+               share_prefix: bool = False) -> Batch:
   """Examples -> the padded `Batch` described in the module docstring (numpy arrays).
 
   batch_multiple: pad B with empty rows (all weights 0) up to a multiple of this (micro-batches
@@ -134,6 +161,10 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
   pack: several examples per row (`segment_ids`); T is still the bucket of the longest example.
   with_loss_index: add `loss_index` [B, K]; K = loss_index_size (e.g. agreed across hosts), else
     bucketed from the largest row count.
+  share_prefix: split off the longest prefix shared by all examples (after truncation to
+    max_len) that no loss reads, rounded down to a multiple of `packing.PREFIX_MULTIPLE`
+    (nothing below `packing.MIN_PREFIX`): `prefix_tokens` [B, P], rows hold the suffixes and T
+    is the bucket of the longest suffix (capped at max_len - P).
   """
   if not examples and not pad_batch_to:
     raise ValueError("make_batch needs at least one example.")
@@ -141,9 +172,15 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
     raise ValueError(f"max_len must be >= 2, got {max_len}.")
   if batch_multiple < 1:
     raise ValueError(f"batch_multiple must be >= 1, got {batch_multiple}.")
-  longest = max((len(e.ids) for e in examples), default=1)
-  t = bucket_length(longest, buckets, max_len)
-  rows = (packing.pack_rows([min(len(e.ids), t) for e in examples], t) if pack
+  lengths = [min(len(e.ids), max_len or len(e.ids)) for e in examples]   # after truncation
+  targets = [_targets(e, n) for e, n in zip(examples, lengths)]           # (mask, weights)
+  prefix = 0
+  if share_prefix:
+    prefix = packing.shared_prefix_length([e.ids[:n] for e, n in zip(examples, lengths)],
+                                          [(m != 0) | (w != 0) for m, w in targets])
+  longest = max((n - prefix for n in lengths), default=1)
+  t = bucket_length(longest, buckets, max_len - prefix if max_len else None)
+  rows = (packing.pack_rows([min(n - prefix, t) for n in lengths], t) if pack
           else [[i] for i in range(len(examples))])
   b = round_up(max(len(rows), pad_batch_to or 0), batch_multiple)
   if pad_batch_to is not None and b != pad_batch_to:
@@ -165,33 +202,41 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
     start = 0
     for seg, i in enumerate(members, 1):
       ex = examples[i]
-      n = min(len(ex.ids), t)
+      cut = slice(prefix, min(lengths[i], prefix + t))    # the suffix (the whole row: prefix 0)
+      n = cut.stop - cut.start
       span = slice(start, start + n)
-      out["tokens"][r, span] = ex.ids[:n]
-      out["positions"][r, span] = np.arange(n)
+      out["tokens"][r, span] = ex.ids[cut]
+      out["positions"][r, span] = np.arange(cut.start, cut.stop)
       out["input_mask"][r, span] = True
-      mask = loss_mask(ex.roles[:n])
-      mask[0] = 0.0  # Nothing predicts the first token.
-      out["mask"][r, span] = mask
-      tw = (np.asarray(ex.token_weights[:n], np.float32) if ex.token_weights is not None
-            else np.float32(ex.weight))
-      out["weights"][r, span] = mask * tw
+      out["mask"][r, span] = targets[i][0][cut]
+      out["weights"][r, span] = targets[i][1][cut]
       for k in optional:
-        out[k][r, span] = getattr(ex, k)[:n]
+        out[k][r, span] = getattr(ex, k)[cut]
       if pack:
         out["segment_ids"][r, span] = seg
       start += n
+  if prefix:
+    out["prefix_tokens"] = np.tile(np.asarray(examples[0].ids[:prefix], np.int32), (b, 1))
   if with_loss_index:
     out["loss_index"] = packing.loss_index(out["mask"], out["weights"], loss_index_size)
   return Batch(**out)
 
 
+def _targets(ex: Example, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """(mask, weights) float32 [n] of the first n tokens of `ex`, as targets."""
+  mask = loss_mask(ex.roles[:n])
+  mask[0] = 0.0  # Nothing predicts the first token.
+  tw = (np.asarray(ex.token_weights[:n], np.float32) if ex.token_weights is not None
+        else np.float32(ex.weight))
+  return mask, mask * tw
+
+
 def batch_stats(examples: Sequence[Example], batch: Batch) -> dict[str, float]:
   """Host-side counts for metrics: sequences, real / student tokens, truncated examples, fill."""
-  t = batch.tokens.shape[1]
+  t = batch.prefix_length + batch.tokens.shape[1]
   return {
       "num_sequences": float(len(examples)),
-      "num_tokens": float(batch.input_mask.sum()),
+      "num_tokens": float(batch.num_tokens()),
       "num_student_tokens": float(batch.mask.sum()),
       "num_truncated": float(sum(len(e.ids) > t for e in examples)),
       "padding_fraction": batch.padding_fraction(),

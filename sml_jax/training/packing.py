@@ -17,6 +17,14 @@ predicts such a target (target t + 1), padded to a bucketed count K with T - 1 (
 target has zero mask and weight, so padding adds nothing):
 
     mask row [0, 0, 1, 1, 0, 1, 0, 0]  ->  [1, 2, 4, 7, 7, 7, 7, 7]   (K = 8)
+
+Shared prefix: every conversation of a batch starts with the same instructions and in-context
+demonstrations (~350 tokens on the demo config). `shared_prefix_length` finds how many leading
+tokens all examples share *and* no loss reads: the train step then forwards those once (their
+keys / values feed every row's attention) and the rows hold only the suffixes:
+
+    ids  [a b c d e f], [a b c d x], [a b c y]; targets needing a loss from position 3 on
+    -> 2 (multiple=1): the suffix of every example starts at a position whose target is free
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from typing import Sequence
 import numpy as np
 
 MIN_INDEX_SIZE = 8
+PREFIX_MULTIPLE = 16   # shared prefix lengths are rounded down to this (few shapes compile)
+MIN_PREFIX = 32        # below this a shared prefix saves too little to be worth a second forward
 
 
 def bucket_count(n: int, cap: int | None = None) -> int:
@@ -83,3 +93,36 @@ def loss_index(mask: np.ndarray, weights: np.ndarray, size: int | None = None) -
     pos = np.flatnonzero(need[row]) - 1
     out[row, :len(pos)] = pos
   return out
+
+
+def shared_prefix_length(ids: Sequence[np.ndarray], needs: Sequence[np.ndarray], *,
+                         multiple: int = PREFIX_MULTIPLE, minimum: int = MIN_PREFIX) -> int:
+  """The number P of leading tokens to forward once for all examples, or 0 (nothing shared).
+
+  ids: per example int [L_i]; needs: per example bool [L_i], True where the token, as a target,
+  has a non-zero mask or weight. P is the longest common prefix of all `ids`, cut so that no
+  needed target lies at a position <= P (token P starts the suffix: nothing in the suffix
+  predicts it, and the prefix's hidden states are never read) and every suffix is non-empty,
+  rounded down to a multiple of `multiple`; 0 if that is below `minimum` or there is one
+  example or none (nothing to share).
+  """
+  if multiple < 1 or minimum < 1:
+    raise ValueError(f"multiple and minimum must be >= 1, got {multiple} and {minimum}.")
+  if len(ids) != len(needs):
+    raise ValueError(f"shared_prefix_length: {len(ids)} ids but {len(needs)} needs.")
+  if len(ids) < 2:
+    return 0
+  first = np.asarray(ids[0])
+  p = len(first) - 1
+  for row, need in zip(ids, needs):
+    row, need = np.asarray(row), np.asarray(need, bool)
+    if len(row) != len(need):
+      raise ValueError(f"shared_prefix_length: ids of length {len(row)} but needs of length "
+                       f"{len(need)}.")
+    n = min(len(row), len(first))
+    differ = np.flatnonzero(row[:n] != first[:n])
+    needed = np.flatnonzero(need)
+    p = min(p, len(row) - 1, differ[0] if len(differ) else n,
+            needed[0] - 1 if len(needed) else p)
+  p = int(max(p, 0)) // multiple * multiple
+  return p if p >= minimum else 0

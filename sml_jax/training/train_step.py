@@ -24,7 +24,9 @@ its gradient) chunk by chunk without [B, T, V] logits, from h gathered at `loss_
 K ~ the student tokens of the fullest row; the gather's gradient scatters back into h). The
 model's own logits output is unused and removed by XLA. Packed rows (`segment_ids`) attend within
 their segment only, and the "sequences" normaliser counts segments, so a packed batch gives the
-same loss and gradient as the unpacked one.
+same loss and gradient as the unpacked one. A batch with a shared prefix (`prefix_tokens`)
+forwards the prefix once per micro-batch, at batch 1, and the rows' suffixes against its KV
+cache (`shared_prefix.py`): same loss and gradient again.
 
 With a `mesh`, state and batch are sharded by `sml_jax/parallel/rules.py` (batch rows over
 ("data", "fsdp")); the state buffers are donated. Metrics (all float32 scalars): loss,
@@ -50,6 +52,7 @@ from sml_jax.parallel import rules
 from sml_jax.training import logprobs as logprobs_lib
 from sml_jax.training import losses
 from sml_jax.training import remat
+from sml_jax.training import shared_prefix
 from sml_jax.training.batching import Batch
 from sml_jax.training.train_state import TrainState, merge_params, state_shardings
 
@@ -161,11 +164,15 @@ def compute_copy(params, dtype, mesh=None):
 def hidden_states(model, params, batch: Batch, remat_policy: str = "none",
                   mesh=None) -> jax.Array:
   """The trunk's final-norm output h [B, T, D] (params already in the compute dtype). With a
-  mesh, every layer's activations stay split over the batch axes (see `remat.layers`)."""
+  mesh, every layer's activations stay split over the batch axes (see `remat.layers`). With
+  `prefix_tokens`, the shared prefix is forwarded once and h covers the rows' suffixes
+  (`shared_prefix.py`)."""
+  mask = attention_mask(batch.input_mask, batch.segment_ids)
+  if batch.prefix_tokens is not None:
+    return shared_prefix.hidden_states(model, params, batch, mask, remat_policy, mesh)
   activations = None if mesh is None else rules.batch_sharding(mesh, 3)
   out = remat.apply(model, remat_policy, {"params": params}, batch.tokens,
-                    positions=batch.positions,
-                    attention_mask=attention_mask(batch.input_mask, batch.segment_ids),
+                    positions=batch.positions, attention_mask=mask,
                     return_hidden_states=True, activations=activations)
   return out.hidden_states
 
@@ -255,7 +262,7 @@ def check_batch(batch: Batch, cfg: TrainConfig, data_parallel: int = 1) -> None:
     raise ValueError(f"Train batch is missing {', '.join(missing)}.")
   shape = tuple(batch.tokens.shape)
   for k, v in batch.arrays().items():
-    want = shape[:1] + tuple(v.shape[1:2]) if k == "loss_index" else shape
+    want = shape[:1] + tuple(v.shape[1:2]) if k in ("loss_index", "prefix_tokens") else shape
     if tuple(v.shape) != want or len(v.shape) != 2:
       raise ValueError(f"Train batch '{k}' has shape {tuple(v.shape)}, expected {want}.")
   need = cfg.num_micro_batches * data_parallel

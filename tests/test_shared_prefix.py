@@ -1,0 +1,202 @@
+"""A batch whose conversations share a prefix forwards it once (`make_batch(share_prefix=True)`,
+`training/shared_prefix.py`), exactly: loss, gradients, metrics and log-probs equal the plain
+step's (full rows, logits at every position) for SFT weights and RL advantages (PPO + KL at
+temperature 0.7), full finetuning and LoRA, with packing, 2 micro-batches and remat, on `tiny`
+(whose sliding window of 16 is much shorter than the prefix) and on the 270M at small shapes.
+The 8-fake-device comparison is part of tests/test_loss_index.py's 8-device program."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sml_jax.models import registry
+from sml_jax.models.tokens import Role
+from sml_jax.training import batching, packing
+from sml_jax.training import train_state as ts
+from sml_jax.training import train_step as tstep
+from tests import test_loss_index as li
+
+# The instructions every conversation starts with (as the student's prompt does), then each
+# dialogue's own first question.
+INSTRUCTIONS = ("You are a careful student talking with a teacher. Answer every question in one "
+                "short line, check your arithmetic before you answer, and if the teacher says "
+                "that you are wrong, think again about the question and give a corrected answer. "
+                "Keep your answers short and to the point.")
+
+
+def with_instructions(dialogues):
+  return [[("user", f"{INSTRUCTIONS}\n\n{d[0][1]}")] + d[1:] for d in dialogues]
+
+
+DIALOGUES = with_instructions(li.DIALOGUES)
+
+
+def examples(tok, kind, dialogues=DIALOGUES):
+  return li.examples(tok, kind, dialogues)
+
+
+def layouts(exs, **kw):
+  """(plain batch, packed + loss index + shared prefix batch)."""
+  return (batching.make_batch(exs, **kw),
+          batching.make_batch(exs, pack=True, with_loss_index=True, share_prefix=True, **kw))
+
+
+@pytest.fixture(scope="module")
+def tiny_tok():
+  return registry.load_tokenizer("tiny")
+
+
+# ---------------------------------------------------------------------------------- layout
+
+
+def test_shared_prefix_length():
+  a = np.arange(100)
+  need = lambda n, first=None: np.arange(n) >= (first if first is not None else n)
+  b = np.concatenate([a[:70], [999] * 20])
+  assert packing.shared_prefix_length([a, b], [need(100), need(90)]) == 64    # 70 -> 64
+  assert packing.shared_prefix_length([a, b], [need(100), need(90)], multiple=1) == 70
+  # A target with a loss at position 50 (of either example) shortens it to 49 -> 48.
+  assert packing.shared_prefix_length([a, b], [need(100, 50), need(90)]) == 48
+  assert packing.shared_prefix_length([a, b], [need(100), need(90, 50)], multiple=1) == 49
+  # Identical examples: the suffix keeps at least one token.
+  assert packing.shared_prefix_length([a, a], [need(100), need(100)], multiple=1) == 99
+  # Too short, one example, nothing common: nothing shared.
+  assert packing.shared_prefix_length([a, b], [need(100, 30), need(90)]) == 0
+  assert packing.shared_prefix_length([a], [need(100)]) == 0
+  assert packing.shared_prefix_length([a, a + 1], [need(100), need(100)]) == 0
+  with pytest.raises(ValueError, match="length"):
+    packing.shared_prefix_length([a, b], [need(100), need(80)])
+
+
+def test_shared_prefix_batch_holds_every_example_once(tiny_tok):
+  exs = examples(tiny_tok, "rl")
+  plain, fast = layouts(exs, buckets=(64, 128))
+  p = fast.prefix_length
+  common = min(np.flatnonzero(e.ids[:len(exs[0].ids)] != exs[0].ids[:len(e.ids)])[0]
+               for e in exs if not np.array_equal(e.ids, exs[0].ids))
+  assert packing.MIN_PREFIX <= p <= common and p % packing.PREFIX_MULTIPLE == 0
+  assert p > common - packing.PREFIX_MULTIPLE
+  assert (fast.prefix_tokens == exs[0].ids[:p]).all() and fast.prefix_tokens.shape[0] == fast.shape[0]
+  assert fast.shape[1] == 64 < plain.shape[1] == 128 and fast.shape[0] < plain.shape[0]
+  assert fast.num_tokens() == plain.num_tokens() == plain.input_mask.sum()
+  assert fast.num_sequences() == plain.num_sequences() == len(exs)
+  whole = set()
+  for r in range(fast.shape[0]):
+    for s in set(fast.segment_ids[r].tolist()) - {0}:
+      seg = fast.segment_ids[r] == s
+      assert fast.positions[r][seg].tolist() == list(range(p, p + seg.sum()))
+      assert fast.mask[r][seg][0] == 0 and fast.weights[r][seg][0] == 0
+      whole.add(tuple(fast.prefix_tokens[r].tolist() + fast.tokens[r][seg].tolist()))
+  assert whole == {tuple(e.ids.tolist()) for e in exs}
+  for k in ("mask", "weights", "old_logprobs", "ref_logprobs"):
+    suffixes = np.concatenate([getattr(plain, k)[i, p:len(e.ids)] for i, e in enumerate(exs)])
+    np.testing.assert_allclose(np.sort(getattr(fast, k)[fast.input_mask]), np.sort(suffixes),
+                               err_msg=k)
+  stats = batching.batch_stats(exs, fast)
+  assert stats["num_tokens"] == plain.input_mask.sum() and stats["num_truncated"] == 0
+
+
+def test_no_shared_prefix_falls_back_to_the_unshared_batch(tiny_tok):
+  """The train-step dialogues share only <bos> and the turn header: nothing is shared."""
+  exs = li.examples(tiny_tok, "rl")
+  shared = batching.make_batch(exs, pack=True, with_loss_index=True, share_prefix=True)
+  unshared = batching.make_batch(exs, pack=True, with_loss_index=True)
+  assert shared.prefix_tokens is None and shared.prefix_length == 0
+  for k, v in unshared.arrays().items():
+    np.testing.assert_array_equal(getattr(shared, k), v, err_msg=k)
+
+
+def test_a_weighted_token_inside_the_prefix_shortens_it(tiny_tok):
+  exs = examples(tiny_tok, "sft")
+  p = batching.make_batch(exs, share_prefix=True).prefix_length
+  roles = exs[1].roles.copy()
+  roles[40] = Role.MODEL   # A trained token at position 40: the prefix must end before it.
+  exs[1] = batching.Example(exs[1].ids, roles, token_weights=np.where(roles == Role.MODEL, 0.5, 0))
+  short = batching.make_batch(exs, share_prefix=True)
+  assert p >= 48 and short.prefix_length == 32
+  assert short.weights[1, 40 - 32] == 0.5 and short.mask[1, 40 - 32] == 1
+
+
+def test_max_len_truncates_the_whole_conversation(tiny_tok):
+  exs = examples(tiny_tok, "sft")
+  longest = max(len(e.ids) for e in exs)
+  plain = batching.make_batch(exs, max_len=longest - 5)
+  fast = batching.make_batch(exs, max_len=longest - 5, share_prefix=True)
+  assert fast.prefix_length + fast.shape[1] <= longest - 5
+  assert fast.num_tokens() == plain.num_tokens()
+  assert batching.batch_stats(exs, fast)["num_truncated"] == batching.batch_stats(
+      exs, plain)["num_truncated"] > 0
+
+
+# ------------------------------------------------------------------------------ tiny model
+
+
+def _model(params, lora):
+  if lora:
+    model = registry.build_model("tiny", lora_rank=4)
+    return (model, *li.lora_state(model, params))
+  return registry.build_model("tiny"), params, {}
+
+
+@pytest.mark.parametrize("kind", ["sft", "rl"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_tiny_shared_prefix_step_is_exact(tiny, tiny_tok, kind, lora):
+  exs = examples(tiny_tok, kind)
+  plain, fast = layouts(exs, buckets=(64, 128))
+  assert fast.prefix_length >= 48
+  model, trainable, frozen = _model(tiny[1], lora)
+  li.assert_same(model, trainable, frozen, plain, fast, li.CONFIGS[kind])
+  # Log-probs (the reference / old log-prob passes) on unpacked suffix rows: equal at every
+  # target the loss reads (suffix column j is the conversation's position P + j).
+  rows = batching.make_batch(exs, buckets=(64, 128), with_loss_index=True, share_prefix=True)
+  p, t = rows.prefix_length, rows.shape[1]
+  full = ts.merge_params(trainable, frozen)
+  fn = tstep.make_logprob_fn(model, li.CONFIGS[kind])
+  lp_plain = np.asarray(fn(full, plain))[:, p:p + t]
+  lp_rows = np.asarray(fn(full, rows))
+  need = (rows.mask != 0) | (rows.weights != 0)
+  np.testing.assert_allclose(lp_rows[need], lp_plain[:, :t][need], rtol=1e-5)
+
+
+def test_tiny_shared_prefix_train_step_with_micro_batches_and_remat_is_exact(tiny, tiny_tok):
+  """The whole jitted step (scan over 2 micro-batches, each forwarding the prefix once; remat
+  full; RL with LoRA; SGD): the same update and metrics as the plain step without remat."""
+  model, trainable, frozen = _model(tiny[1], lora=True)
+  plain, fast = layouts(examples(tiny_tok, "rl"), buckets=(64, 128), batch_multiple=2)
+  assert fast.prefix_length >= 48 and fast.shape[0] >= 2
+  cfg = dataclasses.replace(li.CONFIGS["rl"], num_micro_batches=2)
+  tx = optax.sgd(1.0)
+  out = []
+  for batch, c in ((plain, cfg), (fast, dataclasses.replace(cfg, remat="full"))):
+    state = ts.create_train_state(model, tiny[1], tx)
+    state = state.replace(params=jax.tree.map(jnp.copy, trainable))
+    state, m = tstep.make_train_step(model, tx, c)(state, batch)
+    out.append((jax.tree.map(jnp.subtract, trainable, state.params), m))
+  (g0, m0), (g1, m1) = out
+  for k in m0:
+    np.testing.assert_allclose(float(m1[k]), float(m0[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
+  diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
+  assert scale > 1e-6 and diff <= 1e-5 * scale, (diff, scale)
+
+
+# ----------------------------------------------------------------------------- the 270M
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,lora", [("sft", False), ("rl", True)])
+def test_270m_shared_prefix_step_is_exact_at_small_shapes(real_270m, tokenizer, kind, lora):
+  _, params = real_270m
+  exs = examples(tokenizer, kind, DIALOGUES[:3])[:4]
+  plain, fast = layouts(exs, buckets=(64, 128))
+  assert fast.prefix_length >= 32
+  if lora:
+    model = registry.build_model("gemma3_270m", lora_rank=4)
+    trainable, frozen = li.lora_state(model, params)
+  else:
+    model, trainable, frozen = real_270m[0], params, {}
+  li.assert_same(model, trainable, frozen, plain, fast, li.CONFIGS[kind], rtol=1e-4)
