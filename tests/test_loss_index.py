@@ -67,6 +67,22 @@ def loss_and_grads(model, trainable, frozen, batch, cfg):
   return float(value), float(den), {k: float(v) for k, v in sums.items()}, grads
 
 
+def assert_grads_close(g0, g1, rtol=1e-5):
+  """Every leaf of g1 within rtol x the largest |g0| entry of g0 (and g0 not all zero)."""
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
+  diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
+  assert scale > 1e-6 and diff <= rtol * scale, (diff, scale)
+
+
+def model_270m(real_270m, lora: bool):
+  """(model, trainable, frozen) of the 270M: full finetuning, or LoRA rank 4."""
+  _, params = real_270m
+  if lora:
+    model = registry.build_model("gemma3_270m", lora_rank=4)
+    return (model, *lora_state(model, params))
+  return real_270m[0], params, {}
+
+
 def assert_same(model, trainable, frozen, plain, fast, cfg, rtol=1e-5):
   v0, d0, s0, g0 = loss_and_grads(model, trainable, frozen, plain, cfg)
   v1, d1, s1, g1 = loss_and_grads(model, trainable, frozen, fast, cfg)
@@ -74,9 +90,7 @@ def assert_same(model, trainable, frozen, plain, fast, cfg, rtol=1e-5):
   np.testing.assert_allclose(v1, v0, rtol=rtol)
   for k in s0:
     np.testing.assert_allclose(s1[k], s0[k], rtol=rtol, atol=1e-5, err_msg=k)
-  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
-  diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
-  assert scale > 1e-6 and diff <= rtol * scale, (diff, scale)
+  assert_grads_close(g0, g1, rtol)
   return v0
 
 
@@ -178,9 +192,7 @@ def test_tiny_train_step_with_micro_batches_is_exact(tiny, tiny_tok):
   (g0, m0), (g1, m1) = out
   for k in m0:
     np.testing.assert_allclose(float(m1[k]), float(m0[k]), rtol=1e-5, atol=1e-6, err_msg=k)
-  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
-  diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
-  assert scale > 1e-6 and diff <= 1e-5 * scale
+  assert_grads_close(g0, g1)
 
 
 @pytest.mark.parametrize("policy", ["full", "dots"])
@@ -198,9 +210,7 @@ def test_tiny_remat_on_the_packed_indexed_batch_is_exact(tiny, tiny_tok, policy)
   np.testing.assert_allclose(v1, v0, rtol=1e-5)
   for k in s0:
     np.testing.assert_allclose(s1[k], s0[k], rtol=1e-5, atol=1e-5, err_msg=k)
-  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
-  diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
-  assert scale > 1e-6 and diff <= 1e-5 * scale, (diff, scale)
+  assert_grads_close(g0, g1)
 
 
 # ----------------------------------------------------------------------------- the 270M
@@ -209,14 +219,9 @@ def test_tiny_remat_on_the_packed_indexed_batch_is_exact(tiny, tiny_tok, policy)
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,lora", [("sft", False), ("rl", True)])
 def test_270m_step_is_exact_at_small_shapes(real_270m, tokenizer, kind, lora):
-  _, params = real_270m
   exs = examples(tokenizer, kind, DIALOGUES[:3])[:4]
   plain, fast = both_layouts(exs, buckets=(48,))
-  if lora:
-    model = registry.build_model("gemma3_270m", lora_rank=4)
-    trainable, frozen = lora_state(model, params)
-  else:
-    model, trainable, frozen = real_270m[0], params, {}
+  model, trainable, frozen = model_270m(real_270m, lora)
   assert_same(model, trainable, frozen, plain, fast, CONFIGS[kind], rtol=1e-4)
 
 

@@ -179,9 +179,7 @@ def test_tiny_shared_prefix_train_step_with_micro_batches_and_remat_is_exact(tin
   (g0, m0), (g1, m1) = out
   for k in m0:
     np.testing.assert_allclose(float(m1[k]), float(m0[k]), rtol=1e-5, atol=1e-6, err_msg=k)
-  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g0))
-  diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
-  assert scale > 1e-6 and diff <= 1e-5 * scale, (diff, scale)
+  li.assert_grads_close(g0, g1)
 
 
 # ----------------------------------------------------------------------------- the 270M
@@ -190,13 +188,8 @@ def test_tiny_shared_prefix_train_step_with_micro_batches_and_remat_is_exact(tin
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,lora", [("sft", False), ("rl", True)])
 def test_270m_shared_prefix_step_is_exact_at_small_shapes(real_270m, tokenizer, kind, lora):
-  _, params = real_270m
   exs = examples(tokenizer, kind, DIALOGUES[:3])[:4]
   plain, fast = layouts(exs, buckets=(64, 128))
   assert fast.prefix_length >= 32
-  if lora:
-    model = registry.build_model("gemma3_270m", lora_rank=4)
-    trainable, frozen = li.lora_state(model, params)
-  else:
-    model, trainable, frozen = real_270m[0], params, {}
+  model, trainable, frozen = li.model_270m(real_270m, lora)
   li.assert_same(model, trainable, frozen, plain, fast, li.CONFIGS[kind], rtol=1e-4)
