@@ -54,6 +54,17 @@ def tiny():
   return models.build_model("tiny"), models.load_params("tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_lora(tiny):
+  """(LoRA rank-4 model, trainable factors with non-zero B, frozen base) of `tiny`, built once:
+  the LoRA train state's init is a compile of its own (~10 s), and one model object lets gemma's
+  nn.jit reuse its LoRA trace across tests. Arrays are immutable, so sharing is safe."""
+  from sml_jax import models
+  from tests.test_loss_index import lora_state
+  model = models.build_model("tiny", lora_rank=4)
+  return (model, *lora_state(model, tiny[1]))
+
+
 def run_with_devices(code: str, num_devices: int = 8, timeout: float = 600,
                      stdin: str | None = None) -> str:
   """Runs python `code` in a subprocess with `num_devices` fake CPU devices; returns stdout."""

@@ -156,16 +156,10 @@ def tiny_tok():
 
 @pytest.mark.parametrize("kind", ["sft", "rl"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_tiny_step_is_exact(tiny, tiny_tok, kind, lora):
-  _, params = tiny
+def test_tiny_step_is_exact(tiny, tiny_lora, tiny_tok, kind, lora):
   exs = examples(tiny_tok, kind)
   plain, fast = both_layouts(exs, buckets=(64,))
-  if lora:
-    # Rank 4 as elsewhere in the suite (gemma's nn.jit caches a LoRA trace per base module).
-    model = registry.build_model("tiny", lora_rank=4)
-    trainable, frozen = lora_state(model, params)
-  else:
-    model, trainable, frozen = registry.build_model("tiny"), params, {}
+  model, trainable, frozen = tiny_lora if lora else (tiny[0], tiny[1], {})
   assert_same(model, trainable, frozen, plain, fast, CONFIGS[kind])
   # Log-probs (reference / old log-prob passes): equal at every target the loss reads.
   full = ts.merge_params(trainable, frozen)
@@ -196,13 +190,11 @@ def test_tiny_train_step_with_micro_batches_is_exact(tiny, tiny_tok):
 
 
 @pytest.mark.parametrize("policy", ["full", "dots"])
-def test_tiny_remat_on_the_packed_indexed_batch_is_exact(tiny, tiny_tok, policy):
+def test_tiny_remat_on_the_packed_indexed_batch_is_exact(tiny_lora, tiny_tok, policy):
   """Per-layer remat (`TrainConfig.remat`) with packed rows + loss index (RL, LoRA): the same
   loss, metrics and gradients as the plain layout without remat."""
-  _, params = tiny
   plain, fast = both_layouts(examples(tiny_tok, "rl"), buckets=(64,))
-  model = registry.build_model("tiny", lora_rank=4)
-  trainable, frozen = lora_state(model, params)
+  model, trainable, frozen = tiny_lora
   v0, d0, s0, g0 = loss_and_grads(model, trainable, frozen, plain, CONFIGS["rl"])
   v1, d1, s1, g1 = loss_and_grads(model, trainable, frozen, fast,
                                   dataclasses.replace(CONFIGS["rl"], remat=policy))

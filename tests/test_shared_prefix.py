@@ -135,20 +135,13 @@ def test_max_len_truncates_the_whole_conversation(tiny_tok):
 # ------------------------------------------------------------------------------ tiny model
 
 
-def _model(params, lora):
-  if lora:
-    model = registry.build_model("tiny", lora_rank=4)
-    return (model, *li.lora_state(model, params))
-  return registry.build_model("tiny"), params, {}
-
-
 @pytest.mark.parametrize("kind", ["sft", "rl"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_tiny_shared_prefix_step_is_exact(tiny, tiny_tok, kind, lora):
+def test_tiny_shared_prefix_step_is_exact(tiny, tiny_lora, tiny_tok, kind, lora):
   exs = examples(tiny_tok, kind)
   plain, fast = layouts(exs, buckets=(64, 128))
   assert fast.prefix_length >= 48
-  model, trainable, frozen = _model(tiny[1], lora)
+  model, trainable, frozen = tiny_lora if lora else (tiny[0], tiny[1], {})
   li.assert_same(model, trainable, frozen, plain, fast, li.CONFIGS[kind])
   # Log-probs (the reference / old log-prob passes) on unpacked suffix rows: equal at every
   # target the loss reads (suffix column j is the conversation's position P + j).
@@ -162,10 +155,11 @@ def test_tiny_shared_prefix_step_is_exact(tiny, tiny_tok, kind, lora):
   np.testing.assert_allclose(lp_rows[need], lp_plain[:, :t][need], rtol=1e-5)
 
 
-def test_tiny_shared_prefix_train_step_with_micro_batches_and_remat_is_exact(tiny, tiny_tok):
+def test_tiny_shared_prefix_train_step_with_micro_batches_and_remat_is_exact(tiny, tiny_lora,
+                                                                             tiny_tok):
   """The whole jitted step (scan over 2 micro-batches, each forwarding the prefix once; remat
   full; RL with LoRA; SGD): the same update and metrics as the plain step without remat."""
-  model, trainable, frozen = _model(tiny[1], lora=True)
+  model, trainable, frozen = tiny_lora
   plain, fast = layouts(examples(tiny_tok, "rl"), buckets=(64, 128), batch_multiple=2)
   assert fast.prefix_length >= 48 and fast.shape[0] >= 2
   cfg = dataclasses.replace(li.CONFIGS["rl"], num_micro_batches=2)
