@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= /tmp/sml_jax_demo
 PYTEST_ARGS ?=
+# Two pytest workers (pytest-xdist): a single process keeps ~1.35 of 2 cores busy (compiles
+# are single-threaded); `XDIST=` runs in one process.
+XDIST ?= -n 2 --dist worksteal
 
 .PHONY: demo test test-all venv bench clean-venv
 
@@ -22,9 +25,10 @@ demo: $(STAMP)
 # The quick suite: everything but the `slow` tests (real 270M runs, full data sweeps, the
 # multi-process and fake-device runs, kill/resume) and the 270M notebook.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 -m "not slow" --nbmake tests colabs/tiny_sml_run.ipynb $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(XDIST) -m "not slow" --nbmake tests colabs/tiny_sml_run.ipynb $(PYTEST_ARGS)
 
-# Everything, `slow` included (what CI runs).
+# Everything, `slow` included (what CI runs), in one process: the slow tests load the 270M,
+# start several processes or many fake devices each, and time kills; two at once risk memory.
 test-all: $(STAMP)
 	$(PY) -m pytest -q --durations=25 --nbmake tests colabs $(PYTEST_ARGS)
 
