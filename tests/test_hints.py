@@ -200,3 +200,31 @@ def test_a_paraphrased_demo_question_is_a_demo_copy():
                                   statement=statement)
   assert not quality.is_demo_copy("5 + 10 = 15. Final answer: 15", demo_lines,
                                   statement="What is 5 + 10?")
+
+
+@pytest.mark.parametrize("expression,student,must_have", [
+    ("67 * 30", "201 = 201", "201 by 10"),                       # the first part reached
+    ("55 * 13", "55 * 10 = 550. Final answer: 550", "Now work out 55 * 3"),
+    ("55 * 13", "550 + 165 = 700. Final answer: 700", "550 + 165"),
+    ("54 + 26", "54 + 26 = 70. Final answer: 70", "Now add the ones, 4 + 6"),
+    ("54 + 26", "70 and 10. Final answer: 70", "70 + 10"),
+    ("83 - 27", "83 - 20 = 63. Final answer: 63", "the 7 that is left"),
+])
+def test_a_one_operation_hint_moves_on_once_the_student_has_a_part(expression, student, must_have):
+  """The split hint ("Work out 3 * 67 = 201 first, then multiply by 10.") is not repeated after the
+  student wrote 201: the next part is named. Only the student's numbers count: the teacher's own
+  hint, which names the part, does not move it on."""
+  answer = str(eval(expression))  # noqa: S307 (a test constant)
+  p = Problem(id="m", task="arithmetic", domain="math", statement=f"What is {expression}?",
+              privileged=f"{expression} = {answer}", answer=answer, meta={"expression": expression})
+  extracted = student.split("Final answer: ")[-1] if "Final answer" in student else None
+  verdict = Verdict(extracted is not None, False, extracted, format_failure=extracted is None)
+  first = hints.math_hint(p, "", Verdict(False, False, format_failure=True), random.Random(0))
+  seen = f"{first}\n{student}"
+  for seed in range(4):
+    h = hints.math_hint(p, seen, verdict, random.Random(seed), student_text=student)
+    assert must_have in h and not hints.math_answers.answer_leaked(p, h), h
+    # The teacher's hint alone (the part named, never written by the student): the first part.
+    again = hints.math_hint(p, first, Verdict(False, False, format_failure=True),
+                            random.Random(seed), student_text="")
+    assert must_have not in again, again

@@ -173,13 +173,16 @@ def leak_free(problem: Problem, text: str, fallback: str) -> str:
   return fallback if math_answers.answer_leaked(problem, text) else text
 
 
-def math_hint(problem: Problem, attempt_text: str, verdict: Verdict, rng) -> str:
+def math_hint(problem: Problem, attempt_text: str, verdict: Verdict, rng,
+              student_text: str | None = None) -> str:
   """A hint on a wrong (or unanchored) math turn; see the module docstring for what it may say.
 
   - no anchored answer (`verdict.format_failure`, or nothing attempted): a format reminder,
     plus the first step the turn has not reached;
   - a numeric answer: too high / too low with a rough size, plus the first unreached step;
   - otherwise (symbolic answer): the first unreached step, else a generic nudge.
+  `student_text`: the student's turns (default `attempt_text`): the parts of a one-operation
+  problem it has reached move `expression_hint` on.
   """
   parts = []
   gold = math_answers.parse_number(problem.answer or "")
@@ -195,7 +198,8 @@ def math_hint(problem: Problem, attempt_text: str, verdict: Verdict, rng) -> str
   if step is not None:
     parts.append(_step_sentence(step, rng))
   elif len(parts) < 2:
-    how = expression_hint(problem, rng)
+    reached = math_answers.number_values(attempt_text if student_text is None else student_text)
+    how = expression_hint(problem, rng, reached)
     parts.append(how if how and not math_answers.answer_leaked(problem, how)
                  else rng.choice(_KEEP_GOING))
   text = " ".join(parts)
@@ -215,14 +219,19 @@ def _int_operands(expression: str):
   return None
 
 
-def expression_hint(problem: Problem, rng) -> str | None:
+def expression_hint(problem: Problem, rng, reached: Collection = ()) -> str | None:
   """How to work out a one-operation generated problem (`meta["expression"]`) by parts: tens and
-  ones of a sum, counting on or down, repeated addition. None when there is no such expression;
-  the caller leak-checks (a part may equal the answer)."""
+  ones of a sum, counting on or down, repeated addition. `reached`: the numbers the student has
+  written (its own turns, not the teacher's): once it has a part, the hint moves on to the next
+  one ("Now multiply 201 by 10.") instead of repeating the first. None when there is no such
+  expression; the caller leak-checks (a part may equal the answer)."""
   parsed = _int_operands(problem.meta.get("expression") or "")
   if parsed is None:
     return None
   a, op, b = parsed
+  after = _next_part(a, op, b, set(reached), rng)
+  if after is not None:
+    return after
   if op in "+-" and 0 in (b, a if op == "+" else b):
     return f"{'Adding' if op == '+' else 'Taking away'} 0 does not change a number."
   if op == "+" and a >= 10 and b >= 10:
@@ -254,6 +263,35 @@ def expression_hint(problem: Problem, rng) -> str | None:
     return rng.choice((f"{a} * {b} means adding {a} to itself {b} times.",
                        f"Think of {b} groups of {a}."))
   return f"Ask how many times {b} fits into {a}."
+
+
+def _next_part(a: int, op: str, b: int, reached: set, rng) -> str | None:
+  """The hint after the first part of `expression_hint`'s split, when the student reached it."""
+  if op == "+" and a >= 10 and b >= 10:
+    (ta, oa), (tb, ob) = divmod(a, 10), divmod(b, 10)
+    tens, ones = (ta + tb) * 10, oa + ob
+    if tens in reached and ones in reached:
+      return rng.choice((f"You have {tens} and {ones}: now work out {tens} + {ones}.",
+                         f"Now put the parts together: {tens} + {ones}."))
+    if tens in reached:
+      return f"The tens make {tens}. Now add the ones, {oa} + {ob}, and put the parts together."
+  if op == "-" and b >= 10 and b % 10:
+    tb, ob = divmod(b, 10)
+    if a - tb * 10 in reached:
+      return f"{a} - {tb * 10} = {a - tb * 10}. Now take away the {ob} that is left."
+  if op == "*" and max(a, b) >= 10 and min(a, b) >= 2:
+    big, small = (b, a) if b >= 10 else (a, b)
+    tens, ones = divmod(big, 10)
+    if ones == 0 and tens * small in reached:
+      return rng.choice((f"Now multiply {tens * small} by 10.",
+                         f"{tens} * {small} = {tens * small} is right; now multiply "
+                         f"{tens * small} by 10."))
+    first, second = small * tens * 10, small * ones
+    if ones and first in reached and second in reached:
+      return f"Now add the two parts: {first} + {second}."
+    if ones and first in reached:
+      return f"{small} * {tens * 10} = {first}. Now work out {small} * {ones} and add it on."
+  return None
 
 
 # --- code hints ------------------------------------------------------------------------------------
@@ -370,7 +408,8 @@ def unshown_tests(problem: Problem, seen_text: str) -> list[str]:
   return [t for t in problem.tests if t.strip() not in shown]
 
 
-def answer_question(problem: Problem, question_text: str, seen_text: str, rng) -> str:
+def answer_question(problem: Problem, question_text: str, seen_text: str, rng,
+                    student_text: str | None = None) -> str:
   """The teacher's answer to a student's question on a fully specified problem, from the
   privileged information and never the final answer.
 
@@ -394,7 +433,8 @@ def answer_question(problem: Problem, question_text: str, seen_text: str, rng) -
     text = rng.choice(_STEP_ANSWERS).format(expr=step.expression, value=step.value_text,
                                             context=context)
     return leak_free(problem, text, _SAFE_ANSWER)
-  how = expression_hint(problem, rng)
+  how = expression_hint(problem, rng, math_answers.number_values(
+      seen_text if student_text is None else student_text))
   if how and not math_answers.answer_leaked(problem, how):
     return how
   return rng.choice(_ALL_STEPS)

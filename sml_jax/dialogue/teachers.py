@@ -166,16 +166,17 @@ class HintTeacher:
     p, last = c.problem, c.turns[-1]
     _count(self.stats, "teacher_turns")
     seen = "\n".join(t.text for t in c.turns[1:] if t.role in ("student", "teacher"))
+    mine = "\n".join(t.text for t in c.turns[1:] if t.role == "student")
     shard = None
     if p.underspecified and c.next_hidden_shard() is not None:
       text, shard = hints.shard_reply(p, last.text if is_question(c) else "", c.shown_shards)
       text = prompts.reveal_shard(text, last.flags.get("premature", False))
     elif is_question(c):
-      text = hints.answer_question(p, last.text, seen, draw)
+      text = hints.answer_question(p, last.text, seen, draw, student_text=mine)
     elif p.domain == "code":
       text = hints.code_hint(p, verdict, draw)
     else:
-      text = hints.math_hint(p, seen, verdict, draw)
+      text = hints.math_hint(p, seen, verdict, draw, student_text=mine)
     if self.task_lookup(p.task).leaked(p, text):
       _count(self.stats, "leak_fallbacks")
       text = SAFE_LINES[p.domain]
