@@ -154,8 +154,10 @@ def tiny_tok():
   return registry.load_tokenizer("tiny")
 
 
-@pytest.mark.parametrize("kind", ["sft", "rl"])
-@pytest.mark.parametrize("lora", [False, True])
+# LoRA with SFT weights runs with the slow tests (CI): the RL case covers the LoRA path (and
+# more: advantages, PPO, KL), and full finetuning covers the SFT weights.
+@pytest.mark.parametrize("kind,lora", [("sft", False), ("rl", False), ("rl", True),
+                                       pytest.param("sft", True, marks=pytest.mark.slow)])
 def test_tiny_step_is_exact(tiny, tiny_lora, tiny_tok, kind, lora):
   exs = examples(tiny_tok, kind)
   plain, fast = both_layouts(exs, buckets=(64,))
@@ -189,7 +191,8 @@ def test_tiny_train_step_with_micro_batches_is_exact(tiny, tiny_tok):
   assert_grads_close(g0, g1)
 
 
-@pytest.mark.parametrize("policy", ["full", "dots"])
+# `dots` (save the matmuls) runs with the slow tests: `full` exercises the same remat wrapper.
+@pytest.mark.parametrize("policy", ["full", pytest.param("dots", marks=pytest.mark.slow)])
 def test_tiny_remat_on_the_packed_indexed_batch_is_exact(tiny_lora, tiny_tok, policy):
   """Per-layer remat (`TrainConfig.remat`) with packed rows + loss index (RL, LoRA): the same
   loss, metrics and gradients as the plain layout without remat."""

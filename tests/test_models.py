@@ -1,5 +1,7 @@
 """Foundation checks: the embedded 270M conversion, tokenizer, model registry, errors."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,3 +98,18 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     models.load_params("gemma3_270m", checkpoint=str(tmp_path / "nope"))
   with pytest.raises(FileNotFoundError, match="no embedded weights"):
     models.load_params("gemma3_12b")
+
+
+@pytest.mark.slow
+def test_two_processes_starting_together_convert_once(tmp_path):
+  """The first process to take the cache's lock converts; the other waits and reads its copy."""
+  import subprocess
+  import sys
+  env = dict(os.environ, SML_JAX_CACHE=str(tmp_path))
+  code = "from sml_jax.models import embedded; embedded.ensure_cached()"
+  procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs)
+  assert sum("converting the embedded" in o for o in outs) == 1, outs
+  assert embedded._is_current(tmp_path / embedded.NAME)

@@ -135,8 +135,10 @@ def test_max_len_truncates_the_whole_conversation(tiny_tok):
 # ------------------------------------------------------------------------------ tiny model
 
 
-@pytest.mark.parametrize("kind", ["sft", "rl"])
-@pytest.mark.parametrize("lora", [False, True])
+# LoRA with SFT weights runs with the slow tests (CI): the RL case covers the LoRA path (and
+# more: advantages, PPO, KL), and full finetuning covers the SFT weights.
+@pytest.mark.parametrize("kind,lora", [("sft", False), ("rl", False), ("rl", True),
+                                       pytest.param("sft", True, marks=pytest.mark.slow)])
 def test_tiny_shared_prefix_step_is_exact(tiny, tiny_lora, tiny_tok, kind, lora):
   exs = examples(tiny_tok, kind)
   plain, fast = layouts(exs, buckets=(64, 128))

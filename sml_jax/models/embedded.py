@@ -16,6 +16,7 @@ Mapping facts (llama.cpp layout -> gemma layout; numpy shapes, i.e. GGUF dims re
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -179,9 +180,16 @@ def _is_current(out: pathlib.Path) -> bool:
 def ensure_cached() -> pathlib.Path:
   """Returns the cache dir of the converted model, converting on first use (~20 s)."""
   out = cache_dir()
-  if not _is_current(out):
-    print(f"[sml_jax] converting the embedded Gemma 3 270M into {out} (once, ~20 s)", flush=True)
-    convert(out)
+  if _is_current(out):
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  # One converter per machine: processes started together (test workers, a study's runs) wait
+  # for the first one's copy instead of each converting (~20 s of CPU each).
+  with open(out.parent / f".{NAME}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not _is_current(out):
+      print(f"[sml_jax] converting the embedded Gemma 3 270M into {out} (once, ~20 s)", flush=True)
+      convert(out)
   return out
 
 
