@@ -111,3 +111,23 @@ def eight_devices():
                            f"{r['error'][-4000:]}")
     return r["stdout"]
   return stdout
+
+
+# The longest fast tests (from `make test --durations`), run first: with two xdist workers the
+# light tests then fill in around them and both workers finish together, instead of one worker
+# starting a 60 s test while the other has nothing left.
+_LONG_FIRST = (
+    "test_rl_update_with_signal_moves_rewarded_turns_up", "test_tiny_pipeline_matches_golden",
+    "test_rl_bench_splits_an_iteration_on_tiny", "test_tiny_shared_prefix_step_is_exact",
+    "test_tiny_step_is_exact", "test_kl_to_the_frozen_initial_policy_is_logged_and_starts_at_zero",
+    "test_eval_tasks_take_curriculum_entries_with_arguments",
+    "test_conversion_is_cached_and_deterministic",
+    "test_iteration_rows_count_truncation_and_out_of_context",
+    "test_ppo_and_kl_in_rl_leave_the_sft_stage_plain",
+    "test_tiny_shared_prefix_train_step_with_micro_batches_and_remat_is_exact",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  items.sort(key=lambda item: getattr(item, "originalname", item.name) not in _LONG_FIRST)

@@ -73,15 +73,16 @@ def test_eval_tasks_take_curriculum_entries_with_arguments(tmp_path):
                                      "answer": f"{i} + 2 = <<{i}+2={i + 2}>>{i + 2}\n#### {i + 2}"})
                          + "\n" for i in range(3)))
   lic = REPO / "tests" / "data" / "sharded_instructions_sample.json"
-  for name, tasks, split, n in [("gsm8k", f"gsm8k:1:test_path={gsm}", "test", 3),
-                                ("lic_math", f"lic_math:1:path={lic};strict=false", "eval", None)]:
-    wd = tmp_path / name
-    proc = subprocess.run(
-        [sys.executable, "-m", "sml_jax.main", "--config=configs/tiny_test.py", f"--workdir={wd}",
-         "--config.stages=eval_before", f"--config.eval.tasks={tasks}",
-         f"--config.eval.split={split}", "--config.eval.max_turns=1"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+  # One run, both entries (Lost in Conversation's items are an evaluation set: split test too).
+  wd = tmp_path / "wd"
+  proc = subprocess.run(
+      [sys.executable, "-m", "sml_jax.main", "--config=configs/tiny_test.py", f"--workdir={wd}",
+       "--config.stages=eval_before",
+       f"--config.eval.tasks=gsm8k:1:test_path={gsm},lic_math:1:path={lic};strict=false",
+       "--config.eval.split=test", "--config.eval.max_turns=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for name, n in [("gsm8k", 3), ("lic_math", None)]:
     rows = (wd / "eval" / f"before_{name}.transcripts.jsonl").read_text().splitlines()
     if n is not None:
       assert len(rows) == n
