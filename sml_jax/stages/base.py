@@ -183,6 +183,8 @@ class TrainingStage:
       state = ctx.trainer.start_stage(state)   # Fresh moments per stage.
     primary = distributed.is_primary()
     log_every = ctx.exp.spec.train.log_every
+    if ctx.metrics is not None:
+      ctx.metrics.start_progress()
     for step in range(first_step, self.spec.steps):
       out = self.iteration(ctx, state, step)
       if out is None:   # Preempted mid-rollout: the state is the one of the last iteration.

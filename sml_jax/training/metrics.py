@@ -108,9 +108,9 @@ class MetricsWriter:
     self._file = paths.Appender(self.path)
     self._tb = _tensorboard_writer(paths.join(self.workdir, "tensorboard")) if tensorboard else None
     self._bar = None
-    if progress:
-      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-      self._bar = tqdm(total=total_steps, initial=resume_step or 0, desc=desc, dynamic_ncols=True)
+    # The bar opens at the first training row, not here: an eval that runs first (eval_before)
+    # shows its own bar alone instead of under an idle "train 0/N".
+    self._progress = dict(total=total_steps, initial=resume_step or 0, desc=desc) if progress else None
     self._last_step = resume_step
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> dict:
@@ -123,6 +123,7 @@ class MetricsWriter:
       for k, v in row.items():
         if k not in ("step", "time") and isinstance(v, float):
           self._tb.add_scalar(f"{stage}/{k}" if stage else k, v, int(step))
+    self.start_progress()
     if self._bar is not None:
       advance = int(step) - (self._last_step if self._last_step is not None else 0)
       if stage:
@@ -131,6 +132,13 @@ class MetricsWriter:
       self._bar.update(max(advance, 0))
     self._last_step = int(step)
     return row
+
+  def start_progress(self) -> None:
+    """Opens the progress bar (once; a training stage calls it as it starts, so the bar's clock
+    and ETA count training only)."""
+    if self._bar is None and self._progress is not None:
+      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(**self._progress, dynamic_ncols=True)
 
   def close(self) -> None:
     self._file.close()
