@@ -108,8 +108,9 @@ class MetricsWriter:
     self._file = paths.Appender(self.path)
     self._tb = _tensorboard_writer(paths.join(self.workdir, "tensorboard")) if tensorboard else None
     self._bar = None
-    # The bar opens at the first training row, not here: an eval that runs first (eval_before)
-    # shows its own bar alone instead of under an idle "train 0/N".
+    # The bar opens when a training stage starts (`start_progress`, or the first row), not
+    # here: an eval that runs first (eval_before) shows its own bar alone, not under an idle
+    # "train 0/N" whose clock would count the eval.
     self._progress = dict(total=total_steps, initial=resume_step or 0, desc=desc) if progress else None
     self._last_step = resume_step
 
