@@ -207,3 +207,17 @@ def test_conversation_stats_quality_rates():
   del old["out_of_context"]
   old = base.conversation_stats([old])
   assert old["well_formed_rate"] is None and old["out_of_context_rate"] is None
+
+
+def test_hosts_other_than_process_0_answer_every_metrics_call_a_stage_makes():
+  """Process 0 logs through `MetricsWriter`; the other hosts get the driver's `_NoMetrics`,
+  which must answer every public method a stage may call (one it lacked, `start_progress`,
+  crashed host 1 of the two-host run at its first training stage, hanging host 0)."""
+  from sml_jax.stages import driver
+  from sml_jax.training.metrics import MetricsWriter
+  public = {n for n, v in vars(MetricsWriter).items() if callable(v) and not n.startswith("_")}
+  assert public == {"write", "start_progress", "close"}
+  assert all(callable(getattr(driver._NoMetrics, n, None)) for n in public)
+  quiet = driver._NoMetrics()
+  quiet.start_progress()
+  assert quiet.write(3, {"loss": 1.0}) == {"loss": 1.0}

@@ -39,6 +39,9 @@ class _NoMetrics:
   def write(self, step, metrics):
     return metrics
 
+  def start_progress(self):
+    pass
+
   def close(self):
     pass
 
