@@ -160,8 +160,9 @@ out["train"] = [planned_train, m.argument_size_in_bytes + m.temp_size_in_bytes, 
 local = dataclasses.replace(ss, batch=ss.batch // HOSTS)
 arch = fwd.Arch.from_model(model)
 params = placed(shapes, host_mesh, dtype=jnp.bfloat16)
-kv = jax.eval_shape(lambda: fwd.init_cache(arch, local.batch, local.cache_length, jnp.bfloat16))
-kv = placed(kv, host_mesh, rules.CACHE_RULES)
+kv = jax.eval_shape(lambda: fwd.init_cache(arch, local.batch, local.cache_length, jnp.bfloat16,
+                                           rules.cache_groups(host_mesh, local.batch)))
+kv = placed(kv, host_mesh, rules.cache_rules(host_mesh, arch.num_kv_heads))
 bs = lambda *shape, dt=jnp.int32: S(shape, dt, sharding=rules.batch_sharding(host_mesh, len(shape)))
 rep = lambda *shape, dt=jnp.int32: S(shape, dt, sharding=NamedSharding(host_mesh, jax.sharding.PartitionSpec()))
 keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), local.batch))

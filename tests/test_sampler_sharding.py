@@ -39,6 +39,29 @@ def run(mesh):
 out = {"single": run(None)}
 for shape in [(8, 1, 1), (2, 2, 2), (2, 4, 1)]:
   out[str(shape)] = run(make_mesh(*shape))
+
+# Two kv heads on a (2, 2, 2) mesh: each chip holds its data shard's rows of ONE head (the
+# cache split over `tensor` by head, not replicated), and samples what one device samples.
+import dataclasses
+from gemma import gm
+from sml_jax.models import registry
+from sml_jax.sampling import forward as fwd
+model = gm.nn.Transformer(config=dataclasses.replace(registry.tiny_config(), num_heads=4,
+                                                     num_kv_heads=2))
+params = model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]
+gqa = {"single": run(None)}
+mesh = make_mesh(2, 2, 2)
+gqa["mesh"] = run(mesh)
+s = Sampler(model, cache_length=128, mesh=mesh, dtype=jnp.float32, stop_tokens=(1, 106))
+keys = s.start(params, prompts).cache.layers[0].keys        # 5 prompts -> 8 rows, x 2 heads
+batch_of, head_of = fwd.rows_of(8, 2, 4)
+shards = []
+for shard in keys.addressable_shards:
+  rows = np.arange(16)[shard.index[0]]
+  shards.append({"rows": int(shard.data.shape[0]), "heads": sorted(set(head_of[rows].tolist())),
+                 "batch": sorted(set(batch_of[rows].tolist()))})
+gqa["shards"] = shards
+out["gqa"] = gqa
 print(json.dumps(out))
 """
 
@@ -47,6 +70,14 @@ print(json.dumps(out))
 def test_sharded_sampling_matches_one_device(eight_devices):
   out = json.loads(eight_devices("sampler_sharding").strip().splitlines()[-1])
   single = out.pop("single")
+  gqa = out.pop("gqa")
+  for key in ("greedy", "a", "b"):
+    assert gqa["mesh"][key] == gqa["single"][key], key
+  assert len(gqa["shards"]) == 8
+  for shard in gqa["shards"]:   # 16 rows / 8 chips; one head and one data shard's rows each.
+    assert shard["rows"] == 2 and len(shard["heads"]) == 1 and len(shard["batch"]) == 2, shard
+  assert {(tuple(x["batch"]), x["heads"][0]) for x in gqa["shards"]} == {
+      (b, h) for b in ((0, 1), (2, 3), (4, 5), (6, 7)) for h in (0, 1)}
   assert len(out) == 3
   for shape, got in out.items():
     assert got["greedy"] == single["greedy"], shape

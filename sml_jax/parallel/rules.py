@@ -1,8 +1,9 @@
 """The one table of sharding rules: gemma params, KV caches and batches -> PartitionSpecs.
 
 Rules match a param path (joined with '/') by regex, first match wins; each gives one mesh axis
-(or None) per array dim. An axis that does not divide its dim is dropped (replicated), so the
-same table serves the 270M on 8 CPU devices and the 27B on a pod slice.
+(or None, or a tuple of axes) per array dim. An axis that does not divide its dim is dropped
+(replicated; of a tuple, the trailing axes until the rest divides), so the same table serves the
+270M on 8 CPU devices and the 27B on a pod slice.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ PARAM_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
 # and valid (B, C).
 CACHE_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     (r"(^|/)(k|v)(/\d+)?$", (BATCH_AXES, None, "tensor", None)),
-    (r"(^|/)(keys|values)$", (BATCH_AXES, None, None)),  # sampler: (B*K, C, D), row b*K + k
+    # The sampler's (B*K, C, D): rows grouped by data-parallel shard, then kv head
+    # (`forward.KVCache.groups`), so this split gives each chip its rows' share of the heads.
+    # (`cache_rules` drops `tensor` when it does not divide the kv heads.)
+    (r"(^|/)(keys|values)$", ((*BATCH_AXES, "tensor"), None, None)),
     (r".*", (BATCH_AXES,)),
 )
 
@@ -58,12 +62,21 @@ def _axis_size(mesh: Mesh, axis) -> int:
   return size
 
 
+def _fit(axis, dim: int, mesh: Mesh):
+  """`axis` if its size divides `dim`; for a tuple of axes, its longest prefix that divides
+  (e.g. the cache rows keep their batch split when `tensor` does not divide them); else None."""
+  axes = axis if isinstance(axis, tuple) else (axis,)
+  for n in range(len(axes), 0, -1):
+    if dim % _axis_size(mesh, axes[:n]) == 0:
+      return axes[:n] if isinstance(axis, tuple) else axis
+  return None
+
+
 def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules) -> P:
   for pattern, spec in rules:
     if re.search(pattern, path):
       spec = tuple(spec)[: len(shape)] + (None,) * max(0, len(shape) - len(spec))
-      return P(*(a if a is not None and dim % _axis_size(mesh, a) == 0 else None
-                 for a, dim in zip(spec, shape)))
+      return P(*(_fit(a, dim, mesh) if a is not None else None for a, dim in zip(spec, shape)))
   return P()
 
 
@@ -92,8 +105,27 @@ def gathered_shardings(params, mesh: Mesh):
   return jax.tree_util.tree_map_with_path(gathered, params)
 
 
-def cache_shardings(cache, mesh: Mesh):
-  return tree_shardings(cache, mesh, CACHE_RULES)
+def cache_groups(mesh: Mesh | None, batch: int) -> int:
+  """G of the sampler's K/V row layout (`forward.KVCache.groups`) for `batch` rows: the number
+  of data-parallel shards, so that `CACHE_RULES` split each shard's rows over `tensor` by head."""
+  if mesh is None:
+    return 1
+  n = _axis_size(mesh, BATCH_AXES)
+  return n if batch % n == 0 else 1
+
+
+def cache_rules(mesh: Mesh, kv_heads: int | None = None):
+  """`CACHE_RULES`, less the sampler rows' `tensor` split when `tensor` does not divide the kv
+  heads (a 1-kv-head model's rows would then split its batch over `tensor` against the
+  head-split queries, and XLA would regather the cache at every step)."""
+  if kv_heads is None or kv_heads % mesh.shape["tensor"] == 0:
+    return CACHE_RULES
+  return tuple((p, (BATCH_AXES, None, None)) if "keys" in p else (p, s) for p, s in CACHE_RULES)
+
+
+def cache_shardings(cache, mesh: Mesh, kv_heads: int | None = None):
+  """Shardings of a KV cache: gemma's, or the sampler's with its `kv_heads` (see `cache_rules`)."""
+  return tree_shardings(cache, mesh, cache_rules(mesh, kv_heads))
 
 
 def loss_head_shardings(mesh: Mesh, vocab: int, embed: int, chunk: int) -> dict[str, NamedSharding]:

@@ -237,15 +237,18 @@ def logits_copies(temperature: float, top_p: float | None) -> int:
   return 4 if top_p is not None and top_p < 1 else 2
 
 
-def cache_shapes(model, ss: SampleShape):
-  """The sampler's cache pytree at full capacity as ShapeDtypeStructs (`forward.init_cache`)."""
+def cache_shapes(model, ss: SampleShape, mesh=None):
+  """The sampler's cache pytree at full capacity as ShapeDtypeStructs (`forward.init_cache`,
+  rows laid out for `mesh` as the sampler lays them out)."""
   arch = forward.Arch.from_model(model)
   return jax.eval_shape(lambda: forward.init_cache(arch, ss.batch, ss.cache_length,
-                                                   DTYPES[ss.dtype]))
+                                                   DTYPES[ss.dtype],
+                                                   rules.cache_groups(mesh, ss.batch)))
 
 
 def kv_cache_bytes(model, mesh, ss: SampleShape) -> int:
-  return tree_bytes(cache_shapes(model, ss), mesh, rules.CACHE_RULES)
+  kv_heads = forward.Arch.from_model(model).num_kv_heads
+  return tree_bytes(cache_shapes(model, ss, mesh), mesh, rules.cache_rules(mesh, kv_heads))
 
 
 def _qkv_bytes(params, mesh, dtype) -> int:

@@ -17,6 +17,7 @@ import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sml_jax.parallel import rules
 from sml_jax.sampling import forward as fwd
@@ -55,8 +56,16 @@ def _constrain(tree, mesh, rules_fn):
   return jax.lax.with_sharding_constraint(tree, rules_fn(tree, mesh))
 
 
+def _kv_heads(cache: KVCache) -> int:
+  return cache.layers[0].keys.shape[0] // cache.valid.shape[0]
+
+
+def _cache_shardings(cache: KVCache, mesh):
+  return rules.cache_shardings(cache, mesh, _kv_heads(cache))
+
+
 def _cache_constraint(cache: KVCache, mesh) -> KVCache:
-  return _constrain(cache, mesh, rules.cache_shardings)
+  return _constrain(cache, mesh, _cache_shardings)
 
 
 @flax.struct.dataclass
@@ -283,14 +292,20 @@ def resize(cache: KVCache, *, capacity: int, mesh=None) -> KVCache:
 
 @functools.partial(jax.jit, static_argnames=("batch", "mesh"))
 def broadcast_row(cache: KVCache, *, batch: int, mesh=None) -> KVCache:
-  """Row 0 of a cache repeated for `batch` rows: a prompt prefix shared by every row is
-  prefilled once, then copied (K/V rows are b*K + k, so row 0 is the first K rows)."""
-  rows = cache.valid.shape[0]
+  """Row 0 of a cache repeated for `batch` rows (K/V rows in the mesh's `cache_groups` order):
+  a prompt prefix shared by every row is prefilled once, then copied."""
+  rows, groups = cache.valid.shape[0], rules.cache_groups(mesh, batch)
+  kv_heads = cache.layers[0].keys.shape[0] // rows
+  b_src, k_src = fwd.rows_of(rows, kv_heads, cache.groups)
+  row0 = np.nonzero(b_src == 0)[0]
+  row0 = row0[np.argsort(k_src[row0])]                         # K/V rows of batch row 0, by head
+  _, k_dst = fwd.rows_of(batch, kv_heads, groups)
 
   def tile(x):
-    per_row = x.shape[0] // rows
-    return jnp.tile(x[:per_row], (batch,) + (1,) * (x.ndim - 1))
-  return _cache_constraint(jax.tree.map(tile, cache), mesh)
+    if x.shape[0] == rows:   # pos, valid: (B, C)
+      return jnp.tile(x[:1], (batch,) + (1,) * (x.ndim - 1))
+    return x[row0[k_dst]]
+  return _cache_constraint(jax.tree.map(tile, cache).replace(groups=groups), mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("mesh",), donate_argnames=("cache",))
@@ -298,16 +313,18 @@ def compact(cache: KVCache, *, mesh=None) -> KVCache:
   """Moves each row's valid slots to the front (order kept): frees the padding slots that rows
   of different lengths leave behind. K/V carry their RoPE already, so slots can move."""
   order = jnp.argsort(~cache.valid, axis=1, stable=True)          # valid slots first
+  rows = cache.valid.shape[0]
+  batch_of_row, _ = fwd.rows_of(rows, cache.layers[0].keys.shape[0] // rows, cache.groups)
 
   def gather(x):
-    idx = jnp.repeat(order, x.shape[0] // order.shape[0], axis=0)     # K/V rows are b*K + k
+    idx = order if x.shape[0] == rows else order[batch_of_row]      # K/V: each row's batch row
     idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
     return jnp.take_along_axis(x, idx, axis=1)
   return _cache_constraint(jax.tree.map(gather, cache), mesh)
 
 
 def init_cache(arch: fwd.Arch, batch: int, capacity: int, dtype, mesh=None) -> KVCache:
-  cache = fwd.init_cache(arch, batch, capacity, dtype)
+  cache = fwd.init_cache(arch, batch, capacity, dtype, groups=rules.cache_groups(mesh, batch))
   if mesh is not None:
-    cache = jax.device_put(cache, rules.cache_shardings(cache, mesh))
+    cache = jax.device_put(cache, _cache_shardings(cache, mesh))
   return cache

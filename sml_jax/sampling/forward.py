@@ -18,6 +18,7 @@ import dataclasses
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 K_MASK = -2.3819763e38  # gemma's masked attention logit.
 
@@ -86,8 +87,8 @@ def apply_rope(x, positions, *, base_frequency: int, scale_factor: float = 1.0):
 class LayerCache:
   """One attention layer's K/V for B rows and C slots (K kv heads, D head dim).
 
-  keys, values: (B*K, C, D) in the cache dtype; row b*K + k holds kv head k of batch row b (one
-  leading batch dim keeps both attention products plain batched matmuls, see `_attention`).
+  keys, values: (B*K, C, D) in the cache dtype, rows in `KVCache.groups` order (`rows_of`): one
+  leading batch dim keeps both attention products plain batched matmuls, see `_attention`.
   """
   keys: jax.Array
   values: jax.Array
@@ -101,10 +102,16 @@ class KVCache:
   layers: one `LayerCache` per layer, (B*K, C, D) each.
   pos:    (B, C) int32, the RoPE position of the token in each slot.
   valid:  (B, C) bool, the slot holds real context (padding slots and dropped tails are False).
+  groups: G (static), how many blocks of batch rows the K/V rows are laid out in: row
+          (g*K + k) * (B/G) + i holds kv head k of batch row g*(B/G) + i. The sampler sets G to
+          the mesh's data-parallel size, so splitting the rows over (data, fsdp, tensor) gives
+          each chip its batch block's share of the kv heads (`rules.cache_rules`); with one kv
+          head, or G = B, rows are b*K + k.
   """
   layers: tuple[LayerCache, ...]
   pos: jax.Array
   valid: jax.Array
+  groups: int = flax.struct.field(pytree_node=False, default=1)
 
   @property
   def capacity(self) -> int:
@@ -112,14 +119,38 @@ class KVCache:
     return int(self.valid.shape[1])
 
 
-def init_cache(arch: Arch, batch: int, capacity: int, dtype) -> KVCache:
-  """An empty cache for `batch` rows of `capacity` slots (K/V in `dtype`)."""
+def init_cache(arch: Arch, batch: int, capacity: int, dtype, groups: int = 1) -> KVCache:
+  """An empty cache for `batch` rows of `capacity` slots (K/V in `dtype`), K/V rows in `groups`
+  blocks of batch rows (see `KVCache`; `groups` must divide `batch`)."""
+  if batch % groups:
+    raise ValueError(f"groups={groups} must divide the batch ({batch}).")
   shape = (batch * arch.num_kv_heads, capacity, arch.head_dim)
   return KVCache(
       layers=tuple(LayerCache(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype))
                    for _ in range(arch.num_layers)),
       pos=jnp.zeros((batch, capacity), jnp.int32),
-      valid=jnp.zeros((batch, capacity), jnp.bool_))
+      valid=jnp.zeros((batch, capacity), jnp.bool_), groups=groups)
+
+
+def rows_of(batch: int, kv_heads: int, groups: int):
+  """(batch row, kv head) of every K/V cache row: two (B*K,) int numpy arrays (see `KVCache`)."""
+  g, k, i = np.meshgrid(np.arange(groups), np.arange(kv_heads), np.arange(batch // groups),
+                        indexing="ij")
+  return (g * (batch // groups) + i).reshape(-1), k.reshape(-1)
+
+
+def to_rows(x, groups: int):
+  """(B, K, ...) -> (B*K, ...) in the cache's row order (`KVCache.groups`)."""
+  b, k = x.shape[:2]
+  x = x.reshape(groups, b // groups, k, *x.shape[2:])
+  return jnp.swapaxes(x, 1, 2).reshape(b * k, *x.shape[3:])
+
+
+def from_rows(x, batch: int, groups: int):
+  """(B*K, ...) in the cache's row order -> (B, K, ...); inverse of `to_rows`."""
+  k = x.shape[0] // batch
+  x = x.reshape(groups, k, batch // groups, *x.shape[1:])
+  return jnp.swapaxes(x, 1, 2).reshape(batch, k, *x.shape[3:])
 
 
 def decode_layout(arch: Arch, params):
@@ -165,12 +196,14 @@ def project_t(x, w):
   return jnp.einsum("...i,oi->...o", x, w)
 
 
-def _attention(arch: Arch, i: int, p, x, positions, k_cache, v_cache, cache_pos, mask, index):
+def _attention(arch: Arch, i: int, p, x, positions, k_cache, v_cache, cache_pos, mask, index,
+               groups: int = 1):
   """One attention layer: writes this step's K/V at slot `index`, attends over the cache.
 
-  Cache (B*K, C, H): one leading batch dim (rows b*K + k), so both attention products are
-  plain batched matmuls over the cache as stored. (A 4-D (B, K, C, H) cache makes XLA:CPU copy
-  every cache array several times per decode step; 3-D it is updated in place.)"""
+  Cache (B*K, C, H): one leading batch dim (rows in `groups` order, see `KVCache`), so both
+  attention products are plain batched matmuls over the cache as stored. (A 4-D (B, K, C, H)
+  cache makes XLA:CPU copy every cache array several times per decode step; 3-D it is updated
+  in place.) Only this step's q, k, v, logits and outputs are reordered, never the cache."""
   b, t, _ = x.shape
   nh, kh, hd = arch.num_heads, arch.num_kv_heads, arch.head_dim
   g = nh // kh
@@ -183,13 +216,15 @@ def _attention(arch: Arch, i: int, p, x, positions, k_cache, v_cache, cache_pos,
   q = apply_rope(q, positions, base_frequency=arch.rope_base[i], scale_factor=arch.rope_scale[i])
   q = q * arch.query_scale
   k = apply_rope(k, positions, base_frequency=arch.rope_base[i], scale_factor=arch.rope_scale[i])
-  k = jnp.swapaxes(k, 1, 2).reshape(b * kh, t, hd).astype(k_cache.dtype)   # (B*K, T, H)
-  v = jnp.swapaxes(v, 1, 2).reshape(b * kh, t, hd).astype(v_cache.dtype)
+  k = to_rows(jnp.swapaxes(k, 1, 2), groups).astype(k_cache.dtype)   # (B*K, T, H)
+  v = to_rows(jnp.swapaxes(v, 1, 2), groups).astype(v_cache.dtype)
   k_cache = jax.lax.dynamic_update_slice(k_cache, k, (0, index, 0))
   v_cache = jax.lax.dynamic_update_slice(v_cache, v, (0, index, 0))
-  q = q.reshape(b, t, kh, g, hd).transpose(0, 2, 1, 3, 4).reshape(b * kh, t * g, hd)
+  q = to_rows(q.reshape(b, t, kh, g, hd).transpose(0, 2, 1, 3, 4).reshape(b, kh, t * g, hd),
+              groups)
   # A cache stored narrower than the compute dtype (bf16 under f32) is read back in it.
-  logits = jnp.einsum("xqh,xsh->xqs", q, k_cache.astype(x.dtype)).reshape(b, kh, t, g, -1)
+  logits = jnp.einsum("xqh,xsh->xqs", q, k_cache.astype(x.dtype))
+  logits = from_rows(logits, b, groups).reshape(b, kh, t, g, -1)
   if arch.attn_softcap is not None:
     logits = jnp.tanh(logits / arch.attn_softcap) * arch.attn_softcap
   if arch.local[i]:
@@ -198,8 +233,10 @@ def _attention(arch: Arch, i: int, p, x, positions, k_cache, v_cache, cache_pos,
     kpos = cache_pos[:, None, :]
     mask = mask & (kpos > qpos - w) & (kpos < qpos + w)
   logits = jnp.where(mask[:, None, :, None, :], logits, K_MASK)
-  probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype).reshape(b * kh, t * g, -1)
-  enc = jnp.einsum("xqs,xsh->xqh", probs, v_cache.astype(x.dtype)).reshape(b, kh, t, g, hd)
+  probs = to_rows(jax.nn.softmax(logits, axis=-1).astype(x.dtype).reshape(b, kh, t * g, -1),
+                  groups)
+  enc = jnp.einsum("xqs,xsh->xqh", probs, v_cache.astype(x.dtype))
+  enc = from_rows(enc, b, groups).reshape(b, kh, t, g, hd)
   enc = enc.transpose(0, 2, 1, 3, 4).reshape(b, t, nh * hd)
   return project(enc, p["wo"]), k_cache, v_cache
 
@@ -232,7 +269,7 @@ def forward(arch: Arch, params, tokens, positions, cache: KVCache, index, mask):
     p = params[f"layer_{i}"]
     h = rms_norm(x, p["pre_attention_norm"])
     a, k_i, v_i = _attention(arch, i, p, h, positions, cache.layers[i].keys,
-                             cache.layers[i].values, cache_pos, mask, index)
+                             cache.layers[i].values, cache_pos, mask, index, cache.groups)
     layers.append(LayerCache(keys=k_i, values=v_i))
     if arch.use_post_attn_norm:
       a = rms_norm(a, p["post_attention_norm"])
