@@ -60,7 +60,7 @@ def tiny_lora(tiny):
   the LoRA train state's init is a compile of its own (~10 s), and one model object lets gemma's
   nn.jit reuse its LoRA trace across tests. Arrays are immutable, so sharing is safe."""
   from sml_jax import models
-  from tests.test_loss_index import lora_state
+  from tests.exactness import lora_state
   model = models.build_model("tiny", lora_rank=4)
   return (model, *lora_state(model, tiny[1]))
 

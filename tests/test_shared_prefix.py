@@ -18,7 +18,7 @@ from sml_jax.models.tokens import Role
 from sml_jax.training import batching, packing
 from sml_jax.training import train_state as ts
 from sml_jax.training import train_step as tstep
-from tests import test_loss_index as li
+from tests import exactness as li
 
 # The instructions every conversation starts with (as the student's prompt does), then each
 # dialogue's own first question.
