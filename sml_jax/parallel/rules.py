@@ -115,10 +115,12 @@ def cache_groups(mesh: Mesh | None, batch: int) -> int:
 
 
 def cache_rules(mesh: Mesh, kv_heads: int | None = None):
-  """`CACHE_RULES`, less the sampler rows' `tensor` split when `tensor` does not divide the kv
-  heads (a 1-kv-head model's rows would then split its batch over `tensor` against the
-  head-split queries, and XLA would regather the cache at every step)."""
-  if kv_heads is None or kv_heads % mesh.shape["tensor"] == 0:
+  """`CACHE_RULES`, less the sampler rows' `tensor` split when `tensor` is 1 (the same
+  placement, annotated as before) or does not divide the kv heads (a 1-kv-head model's rows
+  would then split its batch over `tensor` against the head-split queries, and XLA would
+  regather the cache at every step)."""
+  tp = mesh.shape["tensor"]
+  if kv_heads is None or (tp > 1 and kv_heads % tp == 0):
     return CACHE_RULES
   return tuple((p, (BATCH_AXES, None, None)) if "keys" in p else (p, s) for p, s in CACHE_RULES)
 

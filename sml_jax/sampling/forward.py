@@ -142,6 +142,8 @@ def rows_of(batch: int, kv_heads: int, groups: int):
 def to_rows(x, groups: int):
   """(B, K, ...) -> (B*K, ...) in the cache's row order (`KVCache.groups`)."""
   b, k = x.shape[:2]
+  if k == 1 or groups == b:   # rows b*K + k: a plain reshape (the program as before the groups)
+    return x.reshape(b * k, *x.shape[2:])
   x = x.reshape(groups, b // groups, k, *x.shape[2:])
   return jnp.swapaxes(x, 1, 2).reshape(b * k, *x.shape[3:])
 
@@ -149,6 +151,8 @@ def to_rows(x, groups: int):
 def from_rows(x, batch: int, groups: int):
   """(B*K, ...) in the cache's row order -> (B, K, ...); inverse of `to_rows`."""
   k = x.shape[0] // batch
+  if k == 1 or groups == batch:
+    return x.reshape(batch, k, *x.shape[1:])
   x = x.reshape(groups, k, batch // groups, *x.shape[1:])
   return jnp.swapaxes(x, 1, 2).reshape(batch, k, *x.shape[3:])
 
