@@ -91,3 +91,21 @@ def test_premature_answers_and_questions_on_sharded_problems():
   assert e.verdict == "supported"               # lower is the claim
   q = [c for c in e.details if c.measure == "question rate"][0]
   assert q.arm_est.value == pytest.approx(2 / 3) and q.diff == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("ci, direction, verdict", [
+    ([+0.022, +0.268], -1, "contradicted"),        # claimed lower, clearly higher
+    ([-0.048, +0.126], -1, "not shown (CI includes 0)"),   # the qprime row of Dec 5
+    ([-0.200, -0.010], -1, "supported"),
+    ([+0.015, +0.075], +1, "supported"),
+    ([-0.090, +0.050], +1, "not shown (CI includes 0)"),
+    ([-0.090, -0.010], +1, "contradicted"),
+])
+def test_verdict_reads_the_ci_in_the_claimed_direction(ci, direction, verdict):
+  """A CI that straddles 0 is "not shown" whichever direction the claim has (with -1 the flipped
+  ends swap; reading them unsorted called [-0.048, +0.126] "supported" for a lower-is-better
+  claim)."""
+  est = claims.Estimate(value=0.0, ci=None, n=32)
+  comp = claims.Comparison(measure="m", arm="a", ref="b", arm_est=est, ref_est=est, diff=0.0,
+                           diff_ci=ci)
+  assert claims.Claim("e", "t", comp, direction, (comp,)).verdict == verdict

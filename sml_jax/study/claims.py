@@ -83,7 +83,7 @@ class Claim:
     ci = self.primary.diff_ci
     if ci is None:
       return "undefined"
-    lo, hi = ci[0] * self.direction, ci[1] * self.direction
+    lo, hi = sorted((ci[0] * self.direction, ci[1] * self.direction))   # -1 swaps the ends
     if lo > 0:
       return "supported"
     if hi < 0:
