@@ -53,6 +53,7 @@ class DialogueConfig:
   top_p: float | None = None
   top_k: int | None = None
   teacher_temperature: float = 0.0
+  teacher_top_k: int | None = None  # the LLM teacher samples from its top k tokens (None: all)
   leak_policy: str = "redact"      # what to do with a teacher turn that states the answer
   qprime_q: float = 0.0            # Q-priming: replace a failed attempt at turn t w.p. q ** t
   qprime_max_tokens: int = 64

@@ -217,7 +217,8 @@ class LLMTeacher:
     party.sync(rows)
     turns = party.sample(rows, seed=rng.stream(self.seed, "teacher", turn=turn),
                          max_new_tokens=cfg.teacher_max_tokens,
-                         temperature=cfg.teacher_temperature, line_stop=self._line_stop())
+                         temperature=cfg.teacher_temperature, top_k=cfg.teacher_top_k,
+                         line_stop=self._line_stop())
     party.drop_tails(self._cut(turns))
     if cfg.leak_policy == "resample":
       self._resample_leaks(convs, turns, turn)
@@ -280,7 +281,7 @@ class LLMTeacher:
     self.stats["resampled"] += len(leaked)
     out = self.sampler.generate(
         self.params, [convs[i].teacher.ids for i in leaked], max_new_tokens=self.cfg.teacher_max_tokens,
-        temperature=max(self.cfg.teacher_temperature, 0.7),
+        temperature=max(self.cfg.teacher_temperature, 0.7), top_k=self.cfg.teacher_top_k,
         seed=rng.stream(self.seed, "teacher_retry", turn=turn), line_stop=self._line_stop(),
         row_ids=self.party.row_ids(leaked))
     retry = {i: Sampled(out.tokens[k], out.logprobs[k], bool(out.stopped[k]))
