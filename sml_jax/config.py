@@ -104,8 +104,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dialogue = ml_collections.ConfigDict({
       "max_turns": 4, "gamma": 0.7, "teacher": "llm", "student_max_tokens": 256,
       "teacher_max_tokens": 96, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
-      "teacher_temperature": 0.0, "teacher_top_k": 0, "leak_policy": "redact", "qprime_q": 0.75, "qprime_max_tokens": 64,
-      "qprime_writer": "model", "fewshot": True,
+      "teacher_temperature": 0.0, "teacher_top_k": 0, "leak_policy": "redact", "qprime_q": 0.75,
+      "qprime_max_tokens": 64, "qprime_writer": "model", "fewshot": True,
       "student_line_stop": False,   # student turns end at their first line break
   })
   c.curricula = ml_collections.ConfigDict({
@@ -250,7 +250,7 @@ def _dialogue(config) -> DialogueConfig:
   d = dict(config.dialogue)
   _need(0 < d["top_p"] <= 1, "dialogue.top_p", f"must be in (0, 1], got {d['top_p']}")
   for field in ("top_k", "teacher_top_k"):
-    _need(d.get(field, 0) >= 0, f"dialogue.{field}", f"must be >= 0, got {d.get(field)}")
+    _need(d[field] >= 0, f"dialogue.{field}", f"must be >= 0, got {d[field]}")
   for field in ("student_max_tokens", "teacher_max_tokens", "qprime_max_tokens"):
     _need(d[field] >= 1, f"dialogue.{field}", f"must be >= 1, got {d[field]}")
   for field in ("temperature", "teacher_temperature"):
@@ -258,7 +258,7 @@ def _dialogue(config) -> DialogueConfig:
   # The config's CLI-friendly sentinels (top_p=1.0, top_k=0: no truncation) become None.
   d["top_p"] = d["top_p"] if d["top_p"] < 1.0 else None
   d["top_k"] = d["top_k"] or None
-  d["teacher_top_k"] = d.get("teacher_top_k") or None
+  d["teacher_top_k"] = d["teacher_top_k"] or None
   try:
     return DialogueConfig(**d)
   except ValueError as e:  # DialogueConfig names the field as dialogue.<field>.

@@ -31,12 +31,13 @@ PARAM_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
 # KV caches. gemma's layout per layer: layer_i/{k, v} (B, L, K, D), end_index (B,), positions
 # (B, L); the sampler's (`sampling/forward.KVCache`): layers/i/{keys, values} (B*K, C, D), pos
 # and valid (B, C).
+_SAMPLER_KV = r"(^|/)(keys|values)$"
 CACHE_RULES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     (r"(^|/)(k|v)(/\d+)?$", (BATCH_AXES, None, "tensor", None)),
     # The sampler's (B*K, C, D): rows grouped by data-parallel shard, then kv head
     # (`forward.KVCache.groups`), so this split gives each chip its rows' share of the heads.
     # (`cache_rules` drops `tensor` when it does not divide the kv heads.)
-    (r"(^|/)(keys|values)$", ((*BATCH_AXES, "tensor"), None, None)),
+    (_SAMPLER_KV, ((*BATCH_AXES, "tensor"), None, None)),
     (r".*", (BATCH_AXES,)),
 )
 
@@ -122,7 +123,8 @@ def cache_rules(mesh: Mesh, kv_heads: int | None = None):
   tp = mesh.shape["tensor"]
   if kv_heads is None or (tp > 1 and kv_heads % tp == 0):
     return CACHE_RULES
-  return tuple((p, (BATCH_AXES, None, None)) if "keys" in p else (p, s) for p, s in CACHE_RULES)
+  return tuple((p, (BATCH_AXES, None, None)) if p == _SAMPLER_KV else (p, s)
+               for p, s in CACHE_RULES)
 
 
 def cache_shardings(cache, mesh: Mesh, kv_heads: int | None = None):

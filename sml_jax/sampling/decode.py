@@ -294,8 +294,7 @@ def resize(cache: KVCache, *, capacity: int, mesh=None) -> KVCache:
 def broadcast_row(cache: KVCache, *, batch: int, mesh=None) -> KVCache:
   """Row 0 of a cache repeated for `batch` rows (K/V rows in the mesh's `cache_groups` order):
   a prompt prefix shared by every row is prefilled once, then copied."""
-  rows, groups = cache.valid.shape[0], rules.cache_groups(mesh, batch)
-  kv_heads = cache.layers[0].keys.shape[0] // rows
+  rows, groups, kv_heads = cache.valid.shape[0], rules.cache_groups(mesh, batch), _kv_heads(cache)
   b_src, k_src = fwd.rows_of(rows, kv_heads, cache.groups)
   row0 = np.nonzero(b_src == 0)[0]
   row0 = row0[np.argsort(k_src[row0])]                         # K/V rows of batch row 0, by head
@@ -314,7 +313,7 @@ def compact(cache: KVCache, *, mesh=None) -> KVCache:
   of different lengths leave behind. K/V carry their RoPE already, so slots can move."""
   order = jnp.argsort(~cache.valid, axis=1, stable=True)          # valid slots first
   rows = cache.valid.shape[0]
-  batch_of_row, _ = fwd.rows_of(rows, cache.layers[0].keys.shape[0] // rows, cache.groups)
+  batch_of_row, _ = fwd.rows_of(rows, _kv_heads(cache), cache.groups)
 
   def gather(x):
     idx = order if x.shape[0] == rows else order[batch_of_row]      # K/V: each row's batch row
