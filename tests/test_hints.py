@@ -228,3 +228,26 @@ def test_a_one_operation_hint_moves_on_once_the_student_has_a_part(expression, s
     again = hints.math_hint(p, first, Verdict(False, False, format_failure=True),
                             random.Random(seed), student_text="")
     assert must_have not in again, again
+
+
+def test_with_the_hint_teacher_the_demos_show_its_feedback_answered_with_new_numbers():
+  """With `teacher=hint` the student's math demonstrations carry feedback the hint teacher itself
+  gives on the demo's wrong attempt, and no demo answer repeats (the base 270M copied the old
+  demos' 12 as its own wrong answer); other teachers keep the old demonstrations."""
+  demos = prompts.student_demos(Problem(id="x", task="arithmetic", domain="math", statement="s", privileged=""),
+                                teacher="hint")
+  assert demos == prompts.HINT_STUDENT_DEMOS["math"] != prompts.STUDENT_DEMOS["math"]
+  assert prompts.student_demos(Problem(id="x", task="t", domain="math", statement="s", privileged=""),
+                               teacher="scripted") == prompts.STUDENT_DEMOS["math"]
+  first = Problem(id="d", task="arithmetic", domain="math", statement="What is 26 + 17?",
+                  privileged="26 + 17 = 43\nFinal answer: 43", answer="43",
+                  meta={"expression": "26 + 17"})
+  (_, opening), (_, attempt), (_, feedback), (_, fixed) = demos[:4]
+  assert opening.endswith(first.statement)
+  verdict = Verdict(attempted=True, correct=False, extracted="33")
+  given = {hints.math_hint(first, attempt, verdict, random.Random(s)) for s in range(100)}
+  assert feedback in given, given
+  assert fixed.endswith("Final answer: 43")
+  answers = [t.rsplit("Final answer: ", 1)[1] for r, t in demos if r == "model" and "Final" in t]
+  assert len(answers) == len(set(answers)) == 4, answers
+  assert "12" not in answers

@@ -171,6 +171,32 @@ def test_top_k_top_p_restrict_the_distribution(setup):
   assert np.all(k4.logprobs[0] >= np.log(1 / 4) - 0.5)   # near-uniform tiny model over 4 tokens
 
 
+@pytest.mark.parametrize("top_p", [None, 0.9])
+def test_top_k_draws_the_token_the_whole_vocabulary_draw_would(top_p):
+  """The top-k path works on the k candidates only; with the same uniforms it picks the token a
+  whole-vocabulary inverse CDF over the masked logits picks (the definition), with its log-prob."""
+  b, v, k = 64, 262_144, 40
+  logits = jax.random.normal(jax.random.PRNGKey(0), (b, v)) * 4.0
+  keys = jax.random.split(jax.random.PRNGKey(1), b)
+  got, got_lp = decode.choose_tokens(decode.Policy(greedy=False, top_k=k, top_p=top_p is not None),
+                                     logits, 0.7, top_p or 1.0, keys, jnp.float32)
+  z = np.asarray(logits / 0.7, np.float64)
+  z[z < np.sort(z, axis=-1)[:, -k:][:, :1]] = -np.inf
+  if top_p is not None:   # smallest set of largest values with at least top_p of the mass
+    w = np.exp(z - z.max(-1, keepdims=True))
+    desc = -np.sort(-w, axis=-1)
+    cut = desc[np.arange(b), (np.cumsum(desc, -1) < top_p * w.sum(-1, keepdims=True)).sum(-1)]
+    z[w < cut[:, None]] = -np.inf
+  w = np.exp(z - z.max(-1, keepdims=True))
+  u = np.asarray(jax.vmap(jax.random.uniform)(keys), np.float64)
+  want = (np.cumsum(w, -1) <= (u * w.sum(-1))[:, None]).sum(-1)
+  np.testing.assert_array_equal(np.asarray(got), want)
+  np.testing.assert_allclose(np.asarray(got_lp),
+                             z[np.arange(b), want] - np.log(np.exp(z).sum(-1)), atol=1e-5)
+  kept = np.isfinite(z).sum(-1)
+  assert kept.max() == k if top_p is None else kept.min() < k   # not vacuous
+
+
 def test_sampling_is_per_row_and_seeded(setup):
   model, params, prompts = setup
   sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=())

@@ -163,7 +163,7 @@ class _Episode:
     self.demo_lines = []  # per conversation: the demonstration lines in the student's prompt
     for c in convs:
       text = prompts.student_opening(c.problem)
-      demos = prompts.student_demos(c.problem, cfg.fewshot)
+      demos = prompts.student_demos(c.problem, cfg.fewshot, c.teacher_kind)
       c.student.extend(*opening_segment(self.tok, text, demos))
       c.turns.append(Turn("user", text, {}))
       self.demo_lines.append(prompts.demo_lines(demos, prompt=text))

@@ -61,6 +61,29 @@ STUDENT_DEMOS = {
         ("model", "```python\ndef add(a, b):\n    return a + b\n```"),
     ),
 }
+# With the hint teacher (`dialogue.teacher=hint`) the math demonstrations show the feedback the
+# student will get, in the hint teacher's own words (how far off, then a step), answered by an
+# anchored attempt that uses it; their numbers are all different (with the demos above, the base
+# 270M's wrong answers copied the demo's 12 - "4 * 4 = 12. Final answer: 12" - and it echoed hints
+# it had never seen answered).
+HINT_STUDENT_DEMOS = {
+    "math": (
+        ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nWhat is 26 + 17?"),
+        ("model", "26 + 17 = 33. Final answer: 33"),
+        ("user", "33 is quite a bit too low. Add the tens and the ones separately: 20 + 10 = 30, "
+         "and 6 + 7 = 13."),
+        ("model", "30 + 13 = 43. Final answer: 43"),
+        ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nTom has some apples and buys 5 more. How many "
+         "apples does he have now?"),
+        ("model", "How many apples did Tom have at the start?"),
+        ("user", "He had 9 apples."),
+        ("model", "9 + 5 = 14. Final answer: 14"),
+        ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nA box holds 6 pens. Sara fills 7 boxes and "
+         "gives away 8 pens. How many pens does she have left?"),
+        ("model", "7 * 6 = 42 pens, and 42 - 8 = 34. Final answer: 34"),
+    ),
+    "code": STUDENT_DEMOS["code"],
+}
 TEACHER_DEMOS = {
     "math": (
         ("user", TEACHER_BRIEFING.format(statement="What is 6 + 7?", privileged="6 + 7 = 13")
@@ -127,8 +150,12 @@ QPRIME_DEMOS = {
 }
 
 
-def student_demos(problem: Problem, enabled: bool = True) -> tuple[tuple[str, str], ...]:
-  return STUDENT_DEMOS[problem.domain] if enabled else ()
+def student_demos(problem: Problem, enabled: bool = True,
+                  teacher: str = "scripted") -> tuple[tuple[str, str], ...]:
+  """The student's in-context demonstrations for a dialogue with a `teacher` of that kind."""
+  if not enabled:
+    return ()
+  return (HINT_STUDENT_DEMOS if teacher == "hint" else STUDENT_DEMOS)[problem.domain]
 
 
 def teacher_demos(problem: Problem, enabled: bool = True) -> tuple[tuple[str, str], ...]:

@@ -47,7 +47,7 @@ def demo_lines(c: Conversation, fewshot: bool) -> tuple[str, ...]:
   """Demonstration lines a question for `c` must not reproduce: the question writer's and the
   student's (the question becomes a student turn)."""
   return (prompts.demo_lines(prompts.qprime_demos(c.problem, fewshot)) +
-          prompts.demo_lines(prompts.student_demos(c.problem, fewshot),
+          prompts.demo_lines(prompts.student_demos(c.problem, fewshot, c.teacher_kind),
                              prompt=prompts.student_opening(c.problem)))
 
 

@@ -89,12 +89,14 @@ def reference_turn(problem: Problem) -> str:
   return problem.privileged.strip()
 
 
-def reference_examples(problems: Sequence[Problem], tokenizer, fewshot: bool = True) -> list[Example]:
-  """SFT examples: the same opening (and in-context demos) as a dialogue, then the reference
-  solution as the student's turn; loss on that turn only."""
+def reference_examples(problems: Sequence[Problem], tokenizer, fewshot: bool = True,
+                       teacher: str = "scripted") -> list[Example]:
+  """SFT examples: the same opening (and in-context demos, those of a dialogue with a `teacher`
+  of that kind) as a dialogue, then the reference solution as the student's turn; loss on that
+  turn only."""
   out = []
   for p in problems:
-    demos = prompts.student_demos(p, fewshot)
+    demos = prompts.student_demos(p, fewshot, teacher)
     ids, roles = cf.encode_dialogue(
         tokenizer, [*demos, ("user", prompts.student_opening(p)), ("model", reference_turn(p))],
         num_demo_turns=len(demos))

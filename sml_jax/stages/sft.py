@@ -14,5 +14,6 @@ class SFTStage(TrainingStage):
   def collect(self, exp, params, problems, seed: int, first_problem: int,
               on_turn=None) -> Collected:
     del params, seed, first_problem, on_turn  # Nothing is sampled.
-    return Collected(examples.reference_examples(problems, exp.tokenizer,
-                                                 exp.spec.dialogue.fewshot), [], {})
+    d = exp.spec.dialogue
+    return Collected(examples.reference_examples(problems, exp.tokenizer, d.fewshot, d.teacher),
+                     [], {})
