@@ -6,6 +6,9 @@ teach):
   * the privileged `hint` teacher: no LLM, leak-free by construction; it tells the student whether
     its answer is too high or too low and roughly by how much, and names the first step of the
     reference solution the student has not reached;
+  * in-context demonstrations that show the hint teacher's feedback answered by an anchored
+    attempt, with numbers of their own (`prompts.HINT_STUDENT_DEMOS`: the base model copied the
+    old demos' answers);
   * the strict reward: only an anchored answer (`Final answer: N`) counts;
   * rollouts sampled at temperature 0.7 over the 40 most likely tokens (at 1.0 over the whole
     262k vocabulary a third of the base model's turns drift into mixed-script text); the train

@@ -20,6 +20,10 @@ def _cut(text, domain="math"):
     ("Final answer: $1,200.00 in total", "Final answer: $1,200.00"),
     ("8 + 2 = 10. Final answer: 10 How many apples", "8 + 2 = 10. Final answer: 10"),
     ("So it is \\boxed{7}. Is that right?", "So it is \\boxed{7}"),
+    # Code-like junk after the answer, on the same line (the base 270M at temperature 0.7 with
+    # the hint demos; the cut kept all 40 tokens of it).
+    ('100 + 40 = 125. Final answer: 125 =",125 =",125 "=",125', "100 + 40 = 125. Final answer: 125"),
+    ('Final answer: 12 =", 13 =", 13', "Final answer: 12"),
     # A question turn ends after its question.
     ("How many apples did Tom have at the start? He had 3. Final", "How many apples did Tom have "
      "at the start?"),

@@ -151,11 +151,24 @@ def _answer_from_segment(segment: str) -> str | None:
   return nums[0][1] if nums else None
 
 
+_JUNK = re.compile("[\"`\u201c\u201d]")
+
+
+def _without_junk(segment: str) -> str:
+  """The segment up to a quote or backtick, which no answer contains, without a dangling "=":
+  the base 270M runs on past its answer in code-like junk ('125 =",125 =",125' -> '125'). A
+  segment that starts with a quote ('"12"') is kept whole."""
+  m = _JUNK.search(segment)
+  if m is None or not segment[:m.start()].strip():
+    return segment
+  return segment[:m.start()].rstrip().rstrip("=").rstrip()
+
+
 def _anchored(text: str, anchor_re: re.Pattern) -> list[tuple[int, int, str]]:
   """(anchor start, answer end, answer) of every anchored answer in `text`, in order."""
   found = []
   for m in anchor_re.finditer(text):
-    segment = _SEGMENT_END.split(text[m.end():], maxsplit=1)[0]
+    segment = _without_junk(_SEGMENT_END.split(text[m.end():], maxsplit=1)[0])
     answer = _answer_from_segment(segment)
     if answer is not None:
       at = segment.rfind(answer)
