@@ -194,7 +194,8 @@ def _markdown(steps, scale: Scale, seeds, results_dir, study_command, claims, po
           "## Commands\n",
           "Every run is an ordinary `python -m sml_jax.main` run (from the repository root). "
           "The evals below read the committed students; greedy decoding reproduces the numbers "
-          "in `evals/`.\n"]
+          "in `evals/` at the commit the study ran from (later changes to the dialogue's prompts "
+          "or hints change the conversations).\n"]
   cmds = []
   for step in steps:
     if step.kind == "train":
