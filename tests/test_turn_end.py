@@ -24,6 +24,7 @@ def _cut(text, domain="math"):
     # the hint demos; the cut kept all 40 tokens of it).
     ('100 + 40 = 125. Final answer: 125 =",125 =",125 "=",125', "100 + 40 = 125. Final answer: 125"),
     ('Final answer: 12 =", 13 =", 13', "Final answer: 12"),
+    ("58 - 53 = 37. Final answer: 37.$$ =$$ = $$</tex>", "58 - 53 = 37. Final answer: 37"),
     # A question turn ends after its question.
     ("How many apples did Tom have at the start? He had 3. Final", "How many apples did Tom have "
      "at the start?"),

@@ -151,17 +151,17 @@ def _answer_from_segment(segment: str) -> str | None:
   return nums[0][1] if nums else None
 
 
-_JUNK = re.compile("[\"`\u201c\u201d]")
+_JUNK = re.compile("[\"`\u201c\u201d]|\\$\\$")
 
 
 def _without_junk(segment: str) -> str:
-  """The segment up to a quote or backtick, which no answer contains, without a dangling "=":
-  the base 270M runs on past its answer in code-like junk ('125 =",125 =",125' -> '125'). A
-  segment that starts with a quote ('"12"') is kept whole."""
+  """The segment up to a quote, a backtick or "$$", which no answer contains, without a dangling
+  "=" or ".": the base 270M runs on past its answer in code-like junk ('125 =",125 =",125' -> '125',
+  '37.$$ =$$ = $$</tex>' -> '37'). A segment that starts with one ('"12"') is kept whole."""
   m = _JUNK.search(segment)
   if m is None or not segment[:m.start()].strip():
     return segment
-  return segment[:m.start()].rstrip().rstrip("=").rstrip()
+  return segment[:m.start()].rstrip(" \t=.")
 
 
 def _anchored(text: str, anchor_re: re.Pattern) -> list[tuple[int, int, str]]:
