@@ -1,4 +1,4 @@
-"""The `make demo` pipeline on CPU with the embedded Gemma 3 270M (about 20 minutes on 2 cores):
+"""The `make demo` pipeline on CPU with the embedded Gemma 3 270M (~12 min on 2 cores):
 eval before -> online SML (GRPO) -> eval after -> report.
 
 What makes its dialogues mean something at this scale (the base 270M is a weak student and cannot
