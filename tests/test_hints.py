@@ -234,11 +234,10 @@ def test_with_the_hint_teacher_the_demos_show_its_feedback_answered_with_new_num
   """With `teacher=hint` the student's math demonstrations carry feedback the hint teacher itself
   gives on the demo's wrong attempt, and no demo answer repeats (the base 270M copied the old
   demos' 12 as its own wrong answer); other teachers keep the old demonstrations."""
-  demos = prompts.student_demos(Problem(id="x", task="arithmetic", domain="math", statement="s", privileged=""),
-                                teacher="hint")
+  any_math = Problem(id="x", task="arithmetic", domain="math", statement="s", privileged="")
+  demos = prompts.student_demos(any_math, teacher="hint")
   assert demos == prompts.HINT_STUDENT_DEMOS["math"] != prompts.STUDENT_DEMOS["math"]
-  assert prompts.student_demos(Problem(id="x", task="t", domain="math", statement="s", privileged=""),
-                               teacher="scripted") == prompts.STUDENT_DEMOS["math"]
+  assert prompts.student_demos(any_math, teacher="scripted") == prompts.STUDENT_DEMOS["math"]
   first = Problem(id="d", task="arithmetic", domain="math", statement="What is 26 + 17?",
                   privileged="26 + 17 = 43\nFinal answer: 43", answer="43",
                   meta={"expression": "26 + 17"})

