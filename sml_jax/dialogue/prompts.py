@@ -37,21 +37,32 @@ QPRIME_PROMPT = (
 # In-context demonstrations of the dialogue format (answer format, using feedback, asking when
 # information is missing). Base models need them to follow the turn template at all; they are
 # part of the prompt (Role.DEMO), never trained on, and the same before and after training.
+def _math_demos(question: str, wrong: str, feedback: str, fixed: str, apples: tuple[int, int],
+                pens: tuple[int, int, int]) -> tuple[tuple[str, str], ...]:
+  """Three math demonstrations: `question` answered `wrong`, then `fixed` after `feedback`; the
+  apples question asked when information is missing (apples = (had, bought)); a two-step word
+  problem worked in one line (pens = (per box, boxes, given away))."""
+  had, bought = apples
+  per_box, boxes, away = pens
+  opening = STUDENT_INSTRUCTIONS["math"] + "\n\n"
+  return (
+      ("user", opening + question), ("model", wrong), ("user", feedback), ("model", fixed),
+      ("user", opening + f"Tom has some apples and buys {bought} more. How many apples does he "
+       "have now?"),
+      ("model", "How many apples did Tom have at the start?"),
+      ("user", f"He had {had} apples."),
+      ("model", f"{had} + {bought} = {had + bought}. Final answer: {had + bought}"),
+      ("user", opening + f"A box holds {per_box} pens. Sara fills {boxes} boxes and gives away "
+       f"{away} pens. How many pens does she have left?"),
+      ("model", f"{boxes} * {per_box} = {boxes * per_box} pens, and {boxes * per_box} - {away} = "
+       f"{boxes * per_box - away}. Final answer: {boxes * per_box - away}"),
+  )
+
+
 STUDENT_DEMOS = {
-    "math": (
-        ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nWhat is 6 + 7?"),
-        ("model", "6 + 7 = 12. Final answer: 12"),
-        ("user", "Not quite. Count up from 6 by 7 again."),
-        ("model", "6 + 7 = 13. Final answer: 13"),
-        ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nTom has some apples and buys 2 more. How many "
-         "apples does he have now?"),
-        ("model", "How many apples did Tom have at the start?"),
-        ("user", "He had 3 apples."),
-        ("model", "3 + 2 = 5. Final answer: 5"),
-        ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nA box holds 4 pens. Sara fills 3 boxes and "
-         "gives away 5 pens. How many pens does she have left?"),
-        ("model", "3 * 4 = 12 pens, and 12 - 5 = 7. Final answer: 7"),
-    ),
+    "math": _math_demos("What is 6 + 7?", "6 + 7 = 12. Final answer: 12",
+                        "Not quite. Count up from 6 by 7 again.", "6 + 7 = 13. Final answer: 13",
+                        apples=(3, 2), pens=(4, 3, 5)),
     "code": (
         ("user", STUDENT_INSTRUCTIONS["code"] + "\n\nWrite a function add(a, b) that returns the sum "
          "of a and b.\nYour code should pass: assert add(1, 2) == 3"),
@@ -67,21 +78,10 @@ STUDENT_DEMOS = {
 # 270M's wrong answers copied the demo's 12 - "4 * 4 = 12. Final answer: 12" - and it echoed hints
 # it had never seen answered).
 HINT_STUDENT_DEMOS = {
-    "math": (
-        ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nWhat is 26 + 17?"),
-        ("model", "26 + 17 = 33. Final answer: 33"),
-        ("user", "33 is quite a bit too low. Add the tens and the ones separately: 20 + 10 = 30, "
-         "and 6 + 7 = 13."),
-        ("model", "30 + 13 = 43. Final answer: 43"),
-        ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nTom has some apples and buys 5 more. How many "
-         "apples does he have now?"),
-        ("model", "How many apples did Tom have at the start?"),
-        ("user", "He had 9 apples."),
-        ("model", "9 + 5 = 14. Final answer: 14"),
-        ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nA box holds 6 pens. Sara fills 7 boxes and "
-         "gives away 8 pens. How many pens does she have left?"),
-        ("model", "7 * 6 = 42 pens, and 42 - 8 = 34. Final answer: 34"),
-    ),
+    "math": _math_demos("What is 26 + 17?", "26 + 17 = 33. Final answer: 33",
+                        "33 is quite a bit too low. Add the tens and the ones separately: "
+                        "20 + 10 = 30, and 6 + 7 = 13.", "30 + 13 = 43. Final answer: 43",
+                        apples=(9, 5), pens=(6, 7, 8)),
     "code": STUDENT_DEMOS["code"],
 }
 TEACHER_DEMOS = {
