@@ -230,6 +230,28 @@ def test_a_one_operation_hint_moves_on_once_the_student_has_a_part(expression, s
     assert must_have not in again, again
 
 
+@pytest.mark.parametrize("expression,student,must_have", [
+    # Seen in the demo: the base 270M writes a difference below zero without its sign.
+    ("21 - 68", "", ("below zero", "68 - 21")),
+    ("21 - 68", "21 - 68 = 47. Final answer: 47", ("below zero",)),      # the size reached
+    # Before: the tens split "43 - 80 = -37" named the answer, was dropped, and a generic nudge
+    # ("Check which quantity the question asks for.") came instead.
+    ("43 - 80", "43 - 80 = 17. Final answer: 17", ("80 - 43", "minus")),
+    ("73 - 30", "73 - 30 = 40. Final answer: 40", ("3 tens", "ones stay 3")),
+])
+def test_a_difference_below_zero_or_of_whole_tens_gets_a_hint_that_names_no_answer(
+    expression, student, must_have):
+  answer = str(eval(expression))  # noqa: S307 (a test constant)
+  p = Problem(id="m", task="arithmetic", domain="math", statement=f"What is {expression}?",
+              privileged=f"{expression} = {answer}", answer=answer, meta={"expression": expression})
+  extracted = student.split("Final answer: ")[-1] if "Final answer" in student else None
+  verdict = Verdict(extracted is not None, False, extracted, format_failure=extracted is None)
+  for seed in range(4):
+    h = hints.math_hint(p, student, verdict, random.Random(seed), student_text=student)
+    assert any(x in h for x in must_have) and not hints.math_answers.answer_leaked(p, h), h
+    assert not any(k in h for k in hints._KEEP_GOING), h
+
+
 def test_with_the_hint_teacher_the_demos_show_its_feedback_answered_with_new_numbers():
   """With `teacher=hint` the student's math demonstrations carry feedback the hint teacher itself
   gives on the demo's wrong attempt, and no demo answer repeats (the base 270M copied the old

@@ -1,6 +1,7 @@
 """How to work out a generated one-operation problem (`Problem.meta["expression"]`, e.g.
-"67 * 30") by parts, for the hint teacher: tens and ones of a sum, counting on or down, a
-two-digit factor split into tens + ones; and, once the student has written a part, the next one.
+"67 * 30") by parts, for the hint teacher: tens and ones of a sum, counting on or down, the sign
+of a difference below zero, a two-digit factor split into tens + ones; and, once the student has
+written a part, the next one.
 
 Pure functions (the standard library only); randomness from the `rng` argument. The caller
 leak-checks every text (a part may equal the answer).
@@ -51,6 +52,18 @@ def expression_hint(problem: Problem, rng, reached: Collection = ()) -> str | No
   if op == "+":
     return rng.choice((f"Start at {max(a, b)} and count on {min(a, b)} more, one at a time.",
                        f"Count up from {max(a, b)} by {min(a, b)}, one step at a time."))
+  if op == "-" and b > a:
+    # The base 270M writes the size without the sign ("21 - 68 = 47"); taking away the tens of
+    # 68 from 21 (the split below) goes below zero at once and does not help.
+    return rng.choice((
+        f"{b} is bigger than {a}, so the answer is below zero: work out {b} - {a}, then put a "
+        f"minus sign in front.",
+        f"Taking away more than you have goes below zero: {a} - {b} is minus ({b} - {a})."))
+  if op == "-" and b >= 10 and b % 10 == 0:
+    # The split below would name the answer (a - tens) and be dropped by the leak check.
+    tb, oa = b // 10, a % 10
+    return (f"Take away {tb} ten{'s' if tb > 1 else ''}: the tens of {a} go down by {tb} and the "
+            f"ones stay {oa}.")
   if op == "-" and b >= 10:
     tb, ob = divmod(b, 10)
     return f"Take away the tens first: {a} - {tb * 10} = {a - tb * 10}, then take away {ob} more."
@@ -88,7 +101,12 @@ def _next_part(a: int, op: str, b: int, reached: set, rng) -> str | None:
                          f"Now put the parts together: {tens} + {ones}."))
     if tens in reached:
       return f"The tens make {tens}. Now add the ones, {oa} + {ob}, and put the parts together."
-  if op == "-" and b >= 10 and b % 10:
+  if op == "-" and b > a and b - a in reached:
+    return rng.choice((f"{b} - {a} = {b - a} is the size. {b} is bigger than {a}, so the answer "
+                       f"is below zero: put a minus sign in front.",
+                       f"You have {b - a}; now the sign: taking away more than {a} goes below "
+                       f"zero."))
+  if op == "-" and a >= b >= 10 and b % 10:
     tb, ob = divmod(b, 10)
     if a - tb * 10 in reached:
       return f"{a} - {tb * 10} = {a - tb * 10}. Now take away the {ob} that is left."
