@@ -272,3 +272,28 @@ def test_with_the_hint_teacher_the_demos_show_its_feedback_answered_with_new_num
   answers = [t.rsplit("Final answer: ", 1)[1] for r, t in demos if r == "model" and "Final" in t]
   assert len(answers) == len(set(answers)) == 4, answers
   assert "12" not in answers
+
+
+def test_an_answer_computed_right_is_not_a_demo_copy_but_the_demos_wrong_number_is():
+  """Seen in the demo's eval (Dec 6): after "work out 48 - 15, then put a minus sign in front",
+  `48 - 15 = 33. Final answer: 33` was counted as a copy of the demo's wrong attempt
+  `26 + 17 = 33. Final answer: 33` (half its word trigrams, "33 final answer" and "final answer
+  33", are the demo's)."""
+  demo_lines = [t for _, t in prompts.HINT_STUDENT_DEMOS["math"]]
+  assert not quality.is_demo_copy("48 - 15 = 33. Final answer: 33", demo_lines,
+                                  statement="What is 15 - 48?")
+  assert not quality.is_demo_copy("9 + 5 = 14. Final answer: 14", demo_lines,
+                                  statement="What is 9 + 5?")
+  # The demo's wrong number on another sum is still a copy, and so is a demo line written whole.
+  assert quality.is_demo_copy("45 - 69 = 33. Final answer: 33", demo_lines,
+                              statement="What is 45 - 69?")
+  assert quality.is_demo_copy("30 + 13 = 43. Final answer: 43", demo_lines,
+                              statement="What is 5 + 2?")
+  assert quality.is_demo_copy("9 + 5 = 14. Final answer: 14", demo_lines,   # the apples demo's
+                              statement="What is 8 + 7?")
+  assert quality.is_demo_copy("12 + 2 = 14. Final answer: 14", demo_lines,   # not its numbers
+                              statement="What is 2 + 5?")
+  assert quality.computes_its_answer("-3 * 4 = -12. Final answer: -12")
+  assert not quality.computes_its_answer("48 - 15 = 33.")                # no anchored answer
+  assert not quality.computes_its_answer("48 - 15 = 33. Final answer: 34")
+  assert not quality.computes_its_answer("1.48 - 15 = 33. Final answer: 33")   # not integers

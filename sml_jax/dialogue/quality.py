@@ -24,6 +24,25 @@ def _grams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
   return {tuple(words[j:j + n]) for j in range(len(words) - n + 1)}
 
 
+_EQUATION = re.compile(r"(?<![\d.])(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)(?!\d|\.\d)")
+
+
+def computes_its_answer(text: str, statement: str | None = None) -> bool:
+  """True if the turn's anchored answer is the right value of an integer equation it wrote
+  ("48 - 15 = 33. Final answer: 33"): the number is its own arithmetic. With `statement`, the
+  equation's operands must also be numbers of the problem ("9 + 5 = 14" on "Compute 9 + 5.")."""
+  answer = math_answers.parse_number(math_answers.extract_answer(text) or "")
+  if answer is None:
+    return False
+  given = None if statement is None else math_answers.number_values(statement)
+  ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+  for a, op, b, c in _EQUATION.findall(text):
+    a, b, c = int(a), int(b), int(c)
+    if c == answer and ops[op](a, b) == c and (given is None or {abs(a), abs(b)} <= given):
+      return True
+  return False
+
+
 def is_demo_copy(text: str, demo_lines: Sequence[str], min_words: int = 3, statement: str = "",
                  near: float = 0.5, n: int = 3) -> bool:
   """True if `text` reproduces a line of an in-context demonstration. For `demo_copy_rate`.
@@ -31,18 +50,25 @@ def is_demo_copy(text: str, demo_lines: Sequence[str], min_words: int = 3, state
   Exact: some demo line of at least `min_words` words appears in it (case, punctuation and
   spacing ignored). Near: at least `near` of the turn's word n-grams come from one demo line and
   not from the problem `statement` ("How many more apples did Tom have at the end?" on "What is
-  5 + 10?" paraphrases the demo's "How many apples did Tom have at the start?")."""
+  5 + 10?" paraphrases the demo's "How many apples did Tom have at the start?"). A short answer
+  shares half its n-grams with a demo line whenever its number equals the demo's ("N. Final
+  answer: N"): that counts (the base 270M wrote the demo's wrong 33 on other sums), and so does a
+  whole demo line, unless the turn is the right computation of its problem's own numbers
+  (`computes_its_answer` with the `statement`: "48 - 15 = 33. Final answer: 33" on "Solve 15 -
+  48.", "9 + 5 = 14. Final answer: 14" on "Compute 9 + 5.")."""
   norm = _normalize(text)
   if not norm:
     return False
   words = norm.split()
   grams = _grams(words, n) - _grams(_normalize(statement).split(), n)
+  own = bool(statement) and computes_its_answer(text, statement)
   for demo in demo_lines:
     for line in demo.splitlines():
       d = _normalize(line)
-      if len(d.split()) >= min_words and d in norm:
+      if len(d.split()) >= min_words and d in norm and not own:
         return True
-      if len(words) >= 2 * n and grams and len(grams & _grams(d.split(), n)) >= near * len(_grams(words, n)):
+      if (not own and len(words) >= 2 * n and grams
+          and len(grams & _grams(d.split(), n)) >= near * len(_grams(words, n))):
         return True
   return False
 
