@@ -8,6 +8,7 @@ question about the problem, in one script), does it copy a line of an in-context
 
 from __future__ import annotations
 
+import operator
 import re
 import unicodedata
 from typing import Sequence
@@ -24,6 +25,7 @@ def _grams(words: Sequence[str], n: int) -> set[tuple[str, ...]]:
   return {tuple(words[j:j + n]) for j in range(len(words) - n + 1)}
 
 
+_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 _EQUATION = re.compile(r"(?<![\d.])(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)(?!\d|\.\d)")
 
 
@@ -35,10 +37,9 @@ def computes_its_answer(text: str, statement: str | None = None) -> bool:
   if answer is None:
     return False
   given = None if statement is None else math_answers.number_values(statement)
-  ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
   for a, op, b, c in _EQUATION.findall(text):
     a, b, c = int(a), int(b), int(c)
-    if c == answer and ops[op](a, b) == c and (given is None or {abs(a), abs(b)} <= given):
+    if c == answer and _OPS[op](a, b) == c and (given is None or {abs(a), abs(b)} <= given):
       return True
   return False
 
