@@ -294,6 +294,7 @@ def test_an_answer_computed_right_is_not_a_demo_copy_but_the_demos_wrong_number_
   assert quality.is_demo_copy("12 + 2 = 14. Final answer: 14", demo_lines,   # not its numbers
                               statement="What is 2 + 5?")
   assert quality.computes_its_answer("-3 * 4 = -12. Final answer: -12")
+  assert quality.computes_its_answer("-3 * 4 = -12. Final answer: -12", "What is -3 * 4?")
   assert not quality.computes_its_answer("48 - 15 = 33.")                # no anchored answer
   assert not quality.computes_its_answer("48 - 15 = 33. Final answer: 34")
   assert not quality.computes_its_answer("1.48 - 15 = 33. Final answer: 33")   # not integers

@@ -36,7 +36,8 @@ def computes_its_answer(text: str, statement: str | None = None) -> bool:
   answer = math_answers.parse_number(math_answers.extract_answer(text) or "")
   if answer is None:
     return False
-  given = None if statement is None else math_answers.number_values(statement)
+  # Magnitudes on both sides: "-3 * 4" is read as -3 in the statement, and as -3 or 3 in a turn.
+  given = None if statement is None else {abs(v) for v in math_answers.number_values(statement)}
   for a, op, b, c in _EQUATION.findall(text):
     a, b, c = int(a), int(b), int(c)
     if c == answer and _OPS[op](a, b) == c and (given is None or {abs(a), abs(b)} <= given):
