@@ -141,6 +141,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.clip_eps = 0.2               # PPO ratio clip (only matters with rl.inner_steps > 1)
   c.rl.inner_steps = 1              # optimizer steps per batch of rollouts (1: exactly on-policy)
   c.rl.kl_beta = 0.0                # KL to the frozen initial policy (rl only)
+  # Subtracted from a conversation's reward in proportion to its student turns that are not
+  # well-formed (no answer anchor and not a question; mixed script): see stages/examples.py.
+  c.rl.format_penalty = 0.0
   c.eval = ml_collections.ConfigDict({
       "kind": "eval",
       "tasks": "gsm8k",             # comma-separated tasks, or curriculum entries (task:1:k=v)
@@ -223,7 +226,8 @@ def train_stage_spec(config, name: str, kind: str) -> spec_lib.TrainStageSpec:
     _need(st.group_size >= 2, "rl.group_size",
           f"GRPO needs a group of at least 2 conversations per problem, got {st.group_size}")
     _need(st.eps > 0, "rl.eps", f"must be > 0, got {st.eps}")
-    extra.update(group_size=st.group_size, adv_eps=st.eps)
+    _need(st.format_penalty >= 0, "rl.format_penalty", f"must be >= 0, got {st.format_penalty}")
+    extra.update(group_size=st.group_size, adv_eps=st.eps, format_penalty=st.format_penalty)
   return spec_lib.TrainStageSpec(
       name=name, kind=kind, steps=st.steps,
       curriculum=_entries(config.curricula[st.curriculum], f"curricula.{st.curriculum}"),

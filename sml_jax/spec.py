@@ -79,6 +79,7 @@ class TrainStageSpec:
   rollouts_per_problem: int = 1      # offline_sml / qprime_sft: conversations per problem
   group_size: int = 8                # rl: conversations per problem (GRPO group)
   adv_eps: float = 1e-6              # rl: advantage = (r - mean) / (std + adv_eps)
+  format_penalty: float = 0.0        # rl: r -= p x share of malformed student turns (examples.py)
 
 
 @dataclasses.dataclass(frozen=True)

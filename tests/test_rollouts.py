@@ -2,6 +2,7 @@
 trains on, and with what weight."""
 
 import numpy as np
+import pytest
 
 from sml_jax.dialogue import chat_format as cf
 from sml_jax.dialogue.conversation import Conversation, Turn
@@ -46,6 +47,29 @@ def test_rl_examples_weight_every_student_token_by_the_group_advantage():
   for e, c in zip(examples, group):
     np.testing.assert_array_equal(e.ids, c.student.ids)
     np.testing.assert_array_equal(e.old_logprobs, c.student.logprobs)
+
+
+def test_format_penalty_ranks_a_well_formed_failure_above_a_malformed_one():
+  """A group none of whose conversations solved carries no signal on the success reward alone;
+  with rl.format_penalty the malformed ones (no anchor, mixed script) rank below the well-formed
+  ones, and a solved conversation with a malformed turn still ranks above every failure."""
+  good, bad = {"well_formed": True}, {"well_formed": False}
+  failed = [_conversation(MATH, [(3, good), (3, good)]), _conversation(MATH, [(3, bad), (3, good)]),
+            _conversation(MATH, [(3, bad), (3, bad)]), _conversation(MATH, [(3, good)])]
+  assert rollouts.rl_examples(failed, group_size=4)[0] == []       # the paper's reward: no signal
+  np.testing.assert_allclose(rollouts.shaped_rewards(failed, 0.3), [0.0, -0.15, -0.3, 0.0])
+  examples, adv = rollouts.rl_examples(failed, group_size=4, format_penalty=0.3)
+  assert len(examples) == 4 and adv[0] == adv[3] > 0 > adv[1] > adv[2]
+  # gamma = 0.7, 4 turns: solved at turn 4 after 3 malformed turns gives 0.343 - 0.3 * 3/4 > 0.
+  late = _conversation(MATH, [(2, bad), (2, bad), (2, bad), (2, {"well_formed": True})], reward=0.343)
+  rewards = rollouts.shaped_rewards([late, *failed], 0.3)
+  assert rewards[0] > rewards[1:].max()
+  with pytest.raises(ValueError, match="rl.format_penalty"):
+    from configs import tiny_test
+    from sml_jax import config as config_lib
+    c = tiny_test.get_config()
+    c.rl.format_penalty = -0.1
+    config_lib.to_spec(c)
 
 
 def test_offline_sml_keeps_only_successful_conversations():

@@ -8,6 +8,10 @@ Every stage feeds the same train step; only the weights on the student's tokens 
                (an <end_of_turn> appended after a cut, a Q-priming question): their log-prob is
                not the policy's, so no policy gradient acts on them.
                Groups whose rewards are all equal carry no signal (A = 0) and are dropped.
+               With `format_penalty` p > 0 the reward r is the conversation's (gamma^(t-1) if
+               solved at turn t, else 0) minus p x the share of its student turns that are not
+               well-formed (`quality.well_formed`: no answer anchor and not a question, mixed
+               script, an echo): see `shaped_rewards`.
   offline_sml  weight = 1 on every student turn of *successful* conversations (rejection sampling).
   sft          weight = 1 on a reference solution written as the student's first turn (no rollout):
                plain supervised finetuning, the baseline SML is compared with.
@@ -41,10 +45,34 @@ def student_turn_spans(roles: np.ndarray) -> list[tuple[int, int]]:
   return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
 
 
-def rl_examples(convs: Sequence[Conversation], group_size: int, eps: float = 1e-6,
-                with_logprobs: bool = True) -> tuple[list[Example], np.ndarray]:
-  """GRPO examples (zero-advantage groups dropped) and the advantages of all conversations."""
+def malformed_share(conv: Conversation) -> float:
+  """The share of `conv`'s student turns not flagged `well_formed` (0 without student turns)."""
+  flags = [t.flags.get("well_formed", True) for t in conv.turns if t.role == "student"]
+  return sum(not f for f in flags) / len(flags) if flags else 0.0
+
+
+def shaped_rewards(convs: Sequence[Conversation], format_penalty: float = 0.0) -> np.ndarray:
+  """[N] the rewards GRPO sees: `conv.reward - format_penalty * malformed_share(conv)`.
+
+  Why: with a conversation-level reward, every turn of a failed conversation gets its negative
+  advantage, and a failure that kept trying has the most turns, each with its answer anchor
+  ("Final answer:"). The policy gradient then pushes the anchor itself down, and the student
+  drifts to writing no answer (echoing the teacher's hint, mixed-script text). The penalty makes a
+  well-formed wrong attempt better than a malformed one within a group. Keep it below gamma^(T-1)
+  (T = max_turns) so a solved conversation always beats an unsolved one.
+  """
   rewards = np.asarray([c.reward for c in convs], np.float32)
+  if format_penalty:
+    rewards = rewards - np.float32(format_penalty) * np.asarray(
+        [malformed_share(c) for c in convs], np.float32)
+  return rewards
+
+
+def rl_examples(convs: Sequence[Conversation], group_size: int, eps: float = 1e-6,
+                with_logprobs: bool = True, format_penalty: float = 0.0
+                ) -> tuple[list[Example], np.ndarray]:
+  """GRPO examples (zero-advantage groups dropped) and the advantages of all conversations."""
+  rewards = shaped_rewards(convs, format_penalty)
   adv = np.asarray(grpo_advantages(rewards, group_size, eps), np.float32)
   out = []
   for c, a in zip(convs, adv):

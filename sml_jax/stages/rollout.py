@@ -44,7 +44,8 @@ class RLStage(RolloutStage):
 
   def to_examples(self, convs):
     out, _ = examples.rl_examples(convs, self.spec.group_size, self.spec.adv_eps,
-                                  with_logprobs=self.spec.train.needs_old_logprobs)
+                                  with_logprobs=self.spec.train.needs_old_logprobs,
+                                  format_penalty=self.spec.format_penalty)
     return out
 
 
