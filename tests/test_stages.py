@@ -108,6 +108,9 @@ def test_rl_update_with_signal_moves_rewarded_turns_up(tmp_path):
   # enough that sampled groups hold both right and wrong answers.
   c.sft.update({"steps": 60, "learning_rate": 3e-2, "problems_per_step": 4})
   c.rl.update({"steps": 1, "learning_rate": 3e-3, "problems_per_step": 2, "group_size": 8})
+  # One row per micro-batch: the 4 SFT examples pack into one row, and rows are padded to a
+  # multiple of the micro-batch size (4 rows would unembed 4x the loss positions: ~1.3 s/step).
+  c.train.micro_batch_size = 1
   spec = config_lib.to_spec(c)
   sft_spec, rl_spec = spec.stages
   exp = Experiment(spec)
