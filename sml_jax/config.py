@@ -226,7 +226,8 @@ def train_stage_spec(config, name: str, kind: str) -> spec_lib.TrainStageSpec:
     _need(st.group_size >= 2, "rl.group_size",
           f"GRPO needs a group of at least 2 conversations per problem, got {st.group_size}")
     _need(st.eps > 0, "rl.eps", f"must be > 0, got {st.eps}")
-    _need(st.format_penalty >= 0, "rl.format_penalty", f"must be >= 0, got {st.format_penalty}")
+    _need(0 <= st.format_penalty < float("inf"), "rl.format_penalty",
+          f"must be a finite number >= 0, got {st.format_penalty}")
     extra.update(group_size=st.group_size, adv_eps=st.eps, format_penalty=st.format_penalty)
   return spec_lib.TrainStageSpec(
       name=name, kind=kind, steps=st.steps,

@@ -25,6 +25,20 @@ def test_tiny_config_becomes_a_typed_spec():
   assert isinstance(s.stages[0], spec_lib.EvalSpec) and s.stages[0].tasks[0].name == "arithmetic"
 
 
+def test_the_demo_s_format_penalty_reaches_the_rl_stage_and_its_examples():
+  """configs/demo.py's rl.format_penalty is in the RL stage's spec, and RLStage.to_examples uses
+  it: a group whose dialogues all failed, one with a malformed turn, carries a signal."""
+  from configs import demo
+  from sml_jax.stages import rollout
+  from tests.test_rollouts import MATH, _conversation
+  rl = config_lib.to_spec(demo.get_config()).stages[1]
+  assert rl.kind == "rl" and rl.format_penalty == 0.3
+  assert _spec().stages[3].format_penalty == 0.0        # the paper's reward by default
+  group = [_conversation(MATH, [(3, {"well_formed": k > 0})]) for k in range(rl.group_size)]
+  assert len(rollout.RLStage(rl).to_examples(group)) == rl.group_size
+  assert rollout.RLStage(_spec().stages[3]).to_examples(group[:2]) == []
+
+
 def test_each_stage_owns_its_settings():
   s = _spec(**{"rl.inner_steps": 2, "rl.kl_beta": 0.1, "sft.kl_beta": 0.05})
   sft, qprime, rl = s.stages[1:4]
@@ -39,6 +53,8 @@ def test_each_stage_owns_its_settings():
     ({"rl.kl_beta": -1.0}, "config.rl.kl_beta"),
     ({"sft.kl_beta": -1.0}, "config.sft.kl_beta"),
     ({"rl.eps": 0.0}, "config.rl.eps"),
+    ({"rl.format_penalty": -0.1}, "config.rl.format_penalty"),
+    ({"rl.format_penalty": float("inf")}, "config.rl.format_penalty"),
     ({"rl.group_size": 1}, "config.rl.group_size"),
     ({"qprime_sft.steps": -1}, "config.qprime_sft.steps"),
     ({"qprime_sft.rollouts_per_problem": 0}, "config.qprime_sft.rollouts_per_problem"),

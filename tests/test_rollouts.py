@@ -2,7 +2,6 @@
 trains on, and with what weight."""
 
 import numpy as np
-import pytest
 
 from sml_jax.dialogue import chat_format as cf
 from sml_jax.dialogue.conversation import Conversation, Turn
@@ -60,16 +59,13 @@ def test_format_penalty_ranks_a_well_formed_failure_above_a_malformed_one():
   np.testing.assert_allclose(rollouts.shaped_rewards(failed, 0.3), [0.0, -0.15, -0.3, 0.0])
   examples, adv = rollouts.rl_examples(failed, group_size=4, format_penalty=0.3)
   assert len(examples) == 4 and adv[0] == adv[3] > 0 > adv[1] > adv[2]
-  # gamma = 0.7, 4 turns: solved at turn 4 after 3 malformed turns gives 0.343 - 0.3 * 3/4 > 0.
-  late = _conversation(MATH, [(2, bad), (2, bad), (2, bad), (2, {"well_formed": True})], reward=0.343)
+  # gamma = 0.7, 4 turns: the worst solved dialogue (turn 4, all 4 turns malformed: a correct
+  # answer may be in mixed script) gets 0.343 - 0.3 > 0, above every failure.
+  late = _conversation(MATH, [(2, bad)] * 4, reward=0.7 ** 3)
   rewards = rollouts.shaped_rewards([late, *failed], 0.3)
-  assert rewards[0] > rewards[1:].max()
-  with pytest.raises(ValueError, match="rl.format_penalty"):
-    from configs import tiny_test
-    from sml_jax import config as config_lib
-    c = tiny_test.get_config()
-    c.rl.format_penalty = -0.1
-    config_lib.to_spec(c)
+  assert rewards[0] > 0 and rewards[0] > rewards[1:].max()
+  # A turn without the flag (a transcript from before the flag existed) is not penalised.
+  assert rollouts.shaped_rewards([_conversation(MATH, [(3, {})])], 0.3).tolist() == [0.0]
 
 
 def test_offline_sml_keeps_only_successful_conversations():

@@ -3,7 +3,8 @@
     python -m sml_jax.main --config=configs/study/arm.py:online_sml,full --workdir=DIR/online_sml/seed0 \
         --config.seed=0
 
-Builds on configs/demo.py: the hint teacher, the strict reward, rollouts at temperature 0.7 over
+Builds on configs/demo.py: the hint teacher, the strict reward (without the demo's later
+rl.format_penalty: the arms train on the paper's binary reward), rollouts at temperature 0.7 over
 the 40 likeliest tokens, LoRA, one-line student turns, training dialogues of at most 4 student
 turns. The run trains only (stages from `sml_jax.study.scales.ARMS`); the study exports its LoRA
 adapter and evaluates it with configs/eval.py (`python -m sml_jax.study`). Arms:

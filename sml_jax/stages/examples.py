@@ -59,7 +59,9 @@ def shaped_rewards(convs: Sequence[Conversation], format_penalty: float = 0.0) -
   ("Final answer:"). The policy gradient then pushes the anchor itself down, and the student
   drifts to writing no answer (echoing the teacher's hint, mixed-script text). The penalty makes a
   well-formed wrong attempt better than a malformed one within a group. Keep it below gamma^(T-1)
-  (T = max_turns) so a solved conversation always beats an unsolved one.
+  (T = max_turns) so a solved conversation always beats an unsolved one. Advantages divide by the
+  group's std, so in a group where every dialogue failed any p > 0 gives full-size advantages
+  (their sign is what p sets); its size matters in groups that mix solved and unsolved dialogues.
   """
   rewards = np.asarray([c.reward for c in convs], np.float32)
   if format_penalty:
