@@ -146,3 +146,26 @@ def test_eval_killed_between_batches_resumes_with_the_same_transcripts(tmp_path)
   assert not partial.exists()
   read = lambda d: (d / "eval" / "before_gsm8k.transcripts.jsonl").read_text().splitlines()
   assert len(read(wd)) == 6 and read(wd) == read(tmp_path / "ref")
+
+
+def test_a_rerun_with_other_flags_says_what_changed_and_keeps_the_earlier_config(tmp_path, capsys):
+  """driver.save_config: the same config is rewritten silently; a changed one names the changed
+  keys and keeps every earlier config.json (config.1.json, config.2.json, ...)."""
+  from configs import tiny_test
+  from sml_jax import config as config_lib
+  from sml_jax.stages import driver
+  c = tiny_test.get_config()
+  first = c.to_json_best_effort(indent=2)
+  assert driver.save_config(str(tmp_path), first) == []
+  assert driver.save_config(str(tmp_path), first) == [] and "[config]" not in capsys.readouterr().out
+  c.rl.format_penalty = 0.3
+  second = c.to_json_best_effort(indent=2)
+  assert driver.save_config(str(tmp_path), second) == ["rl.format_penalty"]
+  out = capsys.readouterr().out
+  assert "rl.format_penalty (0.0 -> 0.3)" in out and "config.1.json" in out
+  c.rl.steps = 9
+  assert driver.save_config(str(tmp_path), c.to_json_best_effort(indent=2)) == ["rl.steps"]
+  assert (tmp_path / "config.1.json").read_text() == first
+  assert (tmp_path / "config.2.json").read_text() == second
+  assert json.loads((tmp_path / "config.json").read_text())["rl"]["steps"] == 9
+  config_lib.to_spec(c)   # still a valid config

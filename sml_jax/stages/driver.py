@@ -18,6 +18,7 @@ compiled train steps (`trainer.py`).
 
 from __future__ import annotations
 
+import json
 import time
 
 from sml_jax import evaluation
@@ -81,11 +82,47 @@ def run_stages(exp: Experiment, workdir: str) -> bool:
   return True
 
 
+def _flat(tree, prefix: str = "") -> dict:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+  return out
+
+
+def save_config(workdir: str, config_json: str) -> list[str]:
+  """Writes workdir/config.json -> the keys in which it differs from the one already there.
+
+  A rerun resumes from the last checkpoint whatever its flags say: when they differ from the
+  saved config (e.g. `make demo` rerun on an old workdir after the demo changed), the run says so
+  and keeps the earlier file as config.<k>.json, so no record of what trained earlier is lost."""
+  path = paths.join(workdir, "config.json")
+  old = paths.read_text_or_none(path)
+  changed = []
+  if old is not None and old != config_json:
+    try:
+      before, after = _flat(json.loads(old)), _flat(json.loads(config_json))
+    except ValueError:
+      before, after = {"config.json": old}, {"config.json": config_json}
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    k = 1
+    while paths.exists(paths.join(workdir, f"config.{k}.json")):
+      k += 1
+    paths.write_text_atomic(paths.join(workdir, f"config.{k}.json"), old)
+    shown = ", ".join(f"{key} ({before.get(key)!r} -> {after.get(key)!r})" for key in changed[:8])
+    print(f"[config] {workdir} was started with another config; it resumes from its last "
+          f"checkpoint with this one. Changed: {shown}{' ...' if len(changed) > 8 else ''}. "
+          f"The earlier config is kept as config.{k}.json.", flush=True)
+  paths.write_text_atomic(path, config_json)
+  return changed
+
+
 def run(spec: RunSpec, workdir: str, config_json: str | None = None) -> None:
   workdir = paths.resolve(workdir)
   paths.makedirs(workdir)
   if distributed.is_primary() and config_json is not None:
-    paths.write_text_atomic(paths.join(workdir, "config.json"), config_json)
+    save_config(workdir, config_json)
   t_start = time.time()
   finished = run_stages(Experiment(spec), workdir)
   if not finished or not distributed.is_primary():
