@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import time
 
+from flax import traverse_util
+
 from sml_jax import evaluation
 from sml_jax import paths
 from sml_jax.evaluation import report
@@ -82,15 +84,6 @@ def run_stages(exp: Experiment, workdir: str) -> bool:
   return True
 
 
-def _flat(tree, prefix: str = "") -> dict:
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-  return out
-
-
 def save_config(workdir: str, config_json: str) -> list[str]:
   """Writes workdir/config.json -> the keys in which it differs from the one already there.
 
@@ -102,8 +95,12 @@ def save_config(workdir: str, config_json: str) -> list[str]:
   changed = []
   if old is not None and old != config_json:
     try:
-      before, after = _flat(json.loads(old)), _flat(json.loads(config_json))
+      trees = [json.loads(t) for t in (old, config_json)]
     except ValueError:
+      trees = []
+    if trees and all(isinstance(t, dict) for t in trees):
+      before, after = (traverse_util.flatten_dict(t, sep=".") for t in trees)
+    else:   # not JSON objects (a hand-edited file): report the file as changed
       before, after = {"config.json": old}, {"config.json": config_json}
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     k = 1
