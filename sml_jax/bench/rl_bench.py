@@ -180,9 +180,10 @@ def compare_steps(trainer, settings, state, examples) -> dict:
     # The last step may use up the state (one copy less of a model in memory).
     compile_s, step_s, m = _time_step(trainer, state, batch, settings, copy_state=not plain)
     tokens = float(batch.num_tokens())
+    padding = batch.padding_fraction(trainer.num_micro(batch))
     out.update({f"{name}train_step_s": step_s, f"{name}compile_s": compile_s,
                 f"{name}train_tokens_per_s": tokens / step_s, f"{name}loss": m["loss"],
-                f"{name}padding_fraction": batch.padding_fraction(),
+                f"{name}padding_fraction": padding,
                 f"{name}batch_shape": list(batch.shape)})
     if not plain:
       out["shared_prefix_tokens"] = batch.prefix_length
@@ -190,7 +191,7 @@ def compare_steps(trainer, settings, state, examples) -> dict:
              f"P={batch.prefix_length}")
     print(f"{'plain' if plain else 'ours '} step: {step_s:.1f} s ({tokens / step_s:.0f} tok/s; "
           f"compile {compile_s:.0f} s) on [{batch.shape[0]}, {batch.shape[1]}]{index}, padding "
-          f"{batch.padding_fraction():.1%}, loss {m['loss']:.6f}", flush=True)
+          f"{padding:.1%}, loss {m['loss']:.6f}", flush=True)
   out["train_step_speedup"] = out["reference_train_step_s"] / out["train_step_s"]
   print(f"train step: {out['train_step_speedup']:.2f}x the plain step", flush=True)
   return out

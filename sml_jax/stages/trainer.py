@@ -165,12 +165,22 @@ class Trainer:
           self.exp.model, state.full_params(), batch, settings))
     if settings.kl_beta > 0:
       batch = batch.replace(ref_logprobs=self.reference_logprobs(batch, settings))
+    if not plain and jax.process_count() == 1:
+      # Pad the micro-batch count to a power of two with empty micro-batches (after the log-prob
+      # passes, which would compute them): the step skips them, and the next iteration's
+      # different row count reuses the same compiled step instead of compiling its own.
+      filled = max(1, batch.tokens.shape[0] // self.exp.spec.train.micro_batch_size)
+      batch = batching.spread_micro_batches(
+          jax.tree.map(np.asarray, batch), batching.micro_batch_bucket(filled), filled)
     return batch
+
+  def num_micro(self, batch) -> int:
+    """The step's micro-batch count for this batch (rows / `micro_batch_size`)."""
+    return max(1, batch.tokens.shape[0] // self.exp.spec.train.micro_batch_size)
 
   def step_for(self, batch, settings: TrainSettings):
     """The compiled step for this batch's row count (micro-batches of `micro_batch_size`)."""
-    micro = self.exp.spec.train.micro_batch_size
-    return self._step(self._config(settings, max(1, batch.tokens.shape[0] // micro)))
+    return self._step(self._config(settings, self.num_micro(batch)))
 
   def train(self, state, examples, settings: TrainSettings, learning_rate: float):
     """`settings.inner_steps` updates on the batch of `examples` -> (state, metrics or None).
@@ -193,7 +203,9 @@ class Trainer:
     # of the rows' slots without a token (the prefix is computed once, not per row).
     rows_tokens = global_sum(batch.input_mask)
     metrics["train_tokens"] = rows_tokens + batch.prefix_length * len(examples)
-    metrics["padding_fraction"] = 1.0 - rows_tokens / math.prod(batch.tokens.shape)
+    metrics["padding_fraction"] = (
+        batch.padding_fraction(self.num_micro(batch)) if jax.process_count() == 1
+        else 1.0 - rows_tokens / math.prod(batch.tokens.shape))
     metrics["shared_prefix_tokens"] = float(batch.prefix_length)
     return state, metrics
 

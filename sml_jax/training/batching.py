@@ -96,10 +96,14 @@ class Batch:
     """P, the shared prefix's length (0 without one)."""
     return 0 if self.prefix_tokens is None else int(self.prefix_tokens.shape[1])
 
-  def padding_fraction(self) -> float:
-    """Share of the [B, T] slots that hold no token (host arrays). The shared prefix is not
-    counted: it is computed once, not per row."""
-    return float(1.0 - np.asarray(self.input_mask).mean())
+  def padding_fraction(self, num_micro: int = 1) -> float:
+    """Share of the [B, T] slots that hold no token (host arrays), over the micro-batches the
+    step computes (of the strided split into `num_micro`, those holding a token: the step skips
+    the others). The shared prefix is not counted: it is computed once, not per row."""
+    mask = np.asarray(self.input_mask)
+    groups = mask.reshape(mask.shape[0] // num_micro, num_micro, -1)   # [b, M, T]: row j*M + m
+    computed = groups[:, groups.any(axis=(0, 2))]
+    return float(1.0 - computed.mean()) if computed.size else 1.0
 
   def num_sequences(self) -> int:
     """Conversations in the batch (host arrays): segments of packed rows, else non-empty rows."""
@@ -243,6 +247,41 @@ def batch_stats(examples: Sequence[Example], batch: Batch) -> dict[str, float]:
   }
 
 
+def micro_batch_bucket(n: int) -> int:
+  """The compiled step's micro-batch count for n filled ones: the smallest power of two >= n
+  (the step skips the empty ones, so padding costs no compute, and at most log2 counts compile)."""
+  if n < 1:
+    raise ValueError(f"micro_batch_bucket needs n >= 1, got {n}.")
+  return 1 << (n - 1).bit_length()
+
+
+def spread_micro_batches(batch: Batch, num_micro: int, filled: int) -> Batch:
+  """A batch of `filled` x b rows (host arrays; the train step's strided split puts row r in
+  micro-batch r % filled) -> num_micro x b rows whose strided split over `num_micro` gives the
+  same `filled` micro-batches, row for row, then num_micro - filled empty ones (no token, zero
+  weight: `train_step` skips them). num_micro >= filled."""
+  rows = batch.tokens.shape[0]
+  if filled < 1 or rows % filled or num_micro < filled:
+    raise ValueError(f"spread_micro_batches: {rows} rows do not split into filled={filled} "
+                     f"micro-batches, or num_micro={num_micro} < filled.")
+  if num_micro == filled:
+    return batch
+  b = rows // filled
+  r = np.arange(rows)
+  where = (r // filled) * num_micro + r % filled       # row r's index in the spread batch
+  t = batch.tokens.shape[1]
+  fill = {"tokens": PAD_ID, "loss_index": t - 1}       # an empty row; everything else 0
+
+  def spread(name, x):
+    x = np.asarray(x)
+    if name == "prefix_tokens":                        # the same in every row
+      return np.broadcast_to(x[:1], (num_micro * b,) + x.shape[1:]).copy()
+    out = np.full((num_micro * b,) + x.shape[1:], fill.get(name, 0), x.dtype)
+    out[where] = x
+    return out
+  return batch.replace(**{k: spread(k, v) for k, v in batch.arrays().items()})
+
+
 def split_micro_batches(batch: Batch, num_micro: int) -> list[Batch]:
   """Host-side split into `num_micro` batches, strided the same way the train step splits them
   (row i goes to micro-batch i % num_micro); for tests and debugging."""
@@ -259,4 +298,5 @@ def plain(batch: Batch) -> Batch:
 
 
 __all__ = ["Batch", "Example", "make_batch", "batch_stats", "bucket_length",
-           "split_micro_batches", "plain", "DEFAULT_BUCKETS"]
+           "micro_batch_bucket", "spread_micro_batches", "split_micro_batches", "plain",
+           "DEFAULT_BUCKETS"]

@@ -56,8 +56,9 @@ def prefix_cache(model, params, prefix: jax.Array, remat_policy: str = "none", m
 
 
 def extend_cache(cache, rows: int, suffix_len: int, mesh=None):
-  """The prefix cache (batch 1, P slots) -> [rows, P + suffix_len] slots, the prefix's keys,
-  values and positions in the first P of every row, the rest free (end_index P)."""
+  """The prefix's cache (batch 1, P slots; only its "k" and "v" are read) -> [rows,
+  P + suffix_len] slots, the prefix's keys, values and positions in the first P of every row,
+  the rest free (end_index P)."""
   out = {}
   for name, layer in cache.items():
     _, p, kv_heads, head_dim = layer["k"].shape
@@ -86,15 +87,26 @@ def suffix_attention_mask(input_mask: jax.Array, suffix_mask: jax.Array,
                           suffix_mask], axis=2)
 
 
+def prefix_kv(model, params, prefix: jax.Array, remat_policy: str = "none", mesh=None):
+  """prefix int32 [1, P] -> its keys and values only, {layer: {"k", "v": [1, P, K, H]}}: the
+  differentiable part of `prefix_cache` (`extend_cache` rebuilds positions and end index). The
+  train step computes it once for all its micro-batches and back-propagates the micro-batches'
+  summed cotangents through it once (`train_step.train_step`)."""
+  cache = prefix_cache(model, params, prefix, remat_policy, mesh)
+  return {name: {"k": layer["k"], "v": layer["v"]} for name, layer in cache.items()}
+
+
 def hidden_states(model, params, batch, suffix_mask: jax.Array, remat_policy: str = "none",
-                  mesh=None) -> jax.Array:
+                  mesh=None, kv=None) -> jax.Array:
   """The trunk's final-norm output at the suffix tokens, h [b, T, D] (params in the compute
   dtype; batch: a `Batch` with `prefix_tokens` [b, P], the same in every row; suffix_mask
-  bool [b, T, T] the rows' own causal / segment mask)."""
+  bool [b, T, T] the rows' own causal / segment mask). kv: the prefix's `prefix_kv`, when the
+  caller computed it already (else it is forwarded here)."""
   b, t = batch.tokens.shape
   p = batch.prefix_tokens.shape[1]
-  cache = extend_cache(prefix_cache(model, params, batch.prefix_tokens[:1], remat_policy, mesh),
-                       b, t, mesh)
+  if kv is None:
+    kv = prefix_kv(model, params, batch.prefix_tokens[:1], remat_policy, mesh)
+  cache = extend_cache(kv, b, t, mesh)
   activations = None if mesh is None else rules.batch_sharding(mesh, 3)
   out = remat.apply(model, remat_policy, {"params": params}, batch.tokens,
                     positions=batch.positions, cache=cache,

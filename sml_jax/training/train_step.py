@@ -7,7 +7,7 @@
 
 SFT and RL differ only in the batch's per-token `weights` (1 vs the advantage on student
 tokens) and, through the static `TrainConfig`, in the optional PPO ratio clip and KL terms; so
-one compiled function serves both (it recompiles only for a new [B, T] shape or config).
+one compiled function serves both (it recompiles only for a new shape or config).
 
 Per micro-batch (B / num_micro_batches rows, rows m, m + M, m + 2M, ... for micro-batch m):
 
@@ -25,8 +25,11 @@ K ~ the student tokens of the fullest row; the gather's gradient scatters back i
 model's own logits output is unused and removed by XLA. Packed rows (`segment_ids`) attend within
 their segment only, and the "sequences" normaliser counts segments, so a packed batch gives the
 same loss and gradient as the unpacked one. A batch with a shared prefix (`prefix_tokens`)
-forwards the prefix once per micro-batch, at batch 1, and the rows' suffixes against its KV
-cache (`shared_prefix.py`): same loss and gradient again.
+forwards the prefix once per step, at batch 1, and every micro-batch's suffixes against its KV
+cache (`shared_prefix.py`); the micro-batches' cotangents of its keys / values are summed and
+back-propagated through it once (`_accumulate`): same loss and gradient again. Micro-batches
+without a token are skipped (`lax.cond`), so a row count padded to a few bucketed micro-batch
+counts (`batching.spread_micro_batches`) costs no compute, only fewer compiled programs.
 
 With a `mesh`, state and batch are sharded by `sml_jax/parallel/rules.py` (batch rows over
 ("data", "fsdp")); the state buffers are donated. Metrics (all float32 scalars): loss,
@@ -162,14 +165,15 @@ def compute_copy(params, dtype, mesh=None):
 
 
 def hidden_states(model, params, batch: Batch, remat_policy: str = "none",
-                  mesh=None) -> jax.Array:
+                  mesh=None, prefix_kv=None) -> jax.Array:
   """The trunk's final-norm output h [B, T, D] (params already in the compute dtype). With a
   mesh, every layer's activations stay split over the batch axes (see `remat.layers`). With
-  `prefix_tokens`, the shared prefix is forwarded once and h covers the rows' suffixes
-  (`shared_prefix.py`)."""
+  `prefix_tokens`, the shared prefix is forwarded once (or its keys / values `prefix_kv` are
+  given) and h covers the rows' suffixes (`shared_prefix.py`)."""
   mask = attention_mask(batch.input_mask, batch.segment_ids)
   if batch.prefix_tokens is not None:
-    return shared_prefix.hidden_states(model, params, batch, mask, remat_policy, mesh)
+    return shared_prefix.hidden_states(model, params, batch, mask, remat_policy, mesh,
+                                       kv=prefix_kv)
   activations = None if mesh is None else rules.batch_sharding(mesh, 3)
   out = remat.apply(model, remat_policy, {"params": params}, batch.tokens,
                     positions=batch.positions, attention_mask=mask,
@@ -186,11 +190,13 @@ def loss_head_layout(mesh, emb_shape: tuple[int, int], n: int,
   return logprobs_lib.Layout(**rules.loss_head_shardings(mesh, *emb_shape, -(-n // k)))
 
 
-def micro_batch_loss(trainable, frozen, batch: Batch, *, model, cfg: TrainConfig, mesh=None):
-  """-> (loss_sum, (denominator, metric sums)) for one micro-batch of [b, T] arrays."""
+def micro_batch_loss(trainable, frozen, batch: Batch, prefix_kv=None, *, model,
+                     cfg: TrainConfig, mesh=None):
+  """-> (loss_sum, (denominator, metric sums)) for one micro-batch of [b, T] arrays; prefix_kv:
+  the shared prefix's keys / values when the caller forwarded it (see `train_step`)."""
   dtype = DTYPES[cfg.compute_dtype]
   params = merge_params(trainable, frozen)
-  h = hidden_states(model, compute_copy(params, dtype, mesh), batch, cfg.remat, mesh)
+  h = hidden_states(model, compute_copy(params, dtype, mesh), batch, cfg.remat, mesh, prefix_kv)
   h = _tempered(_gather(h, batch.loss_index), model, cfg)              # [b, K or T, D]
   b, k, d = h.shape
   scale, denominator = losses.token_scale_and_denominator(batch.mask, cfg.normaliser,
@@ -283,25 +289,61 @@ def _split_micro(batch: Batch, m: int, mesh) -> Batch:
   return jax.tree.map(split, batch)
 
 
+def _prefix_kv(trainable, frozen, prefix, *, model, cfg: TrainConfig, mesh=None):
+  """The shared prefix's keys / values [1, P, K, H] per layer, from the compute copy."""
+  params = compute_copy(merge_params(trainable, frozen), DTYPES[cfg.compute_dtype], mesh)
+  return shared_prefix.prefix_kv(model, params, prefix, cfg.remat, mesh)
+
+
+def _accumulate(state: TrainState, batch: Batch, *, model, cfg: TrainConfig, mesh=None):
+  """Sums over the micro-batches -> (loss_sum, denominator, metric sums, f32 grads).
+
+  A scan over the M strided micro-batches; one that holds no token (the trainer pads the
+  micro-batch count to a power of two so few programs compile) is skipped by a `lax.cond`, its
+  zeros adding nothing. With a shared prefix, the prefix is forwarded once for all M
+  micro-batches: each micro-batch's gradient is taken with respect to (params, prefix keys /
+  values), the keys' / values' cotangents are summed, and they are back-propagated through the
+  prefix forward once (its `jax.vjp`): the same gradient as forwarding it per micro-batch, at
+  1/M of the prefix's cost."""
+  m = cfg.num_micro_batches
+  loss_fn = functools.partial(micro_batch_loss, model=model, cfg=cfg, mesh=mesh)
+  kv, prefix_vjp = None, None
+  if batch.prefix_tokens is not None:
+    kv, prefix_vjp = jax.vjp(
+        functools.partial(_prefix_kv, frozen=state.frozen, prefix=batch.prefix_tokens[:1],
+                          model=model, cfg=cfg, mesh=mesh), state.params)
+  grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 3) if kv is not None else 0, has_aux=True)
+  f32 = lambda tree: jax.tree.map(lambda g: g.astype(jnp.float32), tree)
+
+  def run(micro):
+    (loss_sum, (denominator, sums)), grads = grad_fn(state.params, state.frozen, micro, kv)
+    return loss_sum, denominator, sums, f32(grads)
+
+  shapes = jax.eval_shape(run, jax.tree.map(lambda x: x[::m], batch))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+
+  def body(carry, micro):
+    new = jax.lax.cond(jnp.any(micro.input_mask), run, lambda _: zeros, micro)
+    return jax.tree.map(jnp.add, carry, new), None
+
+  (loss_sum, denominator, sums, grads), _ = jax.lax.scan(body, zeros, _split_micro(batch, m, mesh))
+  if kv is not None:   # d(params) directly, plus through the prefix's keys / values, once.
+    grads, kv_grads = grads
+    kv_cot = jax.tree.map(lambda g, x: g.astype(x.dtype), kv_grads, kv)
+    grads = jax.tree.map(jnp.add, grads, f32(prefix_vjp(kv_cot)[0]))
+  return loss_sum, denominator, sums, grads
+
+
 def train_step(state: TrainState, batch: Batch, *, model, optimizer, cfg: TrainConfig,
                schedule: Callable | None = None, mesh=None) -> tuple[TrainState, dict]:
   """The un-jitted step; `make_train_step` jits it."""
-  grad_fn = jax.value_and_grad(
-      functools.partial(micro_batch_loss, model=model, cfg=cfg, mesh=mesh), has_aux=True)
   if cfg.num_micro_batches == 1:
+    grad_fn = jax.value_and_grad(
+        functools.partial(micro_batch_loss, model=model, cfg=cfg, mesh=mesh), has_aux=True)
     (loss_sum, (denominator, sums)), grads = grad_fn(state.params, state.frozen, batch)
   else:
-    def body(carry, micro):
-      (loss_sum, (denominator, sums)), grads = grad_fn(state.params, state.frozen, micro)
-      new = (loss_sum, denominator, sums, jax.tree.map(lambda g: g.astype(jnp.float32), grads))
-      return jax.tree.map(jnp.add, carry, new), None
-    shapes = jax.eval_shape(grad_fn, state.params, state.frozen,
-                            jax.tree.map(lambda x: x[::cfg.num_micro_batches], batch))
-    (_, (_, sums0)), grads0 = shapes
-    zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), tree)
-    init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), zeros(sums0), zeros(grads0))
-    (loss_sum, denominator, sums, grads), _ = jax.lax.scan(
-        body, init, _split_micro(batch, cfg.num_micro_batches, mesh))
+    loss_sum, denominator, sums, grads = _accumulate(state, batch, model=model, cfg=cfg,
+                                                     mesh=mesh)
 
   inv = 1.0 / jnp.maximum(denominator, 1e-6)  # No student tokens: zero loss and gradient.
   grads = jax.tree.map(lambda g: g * inv, grads)
