@@ -126,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
       "log_every": 1,               # a progress line on the console every this many steps
       "remat": "none",              # per-layer rematerialization: none | full | dots (remat.py)
       # The leading tokens every conversation of a train batch shares (instructions,
-      # demonstrations) are forwarded once per micro-batch, not once per row (exact;
+      # demonstrations) are forwarded once per train step, not once per row (exact;
       # training/shared_prefix.py).
       "share_prefix": True,
   })

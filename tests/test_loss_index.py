@@ -153,7 +153,7 @@ for kind, lora in (("sft", False), ("rl", True)):
   model = registry.build_model("tiny", lora_rank=4 if lora else None)
   trainable = lora_state(model, params)[0] if lora else None
   plain, fast = both_layouts(examples(tok, kind), buckets=(64,), batch_multiple=8)
-  # Conversations sharing their instructions: the prefix forwarded once per micro-batch.
+  # Conversations sharing their instructions: the prefix forwarded once per step (2 micro-batches).
   plain_shared, shared = sp.layouts(sp.examples(tok, kind), buckets=(64, 128), batch_multiple=16)
   assert shared.prefix_length >= 48
   tx = optax.sgd(1.0)

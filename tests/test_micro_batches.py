@@ -65,7 +65,9 @@ def _step_once(model, trainable, frozen, batch, cfg):
   return jax.tree.map(jnp.subtract, trainable, state.params), m
 
 
-@pytest.mark.parametrize("lora", [False, True])
+# Full finetuning runs with the slow tests (the same path; tests/test_loss_index.py's 8-device
+# program covers it with a mesh).
+@pytest.mark.parametrize("lora", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_prefix_once_per_step_and_skipped_micro_batches_equal_the_plain_step(tiny, tiny_lora,
                                                                              tiny_tok, lora):
   """RL (PPO + KL at temperature 0.7): the plain batch in one micro-batch, against the packed,

@@ -12,7 +12,7 @@ steady state). Then, on the last iteration's examples and the state before its u
 step of each, compiled first and timed apart from compilation:
 
   ours   packed rows, logits only at targets with a non-zero mask / weight, the prefix every
-         conversation shares forwarded once per micro-batch (`Trainer.batch`, `train.share_prefix`)
+         conversation shares forwarded once per step (`Trainer.batch`, `train.share_prefix`)
   plain  one conversation per row, full-sequence forward + backward, logits at every position,
          no prefix sharing
 

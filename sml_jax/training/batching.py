@@ -25,8 +25,8 @@ What the train step computes (`packing.py`): `pack=True` puts several conversati
 positions whose target carries a mask or weight, so logits are computed only there;
 `share_prefix=True` cuts off the leading tokens every example shares and no loss reads
 (`packing.shared_prefix_length`): they are stored once (`prefix_tokens`), the rows hold the
-suffixes (positions continuing at P), and the step forwards the prefix once per micro-batch
-(`shared_prefix.py`). All three are exact: the loss, its gradient and the log-probs of student
+suffixes (positions continuing at P), and the step forwards the prefix once per step
+(`shared_prefix.py`, `train_step._accumulate`). All three are exact: the loss, its gradient and the log-probs of student
 tokens are those of the plain batch.
 """
 
