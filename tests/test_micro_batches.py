@@ -113,14 +113,17 @@ def test_iterations_with_different_row_counts_share_one_compiled_step(tmp_path):
                                   weight=float(rng.normal())))
     return out
 
-  shapes = []
+  shapes, compile_s = [], []
   for n in (3, 4, 2):
     exs = conversations(n)
     batch = trainer.prepare(state, exs, rl)
     shapes.append((batch.shape, trainer.num_micro(batch)))
     state, m = trainer.train(state, exs, rl, learning_rate=1e-3)
     assert m["padding_fraction"] == pytest.approx(1 - 100 / 128)
+    compile_s.append(m["time_compile_s"])
   assert shapes == [((4, 128), 4), ((4, 128), 4), ((2, 128), 2)]
+  # The training rows say when an update compiled: the second reused the first's step.
+  assert compile_s[0] > 1 and compile_s[2] > 1 and compile_s[1] < 0.1 * compile_s[0], compile_s
   compiled = sum(fn._cache_size() for step in trainer._steps.values()
                  for fn in step._jitted.values())
   assert compiled == 2

@@ -23,7 +23,7 @@ import optax
 
 from sml_jax.parallel import distributed
 from sml_jax.spec import TrainSettings, TrainStageSpec
-from sml_jax.training import batching
+from sml_jax.training import batching, compile_clock
 from sml_jax.training.optimizer import OptimizerConfig, make_optimizer, make_schedule
 from sml_jax.training.train_state import create_train_state
 from sml_jax.training.train_step import TrainConfig, make_logprob_fn, make_train_step
@@ -185,6 +185,7 @@ class Trainer:
   def train(self, state, examples, settings: TrainSettings, learning_rate: float):
     """`settings.inner_steps` updates on the batch of `examples` -> (state, metrics or None).
     None (and no update) when no host has an example (e.g. all rewards of every group equal)."""
+    compiled = compile_clock.seconds()
     state = set_learning_rate(state, learning_rate)
     batch = self.prepare(state, examples, settings)
     if batch is None:
@@ -207,5 +208,8 @@ class Trainer:
         batch.padding_fraction(self.num_micro(batch)) if jax.process_count() == 1
         else 1.0 - rows_tokens / math.prod(batch.tokens.shape))
     metrics["shared_prefix_tokens"] = float(batch.prefix_length)
+    # Tracing and compiling for this update (a batch shape the step had not seen): part of the
+    # stage's time_training_s.
+    metrics["time_compile_s"] = compile_clock.seconds() - compiled
     return state, metrics
 
