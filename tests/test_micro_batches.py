@@ -36,8 +36,9 @@ def test_micro_batch_bucket_and_spread_keep_every_micro_batch_row_for_row():
   batch = batching.Batch(
       tokens=np.where(mask, rng.integers(3, 99, (rows, t)), PAD_ID).astype(np.int32),
       positions=np.tile(np.arange(t, dtype=np.int32), (rows, 1)), input_mask=mask,
-      mask=rng.random((rows, t)).astype(np.float32), weights=rng.random((rows, t)).astype(np.float32),
-      segment_ids=mask.astype(np.int32), loss_index=np.tile(np.arange(3, dtype=np.int32), (rows, 1)),
+      mask=rng.random((rows, t)).astype(np.float32),
+      weights=rng.random((rows, t)).astype(np.float32), segment_ids=mask.astype(np.int32),
+      loss_index=np.tile(np.arange(3, dtype=np.int32), (rows, 1)),
       prefix_tokens=np.tile(np.arange(7, dtype=np.int32), (rows, 1)))
   spread = batching.spread_micro_batches(batch, num_micro=4, filled=3)
   assert spread.shape == (8, t) and spread.prefix_tokens.shape == (8, 7)
@@ -80,6 +81,15 @@ def test_prefix_once_per_step_and_skipped_micro_batches_equal_the_plain_step(tin
                              share_prefix=True, batch_multiple=2)
   assert fast.prefix_length >= 48 and fast.shape[0] >= 4
   fast = batching.spread_micro_batches(fast, 4, 2)      # rows 0, 2, ... and 1, 3, ...; 2 empty
+  # Poison the empty micro-batches (2 and 3 of 4: rows 2, 3, 6, 7, ...) at indexed targets:
+  # were they computed, the loss would be NaN.
+  empty = np.arange(fast.shape[0]) % 4 >= 2
+  assert not fast.input_mask[empty].any()
+  t = fast.shape[1]
+  fast = fast.replace(mask=np.where(empty[:, None], 1.0, fast.mask).astype(np.float32),
+                      weights=np.where(empty[:, None], np.nan, fast.weights).astype(np.float32),
+                      loss_index=np.where(empty[:, None], np.arange(fast.loss_index.shape[1]) % (t - 1),
+                                          fast.loss_index).astype(np.int32))
   cfg = li.CONFIGS["rl"]
   g0, m0 = _step_once(model, trainable, frozen, plain, cfg)
   g1, m1 = _step_once(model, trainable, frozen, fast, dataclasses.replace(cfg, num_micro_batches=4))
@@ -122,8 +132,9 @@ def test_iterations_with_different_row_counts_share_one_compiled_step(tmp_path):
     assert m["padding_fraction"] == pytest.approx(1 - 100 / 128)
     compile_s.append(m["time_compile_s"])
   assert shapes == [((4, 128), 4), ((4, 128), 4), ((2, 128), 2)]
-  # The training rows say when an update compiled: the second reused the first's step.
-  assert compile_s[0] > 1 and compile_s[2] > 1 and compile_s[1] < 0.1 * compile_s[0], compile_s
+  # The training rows say when an update compiled (so the clock hears JAX's compile events):
+  # the second reused the first's step.
+  assert compile_s[0] > 0 and compile_s[2] > 0 and compile_s[1] < 0.5, compile_s
   compiled = sum(fn._cache_size() for step in trainer._steps.values()
                  for fn in step._jitted.values())
   assert compiled == 2

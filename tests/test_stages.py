@@ -167,6 +167,7 @@ def test_iteration_rows_count_truncation_and_out_of_context(tmp_path):
   lengths = np.array([len(e.ids) for e in sft_examples])
   assert (lengths > 410).any()
   assert rows["sft"]["truncated_rate"] == pytest.approx(np.mean(lengths > 410))
+  assert rows["sft"]["time_compile_s"] > 0     # its first update compiled the step
   assert rows["sft"]["train_tokens_cut"] == float(np.maximum(lengths - 410, 0).sum()) > 0
   assert rows["sft"]["well_formed_rate"] is None    # no conversations: not measured
 

@@ -173,7 +173,8 @@ class TrainingStage:
                   "student_tokens": m["num_student_tokens"], "time_training_s": t2 - t1,
                   "tokens_per_s": m["train_tokens"] / max(t2 - t1, 1e-9),
                   "padding_fraction": m["padding_fraction"],
-                  "shared_prefix_tokens": m["shared_prefix_tokens"]})
+                  "shared_prefix_tokens": m["shared_prefix_tokens"],
+                  "time_compile_s": m["time_compile_s"]})
       row.update({k: v for k, v in m.items() if k in ("kl", "clip_fraction", "log_ratio_abs_mean")
                   or k.startswith("first_")})
     return state, row, convs

@@ -166,9 +166,10 @@ class Trainer:
     if settings.kl_beta > 0:
       batch = batch.replace(ref_logprobs=self.reference_logprobs(batch, settings))
     if not plain and jax.process_count() == 1:
-      # Pad the micro-batch count to a power of two with empty micro-batches (after the log-prob
-      # passes, which would compute them): the step skips them, and the next iteration's
-      # different row count reuses the same compiled step instead of compiling its own.
+      # Pad the micro-batch count to a power of two with empty micro-batches (after the old /
+      # reference log-prob passes, which would compute them; those passes still compile per row
+      # count): the step skips them, and the next iteration's different row count reuses the
+      # same compiled step instead of compiling its own.
       filled = max(1, batch.tokens.shape[0] // self.exp.spec.train.micro_batch_size)
       batch = batching.spread_micro_batches(
           jax.tree.map(np.asarray, batch), batching.micro_batch_bucket(filled), filled)

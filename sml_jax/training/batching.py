@@ -26,8 +26,8 @@ positions whose target carries a mask or weight, so logits are computed only the
 `share_prefix=True` cuts off the leading tokens every example shares and no loss reads
 (`packing.shared_prefix_length`): they are stored once (`prefix_tokens`), the rows hold the
 suffixes (positions continuing at P), and the step forwards the prefix once per step
-(`shared_prefix.py`, `train_step._accumulate`). All three are exact: the loss, its gradient and the log-probs of student
-tokens are those of the plain batch.
+(`shared_prefix.py`, `train_step._accumulate`). All three are exact: the loss, its gradient and
+the log-probs of student tokens are those of the plain batch.
 """
 
 from __future__ import annotations

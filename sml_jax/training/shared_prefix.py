@@ -91,7 +91,7 @@ def prefix_kv(model, params, prefix: jax.Array, remat_policy: str = "none", mesh
   """prefix int32 [1, P] -> its keys and values only, {layer: {"k", "v": [1, P, K, H]}}: the
   differentiable part of `prefix_cache` (`extend_cache` rebuilds positions and end index). The
   train step computes it once for all its micro-batches and back-propagates the micro-batches'
-  summed cotangents through it once (`train_step.train_step`)."""
+  summed cotangents through it once (`train_step._accumulate`)."""
   cache = prefix_cache(model, params, prefix, remat_policy, mesh)
   return {name: {"k": layer["k"], "v": layer["v"]} for name, layer in cache.items()}
 

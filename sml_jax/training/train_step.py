@@ -193,7 +193,7 @@ def loss_head_layout(mesh, emb_shape: tuple[int, int], n: int,
 def micro_batch_loss(trainable, frozen, batch: Batch, prefix_kv=None, *, model,
                      cfg: TrainConfig, mesh=None):
   """-> (loss_sum, (denominator, metric sums)) for one micro-batch of [b, T] arrays; prefix_kv:
-  the shared prefix's keys / values when the caller forwarded it (see `train_step`)."""
+  the shared prefix's keys / values when the caller forwarded it (see `_accumulate`)."""
   dtype = DTYPES[cfg.compute_dtype]
   params = merge_params(trainable, frozen)
   h = hidden_states(model, compute_copy(params, dtype, mesh), batch, cfg.remat, mesh, prefix_kv)
@@ -303,15 +303,18 @@ def _accumulate(state: TrainState, batch: Batch, *, model, cfg: TrainConfig, mes
   zeros adding nothing. With a shared prefix, the prefix is forwarded once for all M
   micro-batches: each micro-batch's gradient is taken with respect to (params, prefix keys /
   values), the keys' / values' cotangents are summed, and they are back-propagated through the
-  prefix forward once (its `jax.vjp`): the same gradient as forwarding it per micro-batch, at
-  1/M of the prefix's cost."""
+  prefix forward once (its `jax.vjp`, the forward recomputed then): the same gradient as
+  forwarding it per micro-batch, for 2 prefix forwards and 1 backward per step instead of M
+  of each."""
   m = cfg.num_micro_batches
   loss_fn = functools.partial(micro_batch_loss, model=model, cfg=cfg, mesh=mesh)
   kv, prefix_vjp = None, None
   if batch.prefix_tokens is not None:
-    kv, prefix_vjp = jax.vjp(
+    # Checkpointed: the vjp keeps only the params (no compute copy of the weights, no prefix
+    # activations) alive through the scan, and recomputes the prefix forward once at the end.
+    kv, prefix_vjp = jax.vjp(jax.checkpoint(
         functools.partial(_prefix_kv, frozen=state.frozen, prefix=batch.prefix_tokens[:1],
-                          model=model, cfg=cfg, mesh=mesh), state.params)
+                          model=model, cfg=cfg, mesh=mesh)), state.params)
   grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 3) if kv is not None else 0, has_aux=True)
   f32 = lambda tree: jax.tree.map(lambda g: g.astype(jnp.float32), tree)
 
