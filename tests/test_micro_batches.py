@@ -53,6 +53,7 @@ def test_micro_batch_bucket_and_spread_keep_every_micro_batch_row_for_row():
   # Padding is measured over the micro-batches the step computes: the empty one is skipped.
   assert spread.padding_fraction(4) == pytest.approx(batch.padding_fraction(3))
   assert spread.padding_fraction(4) == pytest.approx(1 - mask.mean())
+  assert spread.computed_shape(4) == batch.shape == (6, t)
   assert batching.spread_micro_batches(batch, 3, 3) is batch
   with pytest.raises(ValueError, match="filled"):
     batching.spread_micro_batches(batch, 2, 3)

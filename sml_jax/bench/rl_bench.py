@@ -127,14 +127,15 @@ def main(argv) -> None:
            "train_tokens": int(m.get("train_tokens", 0)), "training_s": m["time_training_s"],
            "total_s": time.time() - t0}
     row.update({k: m[k] for k in ("padding_fraction", "shared_prefix_tokens", "time_sampling_s",
-                                  "time_training_s") if k in m})
+                                  "time_training_s", "time_compile_s") if k in m})
     rows.append(row)
     other = row["rollout_s"] - sum(seconds.values())
     print(f"iteration {it + 1}{' (incl. compilation)' if it == 0 else ''}: total "
           f"{row['total_s']:.1f} s = student sampling {seconds['time_student_s']:.1f} + teacher "
           f"{seconds['time_teacher_s']:.1f} + verification {seconds['time_verify_s']:.1f} + "
           f"Q-priming {seconds['time_qprime_s']:.1f} + other {other:.1f} + training "
-          f"{row['training_s']:.1f} ({row['examples']} examples, {row['train_tokens']} tokens); "
+          f"{row['training_s']:.1f} ({row['examples']} examples, {row['train_tokens']} tokens; "
+          f"compiling {row.get('time_compile_s', 0.0):.1f} s of it); "
           f"success {row['success_rate']:.2f}", flush=True)
   last = rows[-1]
   out = {"config": args.config, "iterations": rows, "iteration_s": last["total_s"],
@@ -181,16 +182,17 @@ def compare_steps(trainer, settings, state, examples) -> dict:
     compile_s, step_s, m = _time_step(trainer, state, batch, settings, copy_state=not plain)
     tokens = float(batch.num_tokens())
     padding = batch.padding_fraction(trainer.num_micro(batch))
+    shape = batch.computed_shape(trainer.num_micro(batch))   # without skipped micro-batches
     out.update({f"{name}train_step_s": step_s, f"{name}compile_s": compile_s,
                 f"{name}train_tokens_per_s": tokens / step_s, f"{name}loss": m["loss"],
                 f"{name}padding_fraction": padding,
-                f"{name}batch_shape": list(batch.shape)})
+                f"{name}batch_shape": list(shape)})
     if not plain:
       out["shared_prefix_tokens"] = batch.prefix_length
     index = ("" if plain else f", loss index K={batch.loss_index.shape[1]}, shared prefix "
              f"P={batch.prefix_length}")
     print(f"{'plain' if plain else 'ours '} step: {step_s:.1f} s ({tokens / step_s:.0f} tok/s; "
-          f"compile {compile_s:.0f} s) on [{batch.shape[0]}, {batch.shape[1]}]{index}, padding "
+          f"compile {compile_s:.0f} s) on [{shape[0]}, {shape[1]}]{index}, padding "
           f"{padding:.1%}, loss {m['loss']:.6f}", flush=True)
   out["train_step_speedup"] = out["reference_train_step_s"] / out["train_step_s"]
   print(f"train step: {out['train_step_speedup']:.2f}x the plain step", flush=True)

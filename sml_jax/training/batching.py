@@ -105,6 +105,13 @@ class Batch:
     computed = groups[:, groups.any(axis=(0, 2))]
     return float(1.0 - computed.mean()) if computed.size else 1.0
 
+  def computed_shape(self, num_micro: int = 1) -> tuple[int, int]:
+    """(rows, T) the step computes (host arrays): the rows of the micro-batches holding a token
+    (see `padding_fraction`)."""
+    mask = np.asarray(self.input_mask)
+    filled = mask.reshape(mask.shape[0] // num_micro, num_micro, -1).any(axis=(0, 2)).sum()
+    return int(filled) * (mask.shape[0] // num_micro), mask.shape[1]
+
   def num_sequences(self) -> int:
     """Conversations in the batch (host arrays): segments of packed rows, else non-empty rows."""
     if self.segment_ids is not None:
