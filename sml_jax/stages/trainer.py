@@ -170,7 +170,7 @@ class Trainer:
       # reference log-prob passes, which would compute them; those passes still compile per row
       # count): the step skips them, and the next iteration's different row count reuses the
       # same compiled step instead of compiling its own.
-      filled = max(1, batch.tokens.shape[0] // self.exp.spec.train.micro_batch_size)
+      filled = self.num_micro(batch)
       batch = batching.spread_micro_batches(
           jax.tree.map(np.asarray, batch), batching.micro_batch_bucket(filled), filled)
     return batch

@@ -100,17 +100,20 @@ class Batch:
     """Share of the [B, T] slots that hold no token (host arrays), over the micro-batches the
     step computes (of the strided split into `num_micro`, those holding a token: the step skips
     the others). The shared prefix is not counted: it is computed once, not per row."""
+    computed = self._computed(num_micro)
+    return float(1.0 - computed.mean()) if computed.size else 1.0
+
+  def _computed(self, num_micro: int) -> np.ndarray:
+    """input_mask [b, M', T] of the M' micro-batches (strided split) that hold a token."""
     mask = np.asarray(self.input_mask)
     groups = mask.reshape(mask.shape[0] // num_micro, num_micro, -1)   # [b, M, T]: row j*M + m
-    computed = groups[:, groups.any(axis=(0, 2))]
-    return float(1.0 - computed.mean()) if computed.size else 1.0
+    return groups[:, groups.any(axis=(0, 2))]
 
   def computed_shape(self, num_micro: int = 1) -> tuple[int, int]:
     """(rows, T) the step computes (host arrays): the rows of the micro-batches holding a token
     (see `padding_fraction`)."""
-    mask = np.asarray(self.input_mask)
-    filled = mask.reshape(mask.shape[0] // num_micro, num_micro, -1).any(axis=(0, 2)).sum()
-    return int(filled) * (mask.shape[0] // num_micro), mask.shape[1]
+    b, filled, t = self._computed(num_micro).shape
+    return b * filled, t
 
   def num_sequences(self) -> int:
     """Conversations in the batch (host arrays): segments of packed rows, else non-empty rows."""
