@@ -97,6 +97,65 @@ def test_smoke_study_end_to_end_resume_and_rerun(tmp_path):
   assert texts(new) == texts(orig)
 
 
+def _eval_done(step, solved_turns):
+  """Writes a finished eval run for `step`: one conversation per problem, solved at the given
+  turn (None: unsolved after 2 attempts)."""
+  from sml_jax.evaluation import store
+  from sml_jax.study import runner
+  ts = []
+  for i, k in enumerate(solved_turns):
+    turns = [{"role": "user", "text": f"Solve {i} + 1.", "flags": {}}]
+    for j in range(k or 2):
+      right = j + 1 == k
+      turns.append({"role": "student", "text": f"Final answer: {i + right}",
+                    "flags": {"attempt": True, "question": False, "correct": right,
+                              "premature": False, "well_formed": True}})
+      if not right and j + 1 < (k or 2):
+        turns.append({"role": "teacher", "text": "Too low.", "flags": {"leak": False}})
+    ts.append({"problem_id": f"p{i}", "task": "arithmetic", "domain": "math", "turns": turns,
+               "solved": k is not None, "solved_turn": k, "reward": 0.7 ** (k - 1) if k else 0.0,
+               "max_turns": 2, "repeat": 0})
+  store.write_eval(step.workdir, "eval_arithmetic", ts, max_k=2)
+  with open(os.path.join(step.workdir, runner.DONE_FILE), "w") as f:
+    f.write("{}")
+
+
+def test_an_eval_of_an_earlier_sitting_enters_the_claims_from_its_committed_outcomes(tmp_path):
+  """Sitting 1 evaluates base and online_sml; its workdir is then lost. Sitting 2 (a new workdir,
+  online_sml only) writes into the same results: claim (a) still pairs the two arms over the same
+  problems, from base's committed outcomes (texts removed), with the same numbers."""
+  import shutil
+  from sml_jax.study import results, runner, scales
+  res = str(tmp_path / "results")
+  steps = runner.plan(str(tmp_path / "wd1"), ["base", "online_sml"], [0], scales.get_scale("smoke"))
+  math = {s.arm: s for s in steps if s.kind == "eval" and s.suite.name == "math"}
+  n = 40
+  _eval_done(math["base"], [1 if i < 4 else None for i in range(n)])
+  _eval_done(math["online_sml"], [1 if i < 4 else (2 if i < 24 else None) for i in range(n)])
+  md1 = open(results.write_results(steps, scales.get_scale("smoke"), [0], res, "cmd")).read()
+  row = lambda md: next(l for l in md.splitlines() if l.startswith("| (a) "))
+  assert "supported" in row(md1)
+  record = os.path.join(res, "evals", "base", "seed0", "math" + results.OUTCOMES_SUFFIX)
+  kept = results.read_outcomes(record)
+  assert len(kept) == n and all("text" not in t for c in kept for t in c["turns"])
+  assert [c["solved_turn"] for c in kept][:5] == [1, 1, 1, 1, None]
+
+  shutil.rmtree(tmp_path / "wd1")
+  steps2 = runner.plan(str(tmp_path / "wd2"), ["base", "online_sml"], [0],
+                       scales.get_scale("smoke"))
+  _eval_done(next(s for s in steps2 if s.arm == "online_sml" and s.kind == "eval"
+                  and s.suite.name == "math"),
+             [1 if i < 4 else (2 if i < 24 else None) for i in range(n)])
+  md2 = open(results.write_results(steps2, scales.get_scale("smoke"), [0], res, "cmd")).read()
+  assert row(md2) == row(md1)
+  earlier = next(l for l in md2.splitlines() if l.startswith("From an earlier sitting"))
+  assert "`base_seed0_eval_math`" in earlier and "online_sml_seed0_eval_math" not in earlier
+  # Without the record the claim has nothing to pair with.
+  os.remove(record)
+  md3 = open(results.write_results(steps2, scales.get_scale("smoke"), [0], res, "cmd")).read()
+  assert "not run" in row(md3) and "`base_seed0_eval_math`" in md3.split("## Claims")[0]
+
+
 def test_plan_equal_budgets_suites_and_seeds():
   from sml_jax.study import runner, scales
   full = scales.FULL

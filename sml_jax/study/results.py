@@ -4,15 +4,21 @@
     results/study/success_by_turn.png, training.png
     results/study/evals/<arm>/seed<k>/<suite>.json  each eval's metrics (+ where it came from)
     results/study/evals/<arm>/seed<k>/<suite>.transcripts.jsonl   a fixed sample of its dialogues
+    results/study/evals/<arm>/seed<k>/<suite>.outcomes.jsonl.gz   every dialogue, texts removed
     results/study/students/<arm>/                   the first seed's LoRA adapter (bfloat16)
     results/study/students/<arm>_seed<k>/           the other seeds'
 
 Numbers come only from the runs' own files (eval transcripts, metrics.jsonl, attempt times).
+A study spans sittings, and a sitting's workdir may be gone by the next one: an eval whose run is
+not in the workdir but whose outcomes an earlier sitting committed (`<suite>.outcomes.jsonl.gz`:
+each conversation's problem, result and per-turn flags, all a claim reads) enters the claims from
+that record, so comparisons stay paired over problems across sittings.
 """
 
 from __future__ import annotations
 
 import datetime
+import gzip
 import json
 import os
 import random
@@ -29,6 +35,7 @@ from sml_jax.study.runner import REPO, Step, is_done, seconds
 from sml_jax.study.scales import ARMS, Scale
 
 TRANSCRIPTS_KEPT = 24
+OUTCOMES_SUFFIX = ".outcomes.jsonl.gz"
 
 
 def _rel(path: str) -> str:
@@ -49,14 +56,39 @@ def _read_eval(step: Step) -> tuple[dict, list[dict]]:
   return metrics, store.read_transcripts(step.workdir, name)
 
 
+def outcomes(transcripts: Sequence[dict]) -> list[dict]:
+  """The transcripts without their texts: problem, result and every turn's role and flags."""
+  return [{**{k: v for k, v in t.items() if k != "turns"},
+           "turns": [{k: v for k, v in turn.items() if k != "text"} for turn in t["turns"]]}
+          for t in transcripts]
+
+
+def write_outcomes(path: str, transcripts: Sequence[dict]) -> None:
+  # mtime=0: the same outcomes give the same bytes (no churn in the repository).
+  with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+    f.write("".join(json.dumps(o, ensure_ascii=False) + "\n"
+                    for o in outcomes(transcripts)).encode("utf-8"))
+
+
+def read_outcomes(path: str) -> list[dict]:
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def eval_dir(results_dir: str, step: Step) -> str:
+  return os.path.join(results_dir, "evals", step.arm, f"seed{step.seed}")
+
+
 def _copy_eval(step: Step, metrics: dict, transcripts: list[dict], out_dir: str) -> str:
-  """The eval's metrics JSON and a fixed sample of its transcripts, under out_dir."""
+  """The eval's metrics JSON, a fixed sample of its transcripts and every conversation's
+  outcome, under out_dir."""
   os.makedirs(out_dir, exist_ok=True)
   kept = sorted(random.Random(0).sample(range(len(transcripts)),
                                         min(TRANSCRIPTS_KEPT, len(transcripts))))
   base = os.path.join(out_dir, step.suite.name)
   with open(base + ".transcripts.jsonl", "w", encoding="utf-8") as f:
     f.writelines(json.dumps(transcripts[i], ensure_ascii=False) + "\n" for i in kept)
+  write_outcomes(base + OUTCOMES_SUFFIX, transcripts)
   record = {**metrics, "study": {"arm": step.arm, "seed": step.seed, "suite": step.suite.name,
                                  "transcripts_kept": f"{len(kept)} of {len(transcripts)}",
                                  "command": step.command()}}
@@ -85,17 +117,22 @@ def write_results(steps: Sequence[Step], scale: Scale, seeds: Sequence[int], res
   """Writes results_dir (see the module docstring) from the finished `steps`; returns the path
   of results.md. Unfinished steps are listed as missing, never guessed."""
   os.makedirs(results_dir, exist_ok=True)
-  evals, metrics_by_run, missing = {}, {}, []
+  evals, metrics_by_run, missing, committed = {}, {}, [], []
   for step in steps:
+    key = (step.arm, step.seed, step.suite.name) if step.suite else None
+    recorded = (os.path.join(eval_dir(results_dir, step), step.suite.name + OUTCOMES_SUFFIX)
+                if step.kind == "eval" else None)
     if not is_done(step):
-      missing.append(step.name)
+      if recorded and os.path.isfile(recorded):   # an earlier sitting's run
+        evals[key] = read_outcomes(recorded)
+        committed.append(step.name)
+      else:
+        missing.append(step.name)
       continue
     if step.kind == "eval":
       metrics, transcripts = _read_eval(step)
-      evals[(step.arm, step.seed, step.suite.name)] = transcripts
-      metrics_by_run[(step.arm, step.seed, step.suite.name)] = _copy_eval(
-          step, metrics, transcripts,
-          os.path.join(results_dir, "evals", step.arm, f"seed{step.seed}"))
+      evals[key] = transcripts
+      metrics_by_run[key] = _copy_eval(step, metrics, transcripts, eval_dir(results_dir, step))
   students = {}
   for step in steps:
     if step.kind == "export" and is_done(step):
@@ -131,7 +168,7 @@ def write_results(steps: Sequence[Step], scale: Scale, seeds: Sequence[int], res
       times[step.arm][key] += seconds(step)
 
   md = _markdown(steps, scale, seeds, results_dir, study_command, claims, pooled, logs, times,
-                 students, missing, png_turn, png_train)
+                 students, missing, committed, png_turn, png_train)
   path = join("results.md")
   with open(path, "w", encoding="utf-8") as f:
     f.write(md)
@@ -139,7 +176,7 @@ def write_results(steps: Sequence[Step], scale: Scale, seeds: Sequence[int], res
 
 
 def _markdown(steps, scale: Scale, seeds, results_dir, study_command, claims, pooled, logs, times,
-              students, missing, png_turn, png_train) -> str:
+              students, missing, committed, png_turn, png_train) -> str:
   arms = list(dict.fromkeys(s.arm for s in steps))
   def per_arm(suite):
     return ", ".join(f"{st.arm} {st.suite.num_problems}" for st in steps
@@ -159,6 +196,10 @@ def _markdown(steps, scale: Scale, seeds, results_dir, study_command, claims, po
   if missing:
     out.append("**Incomplete**: these runs have not finished (rerun the study command to resume): "
                + ", ".join(f"`{m}`" for m in missing) + "\n")
+  if committed:
+    out.append("From an earlier sitting (not in this workdir; read from the committed "
+               f"`evals/<arm>/seed<k>/<suite>{OUTCOMES_SUFFIX}`): "
+               + ", ".join(f"`{m}`" for m in committed) + "\n")
   out += [
       "## Claims\n",
       "Each row: the claim's primary measure, both arms with 95% bootstrap CIs, and the difference "
