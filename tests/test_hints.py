@@ -2,6 +2,7 @@
 
 import os
 import random
+import re
 
 import pytest
 
@@ -272,6 +273,30 @@ def test_with_the_hint_teacher_the_demos_show_its_feedback_answered_with_new_num
   answers = [t.rsplit("Final answer: ", 1)[1] for r, t in demos if r == "model" and "Final" in t]
   assert len(answers) == len(set(answers)) == 4, answers
   assert "12" not in answers
+
+
+def test_word_problems_get_the_long_word_problem_demo_and_nothing_else_does():
+  """With the hint teacher a fully specified math word problem (GSM-like) also sees
+  `WORD_PROBLEM_DEMO`; bare expressions, sharded problems, code and other teachers do not. Its
+  answer and intermediate results repeat no other demo's answer."""
+  def problem(task, domain="math", shards=()):
+    return Problem(id="x", task=task, domain=domain, statement="s", privileged="", shards=shards)
+  hint = prompts.HINT_STUDENT_DEMOS
+  for task in ("gsm_symbolic", "gsm8k"):
+    assert prompts.student_demos(problem(task), teacher="hint") == (
+        hint["math"] + prompts.WORD_PROBLEM_DEMO)
+  assert prompts.student_demos(problem("arithmetic"), teacher="hint") == hint["math"]
+  assert prompts.student_demos(problem("gsm8k_sharded", shards=("a", "b")),
+                               teacher="hint") == hint["math"]
+  assert prompts.student_demos(problem("mbpp", "code"), teacher="hint") == hint["code"]
+  assert prompts.student_demos(problem("gsm8k"), teacher="scripted") == prompts.STUDENT_DEMOS["math"]
+  assert prompts.student_demos(problem("gsm8k"), enabled=False, teacher="hint") == ()
+  numbers = lambda demos: {n for r, t in demos if r == "model"
+                           for n in re.findall(r"\d+", t.rsplit("Final answer: ", 1)[-1])}
+  (_, opening), (_, worked) = prompts.WORD_PROBLEM_DEMO
+  assert not numbers(prompts.WORD_PROBLEM_DEMO) & numbers(hint["math"])
+  assert opening.startswith(prompts.STUDENT_INSTRUCTIONS["math"]) and worked.endswith("Final answer: 15")
+  assert quality.well_formed(worked, "math") and quality.computes_its_answer(worked)
 
 
 def test_an_answer_computed_right_is_not_a_demo_copy_but_the_demos_wrong_number_is():

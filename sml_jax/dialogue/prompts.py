@@ -150,12 +150,34 @@ QPRIME_DEMOS = {
 }
 
 
+# A longer, three-step word problem worked in one line, added to the hint teacher's math demos on
+# fully specified word problems (every math task but the bare expressions of `arithmetic`). On
+# GSM-like problems the base 270M, shown only the short demos above, restated the problem instead
+# of computing (a third of its turns) or ran on in "X = X + ..." chains: on 32 gsm_symbolic
+# *train*-split problems (greedy, 4 turns) this demo took well-formed turns from 0.58 to 0.69 and
+# removed the restatements (12 of 128 turns -> 0).
+WORD_PROBLEM_DEMO = (
+    ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nLena runs a small bakery. On Monday she bakes 5 "
+     "trays of muffins with 12 muffins on each tray. She sells 36 muffins in the morning and gives 9 "
+     "to her neighbours in the evening. How many muffins does she have at the end of the day?"),
+    ("model", "5 * 12 = 60 muffins, then 60 - 36 = 24, and 24 - 9 = 15. Final answer: 15"),
+)
+_EXPRESSION_TASKS = ("arithmetic",)
+
+
 def student_demos(problem: Problem, enabled: bool = True,
                   teacher: str = "scripted") -> tuple[tuple[str, str], ...]:
-  """The student's in-context demonstrations for a dialogue with a `teacher` of that kind."""
+  """The student's in-context demonstrations for a dialogue with a `teacher` of that kind (hint:
+  plus `WORD_PROBLEM_DEMO` on a fully specified math word problem)."""
   if not enabled:
     return ()
-  return (HINT_STUDENT_DEMOS if teacher == "hint" else STUDENT_DEMOS)[problem.domain]
+  if teacher != "hint":
+    return STUDENT_DEMOS[problem.domain]
+  demos = HINT_STUDENT_DEMOS[problem.domain]
+  if (problem.domain == "math" and problem.task not in _EXPRESSION_TASKS
+      and not problem.underspecified):
+    demos += WORD_PROBLEM_DEMO
+  return demos
 
 
 def teacher_demos(problem: Problem, enabled: bool = True) -> tuple[tuple[str, str], ...]:
