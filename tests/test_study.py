@@ -146,12 +146,28 @@ def test_an_eval_of_an_earlier_sitting_enters_the_claims_from_its_committed_outc
   _eval_done(next(s for s in steps2 if s.arm == "online_sml" and s.kind == "eval"
                   and s.suite.name == "math"),
              [1 if i < 4 else (2 if i < 24 else None) for i in range(n)])
+  before = open(record, "rb").read()
   md2 = open(results.write_results(steps2, scales.get_scale("smoke"), [0], res, "cmd")).read()
   assert row(md2) == row(md1)
+  assert open(record, "rb").read() == before        # same outcomes, same bytes
   earlier = next(l for l in md2.splitlines() if l.startswith("From an earlier sitting"))
   assert "`base_seed0_eval_math`" in earlier and "online_sml_seed0_eval_math" not in earlier
-  # Without the record the claim has nothing to pair with.
-  os.remove(record)
+  assert "| base |" in md2.split("## Success by turn k")[1].split("## Dialogue")[0]
+
+  # A run in the workdir wins over the record: base now solves what online_sml solves.
+  base2 = next(s for s in steps2 if s.arm == "base" and s.kind == "eval" and s.suite.name == "math")
+  _eval_done(base2, [1 if i < 4 else (2 if i < 24 else None) for i in range(n)])
+  md_run = open(results.write_results(steps2, scales.get_scale("smoke"), [0], res, "cmd")).read()
+  assert "not shown" in row(md_run) and "+0.000" in row(md_run)
+  assert "From an earlier sitting" not in md_run or "base_seed0_eval_math" not in next(
+      l for l in md_run.splitlines() if l.startswith("From an earlier sitting"))
+  shutil.rmtree(base2.workdir)
+  # A record of another command (here: more turns) is not paired with this run.
+  meta = json.loads(open(record.replace(results.OUTCOMES_SUFFIX, ".json")).read())
+  meta["study"]["command"] = meta["study"]["command"].replace(
+      "--config.eval.max_turns=", "--config.eval.max_turns=9")
+  with open(record.replace(results.OUTCOMES_SUFFIX, ".json"), "w") as f:
+    json.dump(meta, f)
   md3 = open(results.write_results(steps2, scales.get_scale("smoke"), [0], res, "cmd")).read()
   assert "not run" in row(md3) and "`base_seed0_eval_math`" in md3.split("## Claims")[0]
 

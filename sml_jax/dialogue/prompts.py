@@ -155,12 +155,12 @@ QPRIME_DEMOS = {
 # GSM-like problems the base 270M, shown only the short demos above, restated the problem instead
 # of computing (a third of its turns) or ran on in "X = X + ..." chains: on 32 gsm_symbolic
 # *train*-split problems (greedy, 4 turns) this demo took well-formed turns from 0.58 to 0.69 and
-# removed the restatements (12 of 128 turns -> 0).
+# removed the restatements (12 of 128 turns -> 0). None of its numbers is in the demos above.
 WORD_PROBLEM_DEMO = (
-    ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nLena runs a small bakery. On Monday she bakes 5 "
-     "trays of muffins with 12 muffins on each tray. She sells 36 muffins in the morning and gives 9 "
-     "to her neighbours in the evening. How many muffins does she have at the end of the day?"),
-    ("model", "5 * 12 = 60 muffins, then 60 - 36 = 24, and 24 - 9 = 15. Final answer: 15"),
+    ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nLena runs a small bakery. On Monday she bakes 3 "
+     "trays of muffins with 16 muffins on each tray. She sells 21 muffins in the morning and gives "
+     "11 to her neighbours in the evening. How many muffins does she have at the end of the day?"),
+    ("model", "3 * 16 = 48 muffins, then 48 - 21 = 27, and 27 - 11 = 16. Final answer: 16"),
 )
 _EXPRESSION_TASKS = ("arithmetic",)
 

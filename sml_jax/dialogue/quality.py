@@ -8,6 +8,7 @@ question about the problem, in one script), does it copy a line of an in-context
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 import unicodedata
@@ -45,6 +46,16 @@ def computes_its_answer(text: str, statement: str | None = None) -> bool:
   return False
 
 
+def _anchored_value(text: str):
+  return math_answers.parse_number(math_answers.extract_answer(text) or "")
+
+
+@functools.lru_cache(maxsize=64)
+def _demo_answers(demo_lines: tuple[str, ...]) -> frozenset:
+  """The anchored answers ("Final answer: X") of the demonstrations' lines, as numbers."""
+  return frozenset(_anchored_value(line) for demo in demo_lines for line in demo.splitlines())
+
+
 def is_demo_copy(text: str, demo_lines: Sequence[str], min_words: int = 3, statement: str = "",
                  near: float = 0.5, n: int = 3) -> bool:
   """True if `text` reproduces a line of an in-context demonstration. For `demo_copy_rate`.
@@ -57,13 +68,17 @@ def is_demo_copy(text: str, demo_lines: Sequence[str], min_words: int = 3, state
   answer: N"): that counts (the base 270M wrote the demo's wrong 33 on other sums), and so does a
   whole demo line, unless the turn is the right computation of its problem's own numbers
   (`computes_its_answer` with the `statement`: "48 - 15 = 33. Final answer: 33" on "Solve 15 -
-  48.", "9 + 5 = 14. Final answer: 14" on "Compute 9 + 5.")."""
+  48.", "9 + 5 = 14. Final answer: 14" on "Compute 9 + 5."). So does, on the same terms, any
+  turn whose anchored answer is a demo's ("5 * 5 = 25, and 25 - 185 = 15. Final answer: 15"
+  after a demo ending "Final answer: 15"), however long its working."""
   norm = _normalize(text)
   if not norm:
     return False
   words = norm.split()
   grams = _grams(words, n) - _grams(_normalize(statement).split(), n)
   own = bool(statement) and computes_its_answer(text, statement)
+  if not own and _anchored_value(text) in _demo_answers(tuple(demo_lines)) - {None}:
+    return True
   for demo in demo_lines:
     for line in demo.splitlines():
       d = _normalize(line)

@@ -12,7 +12,11 @@ Numbers come only from the runs' own files (eval transcripts, metrics.jsonl, att
 A study spans sittings, and a sitting's workdir may be gone by the next one: an eval whose run is
 not in the workdir but whose outcomes an earlier sitting committed (`<suite>.outcomes.jsonl.gz`:
 each conversation's problem, result and per-turn flags, all a claim reads) enters the claims from
-that record, so comparisons stay paired over problems across sittings.
+that record, so comparisons stay paired over problems across sittings; likewise a student
+committed earlier stands for its training. A record counts only if its eval ran the step's
+command (workdir and adapter path aside: same scale, problems, turns); the runner still runs
+every step its workdir lacks, so write a sitting's results with `--only_results` and the earlier
+sittings' seeds (`--seeds=0,1`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import gzip
 import json
 import os
 import random
+import shlex
 import shutil
 from typing import Sequence
 
@@ -64,10 +69,13 @@ def outcomes(transcripts: Sequence[dict]) -> list[dict]:
 
 
 def write_outcomes(path: str, transcripts: Sequence[dict]) -> None:
-  # mtime=0: the same outcomes give the same bytes (no churn in the repository).
-  with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+  """Atomically (a killed write leaves no truncated record); mtime=0: the same outcomes give the
+  same bytes (no churn in the repository)."""
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f:
     f.write("".join(json.dumps(o, ensure_ascii=False) + "\n"
                     for o in outcomes(transcripts)).encode("utf-8"))
+  os.replace(tmp, path)
 
 
 def read_outcomes(path: str) -> list[dict]:
@@ -77,6 +85,26 @@ def read_outcomes(path: str) -> list[dict]:
 
 def eval_dir(results_dir: str, step: Step) -> str:
   return os.path.join(results_dir, "evals", step.arm, f"seed{step.seed}")
+
+
+def _same_run(command: str, other: str) -> bool:
+  """Two eval commands that differ at most in their workdir and adapter path."""
+  strip = lambda c: [a for a in shlex.split(c)
+                     if not a.startswith(("--workdir=", "--config.checkpoint="))]
+  return strip(command) == strip(other)
+
+
+def _earlier_record(step: Step, results_dir: str) -> tuple[list[dict], float] | None:
+  """(outcomes, seconds) an earlier sitting committed for eval `step`, or None if there is none or
+  it ran another command."""
+  base = os.path.join(eval_dir(results_dir, step), step.suite.name)
+  if not (os.path.isfile(base + OUTCOMES_SUFFIX) and os.path.isfile(base + ".json")):
+    return None
+  with open(base + ".json", encoding="utf-8") as f:
+    study = json.load(f).get("study", {})
+  if not _same_run(study.get("command", ""), step.command()):
+    return None
+  return read_outcomes(base + OUTCOMES_SUFFIX), float(study.get("seconds", 0.0))
 
 
 def _copy_eval(step: Step, metrics: dict, transcripts: list[dict], out_dir: str) -> str:
@@ -91,7 +119,7 @@ def _copy_eval(step: Step, metrics: dict, transcripts: list[dict], out_dir: str)
   write_outcomes(base + OUTCOMES_SUFFIX, transcripts)
   record = {**metrics, "study": {"arm": step.arm, "seed": step.seed, "suite": step.suite.name,
                                  "transcripts_kept": f"{len(kept)} of {len(transcripts)}",
-                                 "command": step.command()}}
+                                 "command": step.command(), "seconds": seconds(step)}}
   with open(base + ".json", "w", encoding="utf-8") as f:
     json.dump(record, f, indent=1, ensure_ascii=False)
     f.write("\n")
@@ -114,30 +142,35 @@ def _copy_student(src: str, dst: str) -> int:
 
 def write_results(steps: Sequence[Step], scale: Scale, seeds: Sequence[int], results_dir: str,
                   study_command: str) -> str:
-  """Writes results_dir (see the module docstring) from the finished `steps`; returns the path
-  of results.md. Unfinished steps are listed as missing, never guessed."""
+  """Writes results_dir (see the module docstring) from the finished `steps` and the records of
+  earlier sittings; returns the path of results.md. Other steps are listed as missing, never
+  guessed."""
   os.makedirs(results_dir, exist_ok=True)
-  evals, metrics_by_run, missing, committed = {}, {}, [], []
-  for step in steps:
-    key = (step.arm, step.seed, step.suite.name) if step.suite else None
-    recorded = (os.path.join(eval_dir(results_dir, step), step.suite.name + OUTCOMES_SUFFIX)
-                if step.kind == "eval" else None)
-    if not is_done(step):
-      if recorded and os.path.isfile(recorded):   # an earlier sitting's run
-        evals[key] = read_outcomes(recorded)
-        committed.append(step.name)
-      else:
-        missing.append(step.name)
-      continue
-    if step.kind == "eval":
-      metrics, transcripts = _read_eval(step)
-      evals[key] = transcripts
-      metrics_by_run[key] = _copy_eval(step, metrics, transcripts, eval_dir(results_dir, step))
+  evals, missing, committed, earlier_s = {}, [], [], {}
   students = {}
   for step in steps:
-    if step.kind == "export" and is_done(step):
+    if step.kind == "export":
       dst = student_dir(results_dir, step.arm, step.seed, seeds)
-      students[(step.arm, step.seed)] = (dst, _copy_student(step.workdir, dst))
+      if is_done(step):
+        students[(step.arm, step.seed)] = (dst, _copy_student(step.workdir, dst))
+      elif adapters.is_adapter_dir(dst):   # committed by an earlier sitting
+        students[(step.arm, step.seed)] = (dst, sum(
+            os.path.getsize(os.path.join(dst, n)) for n in (adapters.FACTORS_FILE, adapters.META_FILE)))
+  for step in steps:
+    if step.kind != "eval":
+      if not is_done(step):
+        (committed if (step.arm, step.seed) in students else missing).append(step.name)
+      continue
+    key = (step.arm, step.seed, step.suite.name)
+    if is_done(step):
+      metrics, transcripts = _read_eval(step)
+      evals[key] = transcripts
+      _copy_eval(step, metrics, transcripts, eval_dir(results_dir, step))
+    elif (record := _earlier_record(step, results_dir)) is not None:
+      evals[key], earlier_s[step.name] = record
+      committed.append(step.name)
+    else:
+      missing.append(step.name)
 
   # Seeds pooled per (suite, arm), for the plots and the quality table.
   arms = list(dict.fromkeys(s.arm for s in steps))
@@ -165,7 +198,7 @@ def write_results(steps: Sequence[Step], scale: Scale, seeds: Sequence[int], res
     if step.kind != "export":
       key = "train" if step.kind == "train" else f"eval_{step.suite.name}"
       times.setdefault(step.arm, {}).setdefault(key, 0.0)
-      times[step.arm][key] += seconds(step)
+      times[step.arm][key] += earlier_s.get(step.name) or seconds(step)
 
   md = _markdown(steps, scale, seeds, results_dir, study_command, claims, pooled, logs, times,
                  students, missing, committed, png_turn, png_train)
@@ -198,7 +231,7 @@ def _markdown(steps, scale: Scale, seeds, results_dir, study_command, claims, po
                + ", ".join(f"`{m}`" for m in missing) + "\n")
   if committed:
     out.append("From an earlier sitting (not in this workdir; read from the committed "
-               f"`evals/<arm>/seed<k>/<suite>{OUTCOMES_SUFFIX}`): "
+               f"`evals/<arm>/seed<k>/<suite>{OUTCOMES_SUFFIX}` and `students/`): "
                + ", ".join(f"`{m}`" for m in committed) + "\n")
   out += [
       "## Claims\n",
@@ -232,6 +265,10 @@ def _markdown(steps, scale: Scale, seeds, results_dir, study_command, claims, po
           "- Arms: " + "; ".join(f"`{a}`: {ARMS[a].description}" for a in arms),
           "- Eval suites (configs/eval.py; arms share problems, so differences are paired):\n" + suites + "\n",
           "## Wall time (2 CPU cores)\n", tables.wall_time_table(times) + "\n",
+          *(["Training of earlier sittings (" + ", ".join(f"`{m}`" for m in committed
+                                                          if m.endswith("_train"))
+             + ") is not counted: its workdir is gone.\n"]
+            if any(m.endswith("_train") for m in committed) else []),
           "## Commands\n",
           "Every run is an ordinary `python -m sml_jax.main` run (from the repository root). "
           "The evals below read the committed students; greedy decoding reproduces the numbers "
