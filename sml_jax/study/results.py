@@ -13,8 +13,9 @@ A study spans sittings, and a sitting's workdir may be gone by the next one: an 
 not in the workdir but whose outcomes an earlier sitting committed (`<suite>.outcomes.jsonl.gz`:
 each conversation's problem, result and per-turn flags, all a claim reads) enters the claims from
 that record, so comparisons stay paired over problems across sittings; likewise a student
-committed earlier stands for its training. A record counts only if its eval ran the step's
-command (workdir and adapter path aside: same scale, problems, turns); the runner still runs
+committed earlier stands for its training. A record counts only if its eval had the step's
+model, problems and turns (`_SAME_PROBLEMS`; the commit is the study's to keep fixed, see
+results.md's commands); the runner still runs
 every step its workdir lacks, so write a sitting's results with `--only_results` and the earlier
 sittings' seeds (`--seeds=0,1`).
 """
@@ -87,22 +88,25 @@ def eval_dir(results_dir: str, step: Step) -> str:
   return os.path.join(results_dir, "evals", step.arm, f"seed{step.seed}")
 
 
-def _same_run(command: str, other: str) -> bool:
-  """Two eval commands that differ at most in their workdir and adapter path."""
-  strip = lambda c: [a for a in shlex.split(c)
-                     if not a.startswith(("--workdir=", "--config.checkpoint="))]
-  return strip(command) == strip(other)
+# What makes two evals comparable problem by problem: the same model, problems and turns.
+_SAME_PROBLEMS = ("--config.model=", "--config.eval.tasks=", "--config.eval.num_problems=",
+                  "--config.eval.max_turns=", "--config.eval.split=", "--config.eval.teacher=")
+
+
+def _same_problems(command: str, other: str) -> bool:
+  keep = lambda c: sorted(a for a in shlex.split(c) if a.startswith(_SAME_PROBLEMS))
+  return keep(command) == keep(other)
 
 
 def _earlier_record(step: Step, results_dir: str) -> tuple[list[dict], float] | None:
   """(outcomes, seconds) an earlier sitting committed for eval `step`, or None if there is none or
-  it ran another command."""
+  it evaluated other problems, turns or model (`_SAME_PROBLEMS`)."""
   base = os.path.join(eval_dir(results_dir, step), step.suite.name)
   if not (os.path.isfile(base + OUTCOMES_SUFFIX) and os.path.isfile(base + ".json")):
     return None
   with open(base + ".json", encoding="utf-8") as f:
     study = json.load(f).get("study", {})
-  if not _same_run(study.get("command", ""), step.command()):
+  if not _same_problems(study.get("command", ""), step.command()):
     return None
   return read_outcomes(base + OUTCOMES_SUFFIX), float(study.get("seconds", 0.0))
 
