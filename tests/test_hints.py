@@ -330,3 +330,11 @@ def test_an_answer_computed_right_is_not_a_demo_copy_but_the_demos_wrong_number_
   assert not quality.computes_its_answer("48 - 15 = 33.")                # no anchored answer
   assert not quality.computes_its_answer("48 - 15 = 33. Final answer: 34")
   assert not quality.computes_its_answer("1.48 - 15 = 33. Final answer: 33")   # not integers
+  # Two steps: the second equation may use the first one's result, not any other number.
+  statement = "Ann cuts 8 pies into 2 pieces each and eats 4 pieces. How many are left?"
+  assert quality.computes_its_answer("8 * 2 = 16 pieces, and 16 - 4 = 12. Final answer: 12",
+                                     statement)
+  assert not quality.computes_its_answer("8 * 2 = 16, and 18 - 4 = 14. Final answer: 14",
+                                         statement)
+  assert not quality.computes_its_answer("8 * 2 = 15, and 15 - 4 = 11. Final answer: 11",
+                                         statement)

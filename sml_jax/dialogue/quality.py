@@ -33,16 +33,21 @@ _EQUATION = re.compile(r"(?<![\d.])(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)(?!\
 def computes_its_answer(text: str, statement: str | None = None) -> bool:
   """True if the turn's anchored answer is the right value of an integer equation it wrote
   ("48 - 15 = 33. Final answer: 33"): the number is its own arithmetic. With `statement`, the
-  equation's operands must also be numbers of the problem ("9 + 5 = 14" on "Compute 9 + 5.")."""
+  equation's operands must also be numbers of the problem ("9 + 5 = 14" on "Compute 9 + 5.") or
+  results of the turn's earlier right equations ("8 * 2 = 16, and 16 - 4 = 12")."""
   answer = math_answers.parse_number(math_answers.extract_answer(text) or "")
   if answer is None:
     return False
   # Magnitudes on both sides: "-3 * 4" is read as -3 in the statement, and as -3 or 3 in a turn.
-  given = None if statement is None else {abs(v) for v in math_answers.number_values(statement)}
+  known = None if statement is None else {abs(v) for v in math_answers.number_values(statement)}
   for a, op, b, c in _EQUATION.findall(text):
     a, b, c = int(a), int(b), int(c)
-    if c == answer and _OPS[op](a, b) == c and (given is None or {abs(a), abs(b)} <= given):
+    if _OPS[op](a, b) != c or (known is not None and not {abs(a), abs(b)} <= known):
+      continue
+    if c == answer:
       return True
+    if known is not None:
+      known.add(abs(c))
   return False
 
 
