@@ -172,6 +172,23 @@ def test_an_eval_of_an_earlier_sitting_enters_the_claims_from_its_committed_outc
   assert "not run" in row(md3) and "`base_seed0_eval_math`" in md3.split("## Claims")[0]
 
 
+def test_an_eval_record_holds_the_command_its_run_ran(tmp_path):
+  """results.md's eval JSONs carry the command the run's last attempt recorded, not the one the
+  current scale would give (a scale changed since), nor one of an earlier attempt."""
+  from sml_jax.study import results, runner, scales
+  smoke = scales.get_scale("smoke")
+  steps = runner.plan(str(tmp_path / "wd"), ["base"], [0], smoke)
+  step = next(s for s in steps if s.suite.name == "math")
+  assert runner.ran_command(step) == step.command()        # no attempt recorded yet
+  _eval_done(step, [1, None])
+  with open(os.path.join(step.workdir, runner.ATTEMPTS_FILE), "w") as f:
+    for cmd in ("first", step.command().replace("--config.train.max_len=", "--config.train.max_len=7")):
+      f.write(json.dumps({"seconds": 3.0, "returncode": 0, "command": cmd}) + "\n")
+  results.write_results(steps, smoke, [0], str(tmp_path / "res"), "cmd")
+  study = json.loads((tmp_path / "res/evals/base/seed0/math.json").read_text())["study"]
+  assert "--config.train.max_len=7" in study["command"] and study["seconds"] == 6.0
+
+
 def test_plan_equal_budgets_suites_and_seeds():
   from sml_jax.study import runner, scales
   full = scales.FULL

@@ -37,7 +37,7 @@ from sml_jax.models import adapters
 from sml_jax.study import claims as claims_lib
 from sml_jax.study import figures
 from sml_jax.study import tables
-from sml_jax.study.runner import REPO, Step, is_done, seconds
+from sml_jax.study.runner import REPO, Step, is_done, ran_command, seconds
 from sml_jax.study.scales import ARMS, Scale
 
 TRANSCRIPTS_KEPT = 24
@@ -123,7 +123,7 @@ def _copy_eval(step: Step, metrics: dict, transcripts: list[dict], out_dir: str)
   write_outcomes(base + OUTCOMES_SUFFIX, transcripts)
   record = {**metrics, "study": {"arm": step.arm, "seed": step.seed, "suite": step.suite.name,
                                  "transcripts_kept": f"{len(kept)} of {len(transcripts)}",
-                                 "command": step.command(), "seconds": seconds(step)}}
+                                 "command": ran_command(step), "seconds": seconds(step)}}
   with open(base + ".json", "w", encoding="utf-8") as f:
     json.dump(record, f, indent=1, ensure_ascii=False)
     f.write("\n")

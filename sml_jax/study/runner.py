@@ -134,7 +134,20 @@ def seconds(step: Step) -> float:
 def _record(step: Step, dt: float, rc: int | None) -> None:
   os.makedirs(step.workdir, exist_ok=True)
   with open(os.path.join(step.workdir, ATTEMPTS_FILE), "a", encoding="utf-8") as f:
-    f.write(json.dumps({"seconds": round(dt, 1), "returncode": rc, "end": time.time()}) + "\n")
+    f.write(json.dumps({"seconds": round(dt, 1), "returncode": rc, "end": time.time(),
+                        "command": step.command()}) + "\n")
+
+
+def ran_command(step: Step) -> str:
+  """The command `step`'s last attempt ran (it may differ from `step.command()` when the study's
+  scale changed since), or `step.command()` for attempts that did not record one."""
+  path = os.path.join(step.workdir, ATTEMPTS_FILE)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      commands = [json.loads(l).get("command") for l in f if l.strip()]
+    if commands and commands[-1]:
+      return commands[-1]
+  return step.command()
 
 
 def _tail(path: str, lines: int = 40) -> str:
