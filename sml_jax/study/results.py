@@ -14,10 +14,9 @@ not in the workdir but whose outcomes an earlier sitting committed (`<suite>.out
 each conversation's problem, result and per-turn flags, all a claim reads) enters the claims from
 that record, so comparisons stay paired over problems across sittings; likewise a student
 committed earlier stands for its training. A record counts only if its eval had the step's
-model, problems and turns (`_SAME_PROBLEMS`; the commit is the study's to keep fixed, see
-results.md's commands); the runner still runs
-every step its workdir lacks, so write a sitting's results with `--only_results` and the earlier
-sittings' seeds (`--seeds=0,1`).
+model, problems and turns (`_SAME_PROBLEMS`; keeping the commit fixed is the study's job, see
+results.md's commands). The runner still runs every step its workdir lacks, so write a
+sitting's results with `--only_results` and the earlier sittings' seeds (`--seeds=0,1`).
 """
 
 from __future__ import annotations
