@@ -158,6 +158,19 @@ def test_demo_copy_and_well_formed():
   assert not quality.well_formed("def f(): return 1", "code")
 
 
+def test_junk_after_the_anchored_answer_is_not_well_formed():
+  """Seen in the study's seed-1 eval (pinned 02e0d38, turns not cut at '$$') and in demo
+  rollouts: junk after the answer. A unit from the problem, or punctuation, is fine."""
+  statement = "Tom has 5 apples and buys 19 more apples. How many apples does he have?"
+  for text in ("68 * 59 = 442. Final answer: 442.$$$$$$$$$$", "Final answer: 74 oynuyoruz",
+               "Final answer: 24.\\noindent\\noindent", "Final answer: 24 саме"):
+    assert quality.math_answers.extract_answer(text) is not None
+    assert not quality.well_formed(text, "math", statement), text
+  for text in ("5 + 19 = 24. Final answer: 24", "Final answer: 24 apples.", "Final answer: 24.\n",
+               "Final answer: 5 + 19 = 24", "\\boxed{24}."):
+    assert quality.well_formed(text, "math", statement), text
+
+
 def test_a_restated_problem_is_not_a_question():
   # Seen from the base 270M on gsm_symbolic (eval split): it copies the problem, question mark and all.
   statement = ("The area of David's rectangular office is 2277 square feet. If the length of his "

@@ -124,14 +124,30 @@ def is_echo(text: str, statement: str, n: int = 3, min_words: int = 6,
   return len(grams & _grams(_normalize(statement).split(), n)) >= threshold * len(grams)
 
 
+def _clean_tail(text: str, statement: str) -> bool:
+  """Nothing but punctuation, or words of the problem (a unit: "Final answer: 24 apples."),
+  after the turn's first anchored answer: not "Final answer: 442.$$$$$$" or "... 74 oynuyoruz"
+  (turns cut at the answer, `turn_end`, always pass; older transcripts need not)."""
+  end = math_answers.first_answer_end(text)
+  if end is None:
+    return True
+  known = set(_normalize(statement).split())
+  return all(w in known for w in re.findall(r"[^\W\d_]+|[^\w\s.,;:!?)\]}'\"]", text[end:].lower()))
+
+
 def well_formed(turn_text: str, domain: str, statement: str = "") -> bool:
-  """A student turn that is an anchored answer attempt (math: "Final answer: X" / \\boxed{X};
-  code: a ```python block) or a question about the problem (not a restatement of `statement`,
-  `is_echo`), in one writing system. For `well_formed_rate`."""
+  """A student turn that is an anchored answer attempt (math: "Final answer: X" / \\boxed{X}, X a
+  number or a formula without words, with nothing after it but punctuation or the problem's
+  words, `_clean_tail`; code: a ```python block) or a question about the problem (not a restatement of `statement`, `is_echo`), in one
+  writing system. For `well_formed_rate`."""
   if not turn_text or not turn_text.strip() or mixed_script(turn_text):
     return False
   if domain == "math":
-    answered = math_answers.extract_answer(turn_text) is not None
+    answer = math_answers.extract_answer(turn_text)
+    answered = (answer is not None and _clean_tail(turn_text, statement)
+                # The tasks' answers are numbers: "24.\\noindent" is junk read as one.
+                and (math_answers.parse_number(answer) is not None
+                     or not re.search(r"[A-Za-z]", answer)))
   else:
     answered = re.search(r"```[\w+-]*\n.*?```", turn_text, re.S) is not None
   return answered or (turns.is_question(turn_text) and not is_echo(turn_text, statement))
