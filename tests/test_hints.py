@@ -302,16 +302,19 @@ def test_word_problems_get_the_long_word_problem_demo_and_nothing_else_does():
   assert prompts.student_demos(problem("gsm8k_sharded", shards=("a", "b")),
                                teacher="hint") == hint["math"]
   assert prompts.student_demos(problem("mbpp", "code"), teacher="hint") == hint["code"]
-  assert prompts.student_demos(problem("gsm8k"), teacher="scripted") == prompts.STUDENT_DEMOS["math"]
+  assert (prompts.student_demos(problem("gsm8k"), teacher="scripted")
+          == prompts.STUDENT_DEMOS["math"])
   assert prompts.student_demos(problem("gsm8k"), enabled=False, teacher="hint") == ()
   numbers = lambda demos: {n for _, t in demos for n in re.findall(r"\d+", t)}
   (_, opening), (_, worked) = prompts.WORD_PROBLEM_DEMO
   assert not numbers(prompts.WORD_PROBLEM_DEMO) & numbers(hint["math"])
-  assert opening.startswith(prompts.STUDENT_INSTRUCTIONS["math"]) and worked.endswith("Final answer: 16")
+  assert opening.startswith(prompts.STUDENT_INSTRUCTIONS["math"])
+  assert worked.endswith("Final answer: 16")
   assert quality.well_formed(worked, "math") and quality.computes_its_answer(worked)
   # Its answer written as the student's own on another problem is a copy, whatever the working.
   gsm = Problem(id="g", task="gsm_symbolic", domain="math", privileged="",
-                statement="An electrician works 5 days a week and earns 185 a day. How much a week?")
+                statement="An electrician works 5 days a week and earns 185 a day. How much a "
+                          "week?")
   lines = prompts.demo_lines(prompts.student_demos(gsm, teacher="hint"))
   assert quality.is_demo_copy("5 * 5 = 25, and 25 - 185 = 16. Final answer: 16", lines,
                               statement=gsm.statement)

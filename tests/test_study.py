@@ -182,7 +182,8 @@ def test_an_eval_record_holds_the_command_its_run_ran(tmp_path):
   assert runner.ran_command(step) == step.command()        # no attempt recorded yet
   _eval_done(step, [1, None])
   with open(os.path.join(step.workdir, runner.ATTEMPTS_FILE), "w") as f:
-    for cmd in ("first", step.command().replace("--config.train.max_len=", "--config.train.max_len=7")):
+    last = step.command().replace("--config.train.max_len=", "--config.train.max_len=7")
+    for cmd in ("first", last):
       f.write(json.dumps({"seconds": 3.0, "returncode": 0, "command": cmd}) + "\n")
   results.write_results(steps, smoke, [0], str(tmp_path / "res"), "cmd")
   study = json.loads((tmp_path / "res/evals/base/seed0/math.json").read_text())["study"]

@@ -30,12 +30,17 @@ _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 _EQUATION = re.compile(r"(?<![\d.])(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)(?!\d|\.\d)")
 
 
+def _anchored_value(text: str):
+  """The turn's strict anchored answer as an exact number, or None."""
+  return math_answers.parse_number(math_answers.extract_answer(text) or "")
+
+
 def computes_its_answer(text: str, statement: str | None = None) -> bool:
   """True if the turn's anchored answer is the right value of an integer equation it wrote
   ("48 - 15 = 33. Final answer: 33"): the number is its own arithmetic. With `statement`, the
   equation's operands must also be numbers of the problem ("9 + 5 = 14" on "Compute 9 + 5.") or
   results of the turn's earlier right equations ("8 * 2 = 16, and 16 - 4 = 12")."""
-  answer = math_answers.parse_number(math_answers.extract_answer(text) or "")
+  answer = _anchored_value(text)
   if answer is None:
     return False
   # Magnitudes on both sides: "-3 * 4" is read as -3 in the statement, and as -3 or 3 in a turn.
@@ -49,10 +54,6 @@ def computes_its_answer(text: str, statement: str | None = None) -> bool:
     if known is not None:
       known.add(abs(c))
   return False
-
-
-def _anchored_value(text: str):
-  return math_answers.parse_number(math_answers.extract_answer(text) or "")
 
 
 @functools.lru_cache(maxsize=64)
@@ -138,8 +139,8 @@ def _clean_tail(text: str, statement: str) -> bool:
 def well_formed(turn_text: str, domain: str, statement: str = "") -> bool:
   """A student turn that is an anchored answer attempt (math: "Final answer: X" / \\boxed{X}, X a
   number or a formula without words, with nothing after it but punctuation or the problem's
-  words, `_clean_tail`; code: a ```python block) or a question about the problem (not a restatement of `statement`, `is_echo`), in one
-  writing system. For `well_formed_rate`."""
+  words, `_clean_tail`; code: a ```python block) or a question about the problem (not a
+  restatement of `statement`, `is_echo`), in one writing system. For `well_formed_rate`."""
   if not turn_text or not turn_text.strip() or mixed_script(turn_text):
     return False
   if domain == "math":

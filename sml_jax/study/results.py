@@ -129,14 +129,18 @@ def _copy_eval(step: Step, metrics: dict, transcripts: list[dict], out_dir: str)
   return base + ".json"
 
 
+def _adapter_size(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(path, n))
+             for n in (adapters.FACTORS_FILE, adapters.META_FILE))
+
+
 def _copy_student(src: str, dst: str) -> int:
   """Copies an adapter directory; returns its size in bytes (checked against the limit)."""
   adapters.read_meta(src)
   os.makedirs(dst, exist_ok=True)
-  size = 0
   for name in (adapters.FACTORS_FILE, adapters.META_FILE):   # adapter.json last: complete
     shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
-    size += os.path.getsize(os.path.join(dst, name))
+  size = _adapter_size(dst)
   if size > adapters.MAX_BYTES:
     raise ValueError(f"{dst}: {size / 2**20:.1f} MB, over the {adapters.MAX_BYTES / 2**20:.0f} MB "
                      "limit for a committed student.")
@@ -157,8 +161,7 @@ def write_results(steps: Sequence[Step], scale: Scale, seeds: Sequence[int], res
       if is_done(step):
         students[(step.arm, step.seed)] = (dst, _copy_student(step.workdir, dst))
       elif adapters.is_adapter_dir(dst):   # committed by an earlier sitting
-        students[(step.arm, step.seed)] = (dst, sum(
-            os.path.getsize(os.path.join(dst, n)) for n in (adapters.FACTORS_FILE, adapters.META_FILE)))
+        students[(step.arm, step.seed)] = (dst, _adapter_size(dst))
   for step in steps:
     if step.kind != "eval":
       if not is_done(step):
