@@ -380,3 +380,62 @@ def test_padding_is_compacted_away_instead_of_growing_the_cache(setup):
   fresh = sampler.generate(params, history, max_new_tokens=4)
   for i in range(2):
     assert last.tokens[i].tolist() == fresh.tokens[i].tolist()
+
+
+def test_live_row_buckets():
+  assert decode.live_row_buckets(8, 16) == ()
+  assert decode.live_row_buckets(32, 0) == ()
+  assert decode.live_row_buckets(16, 16) == (8,)
+  assert decode.live_row_buckets(32, 16) == (8, 16)
+  assert decode.live_row_buckets(48, 16) == (12, 24)
+  assert decode.live_row_buckets(200, 16) == (13, 25, 50, 100)
+
+
+def _assert_same_turns(a, b):
+  """Same tokens; log-probs equal up to float rounding (a batch of other rows can round a
+  matmul differently: up to ~3e-5 on the 270M's 48-row turn, with the same tokens)."""
+  for x, y in zip(a.tokens, b.tokens):
+    np.testing.assert_array_equal(x, y)
+  for x, y in zip(a.logprobs, b.logprobs):
+    np.testing.assert_allclose(x, y, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(0.0, None), (0.8, 5)])
+def test_logits_for_running_rows_only_change_no_row(setup, temperature, top_k):
+  """32 rows that stop at different steps: once at most 16 (then 8) rows run, decoding goes on
+  with those rows alone; every row gets the same tokens (and log-probs, up to rounding) and
+  the cache the same valid slots and positions as when every step computes all 32."""
+  model, params, prompts = setup
+  rows = [p + [20 + i] for i in range(8) for p in prompts]
+  kw = dict(max_new_tokens=8, temperature=temperature, top_k=top_k, seed=5)
+  plain = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=(),
+                  live_rows_min_batch=0)
+  free = plain.generate(params, rows, **kw)
+  # Stop tokens that end rows early and at different steps.
+  stops = tuple({int(t[k]) for k, t in zip([1, 2, 3, 4, 5] * 4, free.tokens[::2])})
+  outs = [Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=stops,
+                  live_rows_min_batch=m).generate(params, rows, **kw) for m in (0, 16)]
+  counts = np.asarray([len(t) for t in outs[0].tokens])
+  assert (counts < 8).sum() > 16 and counts.max() == 8   # 16 rows went on alone
+  _assert_same_turns(*outs)
+  np.testing.assert_array_equal(outs[0].stopped, outs[1].stopped)
+  # Rows inactive from the start: 5 of 32 run, through the 8-row branch at every step.
+  active = np.zeros(len(rows), bool)
+  active[[0, 7, 8, 20, 31]] = True
+  got, caches = [], []
+  for m in (0, 16):
+    sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=(),
+                      live_rows_min_batch=m)
+    state, out = sampler.sample(params, sampler.start(params, rows), active=active, **kw)
+    got.append(out)
+    # The next turn reads the cache: same valid slots, positions and keys where valid.
+    caches.append(jax.device_get((state.cache.valid, state.cache.pos,
+                                  state.cache.layers[0].keys)))
+    assert sampler.live_rows_min_batch == m
+  _assert_same_turns(*got)
+  (v0, p0, k0), (v1, p1, k1) = caches
+  np.testing.assert_array_equal(v0, v1)
+  np.testing.assert_array_equal(np.where(v0, p0, 0), np.where(v1, p1, 0))
+  np.testing.assert_allclose(np.where(v0[:, :, None], k0, 0), np.where(v1[:, :, None], k1, 0),
+                             atol=1e-5)
+  assert [len(t) for t in got[1].tokens] == [8 if a else 0 for a in active]

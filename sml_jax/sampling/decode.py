@@ -233,12 +233,47 @@ def append(params, cache: KVCache, tokens, counts, start_pos, index, *, arch: fw
   return _cache_constraint(cache.replace(valid=cache.valid | new), mesh)
 
 
+def live_row_buckets(batch: int, minimum: int) -> tuple[int, ...]:
+  """The batch sizes `decode` goes down to as rows stop, smallest first: halves of `batch`
+  (rounded up) down to 8 rows; () when `batch` < `minimum` (or `minimum` is 0).
+
+  Why: a turn runs until its longest row stops, and a row that stopped costs as much as one
+  that runs (its whole forward, the unembedding, its cache reads). In the demo's greedy eval
+  (48 rows, 40-token budget) the median turn stops after ~20 tokens, so for the second half of
+  the steps a handful of rows run. Below 8 rows a CPU step costs about the same for any number
+  of rows (it reads the weights), so smaller batches save nothing."""
+  if not minimum or batch < minimum:
+    return ()
+  sizes, m = [], -(-batch // 2)
+  while m >= 8:
+    sizes.append(m)
+    m = -(-m // 2)
+  return tuple(reversed(sizes))
+
+
+def _take_rows(s: DecodeState, idx, keys):
+  """Rows `idx` (m,) of a decode state and its per-row keys: a state of m rows (K/V rows in the
+  plain layout, `KVCache.groups` 1, which is what an unsplit batch has)."""
+  batch = s.running.shape[0]
+  kv = (jnp.arange(_kv_heads(s.cache))[:, None] * batch + idx[None, :]).reshape(-1)
+  take = lambda x: x if x.ndim == 0 else x[idx] if x.shape[0] == batch else x[kv]
+  return jax.tree.map(take, s), keys[idx]
+
+
+def _put_rows(s: DecodeState, sub: DecodeState, idx) -> DecodeState:
+  """`s` with rows `idx` replaced by `sub`'s (`_take_rows`'s inverse), and sub's step."""
+  batch = s.running.shape[0]
+  kv = (jnp.arange(_kv_heads(s.cache))[:, None] * batch + idx[None, :]).reshape(-1)
+  put = lambda x, y: y if x.ndim == 0 else x.at[idx].set(y) if x.shape[0] == batch else x.at[kv].set(y)
+  return jax.tree.map(put, s, sub)
+
+
 @functools.partial(
-    jax.jit, static_argnames=("arch", "dtype", "policy", "buffer", "mesh"),
+    jax.jit, static_argnames=("arch", "dtype", "policy", "buffer", "mesh", "live_rows"),
     donate_argnames=("cache",))
 def decode(params, cache: KVCache, pending, positions, active, index, max_new, temperature, top_p,
            row_keys, stop_tokens, line_end, blank, *, arch: fwd.Arch, dtype, policy: Policy,
-           buffer: int, mesh=None) -> DecodeOutput:
+           buffer: int, mesh=None, live_rows: tuple[int, ...] = ()) -> DecodeOutput:
   """Autoregressive decoding until every active row hit a stop token or `max_new` tokens (or,
   with `policy.line_stop`, a `line_end` token after a token not in `blank`).
 
@@ -246,6 +281,11 @@ def decode(params, cache: KVCache, pending, positions, active, index, max_new, t
   its RoPE position. Step s writes at slot index + s for every row (rows that are not running
   write a masked, invalid slot). Returns a `DecodeOutput` (the new cache, tokens and logprobs
   (B, buffer), counts and stopped (B,), steps: slots used).
+
+  `live_rows` (`live_row_buckets`, ascending; K/V rows in the plain layout): once at most m of
+  them are still running, the loop goes on with those rows alone, gathered into a batch of m
+  (cache rows included; rows that stopped are not computed again), and puts them back at the
+  end. Same tokens per row (a row's computation does not involve the others).
   """
   params = prepare_params(arch, params, dtype)
   batch = pending.shape[0]
@@ -260,10 +300,13 @@ def decode(params, cache: KVCache, pending, positions, active, index, max_new, t
       logprobs=jnp.zeros((batch, buffer), jnp.float32),
   )
 
-  def cond(s: DecodeState):
-    return (s.step < max_new) & jnp.any(s.running)
+  def cond(more_than):
+    return lambda s: (s.step < max_new) & (jnp.sum(s.running, dtype=jnp.int32) > more_than)
 
-  def body(s: DecodeState) -> DecodeState:
+  def make_body(row_keys):
+    return lambda s: body(s, row_keys)
+
+  def body(s: DecodeState, row_keys) -> DecodeState:
     step, running = s.step, s.running
     slot = index + step
     cache = s.cache.replace(
@@ -292,7 +335,13 @@ def decode(params, cache: KVCache, pending, positions, active, index, max_new, t
         logprobs=column(s.logprobs, jnp.where(running, logprobs, 0.0)),
     )
 
-  s = jax.lax.while_loop(cond, body, state)
+  levels = tuple(sorted(live_rows, reverse=True)) + (0,)
+  s = jax.lax.while_loop(cond(levels[0]), make_body(row_keys), state)
+  for m, below in zip(levels, levels[1:]):   # the running rows first, in row order
+    idx = jnp.argsort(~s.running, stable=True)[:m]
+    sub, keys = _take_rows(s, idx, row_keys)
+    sub = jax.lax.while_loop(cond(below), make_body(keys), sub)
+    s = _put_rows(s, sub, idx)
   return DecodeOutput(cache=s.cache, tokens=s.tokens, logprobs=s.logprobs, counts=s.counts,
                       stopped=s.stopped, steps=s.step)
 

@@ -110,14 +110,19 @@ class Sampler:
 
   def __init__(self, model, cache_length: int = 1024, mesh=None, dtype=jnp.bfloat16,
                stop_tokens: Sequence[int] = token_ids.STOP_TOKENS, min_shared_prefix: int = 32,
-               cache_dtype=None):
+               cache_dtype=None, live_rows_min_batch: int = 16):
     """`dtype`: the compute dtype. `cache_dtype`: the KV cache's (None: `dtype`); e.g.
     bfloat16 under float32 compute halves the cache (keys and values are rounded once when
     written, attention still computes in `dtype`).
     `stop_tokens`: a row's turn ends when it writes one (default <end_of_turn>, <eos>).
     `min_shared_prefix`: when all prompts of `start` begin with the same tokens (e.g. the
     instructions and in-context demos of a dialogue), a common prefix at least this long is
-    prefilled once and copied to every row (0 disables)."""
+    prefilled once and copied to every row (0 disables).
+    `live_rows_min_batch`: on a CPU, with the batch on one device, a turn of at least this
+    many rows goes on with the rows still running alone once half of them (then three
+    quarters, ...) have stopped (`decode.live_row_buckets`; same tokens; 0 disables). Not
+    used on accelerators or split batches: not measured there, and the gather would cross
+    devices."""
     if cache_length < 2:
       raise ValueError(f"cache_length must be >= 2, got {cache_length}.")
     self.model = model
@@ -129,6 +134,10 @@ class Sampler:
     self.stop_tokens = tuple(int(t) for t in stop_tokens)
     self._stop_array = np.asarray(self.stop_tokens or (-1,), np.int32)
     self.min_shared_prefix = int(min_shared_prefix)
+    devices = jax.devices() if mesh is None else list(mesh.devices.flat)
+    split = mesh is not None and int(np.prod([mesh.shape[a] for a in BATCH_AXES])) > 1
+    self.live_rows_min_batch = (int(live_rows_min_batch)
+                                if devices[0].platform == "cpu" and not split else 0)
 
   # ---------------------------------------------------------------- public API
 
@@ -236,7 +245,8 @@ class Sampler:
         jnp.asarray(line_stop.line_end if line_stop else (-1,), jnp.int32),
         jnp.asarray(line_stop.blank if line_stop else (-1,), jnp.int32),
         arch=self.arch, dtype=self.dtype, policy=policy,
-        buffer=_bucket(max_new_tokens, MIN_BUFFER), mesh=self.mesh)
+        buffer=_bucket(max_new_tokens, MIN_BUFFER), mesh=self.mesh,
+        live_rows=decode.live_row_buckets(padded, self.live_rows_min_batch))
     tokens, logprobs, counts, stopped, steps = jax.device_get(
         (out.tokens, out.logprobs, out.counts, out.stopped, out.steps))
     history = [list(h) for h in state.history]
