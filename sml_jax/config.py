@@ -94,7 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   # cache_dtype: the KV cache's dtype, "" = compute_dtype; "bfloat16" under float32 compute
   # halves the cache (keys / values rounded once when written; attention still in float32).
-  c.sampler = ml_collections.ConfigDict({"cache_length": 2048, "cache_dtype": ""})
+  # live_rows_min_batch: on a CPU, a turn of at least this many rows goes on with the rows still
+  # running alone as the others stop (same tokens; 0 = never; `Sampler`).
+  c.sampler = ml_collections.ConfigDict({"cache_length": 2048, "cache_dtype": "",
+                                         "live_rows_min_batch": 16})
 
   # The teacher: None model = a frozen copy of the student's initial weights.
   c.teacher = ml_collections.ConfigDict({
@@ -305,6 +308,8 @@ def to_spec(config) -> spec_lib.RunSpec:
   _need(config.sampler.cache_length > 0, "sampler.cache_length", "must be positive")
   _need(config.sampler.cache_dtype in ("", *_DTYPES), "sampler.cache_dtype",
         f"must be '' (the compute dtype) or one of {_DTYPES}, got {config.sampler.cache_dtype!r}")
+  _need(config.sampler.live_rows_min_batch >= 0, "sampler.live_rows_min_batch",
+        f"must be >= 0 (0: never), got {config.sampler.live_rows_min_batch}")
   tr = config.train
   _need(tr.max_len >= 2, "train.max_len", f"must be >= 2, got {tr.max_len}")
   for field in ("micro_batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -338,4 +343,5 @@ def to_spec(config) -> spec_lib.RunSpec:
                                    checkpoint_every=tr.checkpoint_every,
                                    keep_checkpoints=tr.keep_checkpoints, log_every=tr.log_every,
                                    remat=tr.remat, share_prefix=tr.share_prefix),
-      stages=stages, task_kwargs=task_kwargs, cache_dtype=config.sampler.cache_dtype)
+      stages=stages, task_kwargs=task_kwargs, cache_dtype=config.sampler.cache_dtype,
+      live_rows_min_batch=config.sampler.live_rows_min_batch)

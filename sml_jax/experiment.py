@@ -130,7 +130,8 @@ class Experiment:
   def _sampler(self, model) -> Sampler:
     return Sampler(model, cache_length=self.spec.cache_length, mesh=self.sample_mesh,
                    dtype=self.compute_dtype,
-                   cache_dtype=DTYPES[self.spec.cache_dtype] if self.spec.cache_dtype else None)
+                   cache_dtype=DTYPES[self.spec.cache_dtype] if self.spec.cache_dtype else None,
+                   live_rows_min_batch=self.spec.live_rows_min_batch)
 
   def episodes(self, task_lookup=None, **overrides) -> EpisodeRunner:
     """A dialogue runner with the run's dialogue settings, `overrides` replacing some.

@@ -142,6 +142,7 @@ class RunSpec:
   # verifying problems of that task wherever they come from.
   task_kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   cache_dtype: str = ""               # the sampler's KV cache dtype ("": compute_dtype)
+  live_rows_min_batch: int = 16       # `Sampler`: decode the running rows alone (0: never)
 
   @property
   def training_steps(self) -> int:
