@@ -282,6 +282,9 @@ def test_rl_bench_splits_an_iteration_on_tiny():
   assert out["shared_prefix_tokens"] >= 32 and 0 <= out["padding_fraction"] < 1
   assert math.prod(out["batch_shape"]) < math.prod(out["reference_batch_shape"])
   assert abs(out["loss"] - out["reference_loss"]) <= 1e-4 * abs(out["reference_loss"])
+  if out["comparison_examples"] == "rl":   # The rollouts again, ours and the plain decode.
+    assert out["reference_same_rollouts"] == 1.0
+    assert out["reference_iteration_s"] > 0 and out["iteration_speedup"] > 0
   # A bad override is a clear error before anything runs (in-process: no second interpreter).
   from sml_jax.bench import rl_bench
   with pytest.raises(SystemExit, match="stepz"):

@@ -16,6 +16,10 @@ step of each, compiled first and timed apart from compilation:
   plain  one conversation per row, full-sequence forward + backward, logits at every position,
          no prefix sharing
 
+and the iteration's rollouts again (same params and seed), ours and with the plain decode
+(every row decoded until the turn's longest row stops: `sampler.live_rows_min_batch=0`).
+`reference_iteration_s` is the iteration with both plain parts swapped in (warm differences).
+
 Both start from the same state, so their losses must agree (printed: a built-in exactness check).
 `train_tokens_per_s` counts the conversations' real (non-pad) tokens, the same for both (ours
 counts the shared prefix once per conversation, as plain holds it). `--problems` (problems per
@@ -24,7 +28,9 @@ measured and printed as the other benches do. With --json the last line is one J
 `iterations` (the splits), `iteration_s`, `time_sampling_s`, `time_training_s` (last iteration),
 `train_tokens_per_s`, `reference_train_tokens_per_s`, `train_step_speedup`, `padding_fraction`,
 `reference_padding_fraction` (of the rows' slots; ours' rows hold the suffixes after the shared
-prefix), `shared_prefix_tokens`, the step and compile seconds of both, and `hardware`.
+prefix), `shared_prefix_tokens`, the step and compile seconds of both, `rollouts_again_s`,
+`reference_rollouts_s`, `reference_same_rollouts` (the share of conversations with the same
+student tokens), `reference_iteration_s`, `iteration_speedup`, and `hardware`.
 """
 
 from __future__ import annotations
@@ -143,7 +149,17 @@ def main(argv) -> None:
          "padding_fraction": last.get("padding_fraction")}
   if not args.no_reference:
     if trainer.last is not None:
+      out.update(compare_rollouts(exp, stage, ctx, trainer.last[0], args.iterations - 1,
+                                  stage.convs))
       out.update(compare_steps(trainer, rl.train, *trainer.last), comparison_examples="rl")
+      # The iteration with the plain parts swapped in (warm differences): decoding every row
+      # of a turn until its longest row stops, and the plain step.
+      out["reference_iteration_s"] = (
+          out["iteration_s"] + out["reference_rollouts_s"] - out["rollouts_again_s"]
+          + out["reference_train_step_s"] - out["train_step_s"])
+      out["iteration_speedup"] = out["reference_iteration_s"] / out["iteration_s"]
+      print(f"iteration: {out['iteration_s']:.1f} s vs {out['reference_iteration_s']:.1f} s "
+            f"with the plain decode and step: {out['iteration_speedup']:.2f}x", flush=True)
     elif stage.every:   # All rewards equal: the same student tokens, each with weight 1.
       print("no RL signal in the last iteration (all rewards of each group equal): the steps "
             "are compared on all its conversations, student tokens weighted 1", flush=True)
@@ -171,6 +187,36 @@ def _time_step(trainer, state, batch, settings, copy_state: bool = True):
   t2 = time.perf_counter()
   _, metrics = jax.block_until_ready(compiled(copy, placed))
   return t1 - t0, time.perf_counter() - t2, {k: float(v) for k, v in metrics.items()}
+
+
+def compare_rollouts(exp, stage, ctx, state, step: int, convs) -> dict:
+  """The last iteration's rollouts again, from the same params and seed: ours once more, then
+  decoding every row of a turn until its longest row stops (`sampler.live_rows_min_batch=0`)
+  twice (the first compiles); the warm runs are timed, and checked to give the same student
+  tokens as the iteration."""
+  samplers = {id(exp.student.sampler): exp.student.sampler, id(exp.teacher.sampler):
+              exp.teacher.sampler}
+  saved = {k: s.live_rows_min_batch for k, s in samplers.items()}
+  problems, seed = stage.problems(exp, step, ctx.stage_index)
+  params = exp.sampling_params(state)
+  times, same = {}, {}
+  try:
+    for name, live, runs in (("ours", None, 1), ("plain", 0, 2)):
+      for s in samplers.values():
+        s.live_rows_min_batch = saved[id(s)] if live is None else live
+      for _ in range(runs):
+        t0 = time.time()
+        got = stage.collect(exp, params, problems, seed, first_problem=0)
+        times[name] = time.time() - t0
+      same[name] = sum(a.student.ids == b.student.ids for a, b in zip(convs, got.conversations))
+  finally:
+    for k, s in samplers.items():
+      s.live_rows_min_batch = saved[k]
+  print(f"rollouts again: ours {times['ours']:.1f} s, plain decode {times['plain']:.1f} s; the "
+        f"same student tokens as the iteration in {same['ours']} / {same['plain']} of "
+        f"{len(convs)} conversations", flush=True)
+  return {"rollouts_again_s": times["ours"], "reference_rollouts_s": times["plain"],
+          "reference_same_rollouts": same["plain"] / max(len(convs), 1)}
 
 
 def compare_steps(trainer, settings, state, examples) -> dict:
@@ -207,8 +253,10 @@ def _recording_stage(cls):
 
   class Recording(cls):
     every: list = []
+    convs: list = []
 
     def to_examples(self, convs):
+      self.convs = list(convs)
       self.every = [Example(*c.training_arrays()[:2], weight=1.0,
                             token_weights=c.student.sampled_mask().astype(np.float32))
                     for c in convs]
