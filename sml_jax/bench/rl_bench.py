@@ -194,8 +194,7 @@ def compare_rollouts(exp, stage, ctx, state, step: int, convs) -> dict:
   decoding every row of a turn until its longest row stops (`sampler.live_rows_min_batch=0`)
   twice (the first compiles); the warm runs are timed, and checked to give the same student
   tokens as the iteration."""
-  samplers = {id(exp.student.sampler): exp.student.sampler, id(exp.teacher.sampler):
-              exp.teacher.sampler}
+  samplers = {id(s): s for s in (exp.student.sampler, exp.teacher.sampler) if s is not None}
   saved = {k: s.live_rows_min_batch for k, s in samplers.items()}
   problems, seed = stage.problems(exp, step, ctx.stage_index)
   params = exp.sampling_params(state)
