@@ -95,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
   # cache_dtype: the KV cache's dtype, "" = compute_dtype; "bfloat16" under float32 compute
   # halves the cache (keys / values rounded once when written; attention still in float32).
   # live_rows_min_batch: on a CPU, a turn of at least this many rows goes on with the rows still
-  # running alone as the others stop (same tokens; 0 = never; `Sampler`).
+  # running alone as the others stop (same rows, rounded in a smaller batch; 0 = never).
   c.sampler = ml_collections.ConfigDict({"cache_length": 2048, "cache_dtype": "",
                                          "live_rows_min_batch": 16})
 

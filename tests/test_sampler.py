@@ -9,6 +9,7 @@ import pytest
 
 from sml_jax.sampling import ChatState, Sampler, TurnOutput
 from sml_jax.sampling import decode
+from sml_jax.sampling import forward as fwd
 
 STOPS = (1, 106, 50)  # gm.text.Sampler's end tokens: <eos>, <end_of_turn>, tool response.
 TEXTS = ["def fibonacci(n):", "The Eiffel Tower is in", "Hi", "1, 2, 3, 4, 5, 6, 7, 8, 9"]
@@ -400,42 +401,58 @@ def _assert_same_turns(a, b):
     np.testing.assert_allclose(x, y, rtol=0, atol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def two_kv_heads():
+  """A random 2-layer model with 2 kv heads (tiny and the 270M have one): K/V rows k * B + i."""
+  import dataclasses
+  from gemma import gm
+  from sml_jax.models import registry
+  model = gm.nn.Transformer(config=dataclasses.replace(registry.tiny_config(), num_heads=4,
+                                                       num_kv_heads=2))
+  return model, model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]
+
+
+def _turn(model, params, rows, stops, live, active=None, **kw):
+  """(output, pointer, cache arrays) of one turn after prefilling `rows`."""
+  sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=stops,
+                    live_rows_min_batch=live)
+  assert sampler.live_rows_min_batch == live
+  state, out = sampler.sample(params, sampler.start(params, rows), active=active, **kw)
+  return out, state.pointer, jax.device_get(state.cache)
+
+
+@pytest.mark.parametrize("kv", ["one", "two"])
 @pytest.mark.parametrize("temperature,top_k", [(0.0, None), (0.8, 5)])
-def test_logits_for_running_rows_only_change_no_row(setup, temperature, top_k):
+def test_decoding_the_running_rows_alone_changes_no_row(setup, two_kv_heads, kv, temperature,
+                                                         top_k):
   """32 rows that stop at different steps: once at most 16 (then 8) rows run, decoding goes on
-  with those rows alone; every row gets the same tokens (and log-probs, up to rounding) and
-  the cache the same valid slots and positions as when every step computes all 32."""
+  with those rows alone; every row gets the same tokens (and log-probs, up to rounding), and
+  the cache the same pointer, valid slots, positions and keys / values where valid, as when
+  every step computes all 32. With one kv head and with two (K/V rows k * B + i)."""
   model, params, prompts = setup
+  if kv == "two":
+    model, params = two_kv_heads
   rows = [p + [20 + i] for i in range(8) for p in prompts]
   kw = dict(max_new_tokens=8, temperature=temperature, top_k=top_k, seed=5)
-  plain = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=(),
-                  live_rows_min_batch=0)
-  free = plain.generate(params, rows, **kw)
+  free, _, _ = _turn(model, params, rows, (), 0, **kw)
   # Stop tokens that end rows early and at different steps.
   stops = tuple({int(t[k]) for k, t in zip([1, 2, 3, 4, 5] * 4, free.tokens[::2])})
-  outs = [Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=stops,
-                  live_rows_min_batch=m).generate(params, rows, **kw) for m in (0, 16)]
-  counts = np.asarray([len(t) for t in outs[0].tokens])
-  assert (counts < 8).sum() > 16 and counts.max() == 8   # 16 rows went on alone
-  _assert_same_turns(*outs)
-  np.testing.assert_array_equal(outs[0].stopped, outs[1].stopped)
-  # Rows inactive from the start: 5 of 32 run, through the 8-row branch at every step.
+  # All 32 rows (the 16-row level runs), then 12 of them (16 rows, then 8).
   active = np.zeros(len(rows), bool)
-  active[[0, 7, 8, 20, 31]] = True
-  got, caches = [], []
-  for m in (0, 16):
-    sampler = Sampler(model, cache_length=256, dtype=jnp.float32, stop_tokens=(),
-                      live_rows_min_batch=m)
-    state, out = sampler.sample(params, sampler.start(params, rows), active=active, **kw)
-    got.append(out)
-    # The next turn reads the cache: same valid slots, positions and keys where valid.
-    caches.append(jax.device_get((state.cache.valid, state.cache.pos,
-                                  state.cache.layers[0].keys)))
-    assert sampler.live_rows_min_batch == m
-  _assert_same_turns(*got)
-  (v0, p0, k0), (v1, p1, k1) = caches
-  np.testing.assert_array_equal(v0, v1)
-  np.testing.assert_array_equal(np.where(v0, p0, 0), np.where(v1, p1, 0))
-  np.testing.assert_allclose(np.where(v0[:, :, None], k0, 0), np.where(v1[:, :, None], k1, 0),
-                             atol=1e-5)
-  assert [len(t) for t in got[1].tokens] == [8 if a else 0 for a in active]
+  active[[0, 3, 7, 8, 11, 12, 19, 20, 24, 27, 30, 31]] = True
+  for act in (None, active):
+    (a, pa, ca), (b, pb, cb) = [_turn(model, params, rows, stops, m, active=act, **kw)
+                                for m in (0, 16)]
+    counts = np.asarray([len(t) for t in a.tokens])
+    live = counts if act is None else counts[act]
+    assert (live < 8).sum() >= len(live) - (16 if act is None else 8), counts  # levels ran
+    _assert_same_turns(a, b)
+    np.testing.assert_array_equal(a.stopped, b.stopped)
+    assert pa == pb
+    np.testing.assert_array_equal(ca.valid, cb.valid)
+    np.testing.assert_array_equal(np.where(ca.valid, ca.pos, 0), np.where(cb.valid, cb.pos, 0))
+    b_of, _ = fwd.rows_of(len(rows), model.config.num_kv_heads, ca.groups)
+    valid = ca.valid[b_of][:, :, None]   # (B*K, C, 1): each K/V row's batch row
+    for la, lb in zip(ca.layers, cb.layers):
+      for x, y in ((la.keys, lb.keys), (la.values, lb.values)):
+        np.testing.assert_allclose(np.where(valid, x, 0), np.where(valid, y, 0), atol=1e-5)

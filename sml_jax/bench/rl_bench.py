@@ -122,6 +122,7 @@ def main(argv) -> None:
         f"(setup {time.time() - t_setup:.0f} s)", flush=True)
   rows = []
   for it in range(args.iterations):
+    trainer.last = None   # The comparisons use the last iteration's examples, or none.
     t0 = time.time()
     # The driver's own iteration: rollouts -> GRPO examples -> batch -> the train step.
     state, m, _ = stage.iteration(ctx, state, step=it)

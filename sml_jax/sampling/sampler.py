@@ -120,9 +120,10 @@ class Sampler:
     prefilled once and copied to every row (0 disables).
     `live_rows_min_batch`: on a CPU, with the batch on one device, a turn of at least this
     many rows goes on with the rows still running alone once half of them (then three
-    quarters, ...) have stopped (`decode.live_row_buckets`; same tokens; 0 disables). Not
-    used on accelerators or split batches: not measured there, and the gather would cross
-    devices."""
+    quarters, ...) have stopped (`decode.live_row_buckets`; 0 disables). A smaller batch
+    may round a row's matmuls differently: the same tokens on the 270M turns measured, but a
+    near-tie could flip one. Not used on accelerators or split batches: not measured there,
+    and the gather would cross devices."""
     if cache_length < 2:
       raise ValueError(f"cache_length must be >= 2, got {cache_length}.")
     self.model = model
