@@ -181,6 +181,14 @@ def test_an_eval_record_holds_the_command_its_run_ran(tmp_path):
   step = next(s for s in steps if s.suite.name == "math")
   assert runner.ran_command(step) == step.command()        # no attempt recorded yet
   _eval_done(step, [1, None])
+  assert runner.ran_command(step) == step.command()        # a done file without a command
+  # An older runner recorded no command per attempt, only in its done file.
+  older = step.command().replace("--config.train.max_len=", "--config.train.max_len=9")
+  with open(os.path.join(step.workdir, runner.DONE_FILE), "w") as f:
+    json.dump({"command": older, "seconds": 1.0}, f)
+  with open(os.path.join(step.workdir, runner.ATTEMPTS_FILE), "w") as f:
+    f.write(json.dumps({"seconds": 3.0, "returncode": 0}) + "\n")
+  assert runner.ran_command(step) == older
   with open(os.path.join(step.workdir, runner.ATTEMPTS_FILE), "w") as f:
     last = step.command().replace("--config.train.max_len=", "--config.train.max_len=7")
     for cmd in ("first", last):

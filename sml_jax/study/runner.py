@@ -140,13 +140,20 @@ def _record(step: Step, dt: float, rc: int | None) -> None:
 
 def ran_command(step: Step) -> str:
   """The command `step`'s last attempt ran (it may differ from `step.command()` when the study's
-  scale changed since), or `step.command()` for attempts that did not record one."""
+  scale changed since); for attempts that did not record one (older runners), the command its
+  `study_done.json` names, else `step.command()`."""
   path = os.path.join(step.workdir, ATTEMPTS_FILE)
   if os.path.isfile(path):
     with open(path, encoding="utf-8") as f:
       commands = [json.loads(l).get("command") for l in f if l.strip()]
     if commands and commands[-1]:
       return commands[-1]
+  done = os.path.join(step.workdir, DONE_FILE)
+  if os.path.isfile(done):
+    with open(done, encoding="utf-8") as f:
+      command = json.load(f).get("command")
+    if command:
+      return command
   return step.command()
 
 
