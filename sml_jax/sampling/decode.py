@@ -240,8 +240,9 @@ def live_row_buckets(batch: int, minimum: int) -> tuple[int, ...]:
   Why: a turn runs until its longest row stops, and a row that stopped costs as much as one
   that runs (its whole forward, the unembedding, its cache reads). In the demo's greedy eval
   (48 rows, 40-token budget) the median turn stops after ~20 tokens, so for the second half of
-  the steps a handful of rows run. Below 8 rows a CPU step costs about the same for any number
-  of rows (it reads the weights), so smaller batches save nothing."""
+  the steps a handful of rows run. Levels stop at 8 rows: each level adds a copy of the loop
+  to the compiled program, and at a few rows a CPU step is mostly reading the weights (not
+  measured below 8)."""
   if not minimum or batch < minimum:
     return ()
   sizes, m = [], -(-batch // 2)
@@ -251,19 +252,23 @@ def live_row_buckets(batch: int, minimum: int) -> tuple[int, ...]:
   return tuple(reversed(sizes))
 
 
-def _take_rows(s: DecodeState, idx, keys):
-  """Rows `idx` (m,) of a decode state and its per-row keys: a state of m rows (K/V rows in the
-  plain layout, `KVCache.groups` 1, which is what an unsplit batch has)."""
+def _kv_rows(s: DecodeState, idx):
+  """The K/V cache rows of batch rows `idx` (m,), kv head by kv head: row k * B + i in the plain
+  layout (`KVCache.groups` 1, which is what an unsplit batch has)."""
   batch = s.running.shape[0]
-  kv = (jnp.arange(_kv_heads(s.cache))[:, None] * batch + idx[None, :]).reshape(-1)
+  return (jnp.arange(_kv_heads(s.cache))[:, None] * batch + idx[None, :]).reshape(-1)
+
+
+def _take_rows(s: DecodeState, idx, keys):
+  """Rows `idx` (m,) of a decode state and its per-row keys: a state of m rows."""
+  batch, kv = s.running.shape[0], _kv_rows(s, idx)
   take = lambda x: x if x.ndim == 0 else x[idx] if x.shape[0] == batch else x[kv]
   return jax.tree.map(take, s), keys[idx]
 
 
 def _put_rows(s: DecodeState, sub: DecodeState, idx) -> DecodeState:
   """`s` with rows `idx` replaced by `sub`'s (`_take_rows`'s inverse), and sub's step."""
-  batch = s.running.shape[0]
-  kv = (jnp.arange(_kv_heads(s.cache))[:, None] * batch + idx[None, :]).reshape(-1)
+  batch, kv = s.running.shape[0], _kv_rows(s, idx)
   put = lambda x, y: (y if x.ndim == 0 else x.at[idx].set(y) if x.shape[0] == batch
                       else x.at[kv].set(y))
   return jax.tree.map(put, s, sub)
