@@ -288,16 +288,16 @@ def test_with_the_hint_teacher_the_demos_show_its_feedback_answered_with_new_num
   assert "12" not in answers
 
 
-def test_word_problems_get_the_long_word_problem_demo_and_nothing_else_does():
+def test_word_problems_get_the_word_problem_demos_and_nothing_else_does():
   """With the hint teacher a fully specified math word problem (GSM-like) also sees
-  `WORD_PROBLEM_DEMO`; bare expressions, sharded problems, code and other teachers do not. Its
-  answer and intermediate results repeat no other demo's answer."""
+  `WORD_PROBLEM_DEMOS`; bare expressions, sharded problems, code and other teachers do not.
+  Their numbers repeat no other demo's."""
   def problem(task, domain="math", shards=()):
     return Problem(id="x", task=task, domain=domain, statement="s", privileged="", shards=shards)
   hint = prompts.HINT_STUDENT_DEMOS
   for task in ("gsm_symbolic", "gsm8k"):
     assert prompts.student_demos(problem(task), teacher="hint") == (
-        hint["math"] + prompts.WORD_PROBLEM_DEMO)
+        hint["math"] + prompts.WORD_PROBLEM_DEMOS)
   assert prompts.student_demos(problem("arithmetic"), teacher="hint") == hint["math"]
   assert prompts.student_demos(problem("gsm8k_sharded", shards=("a", "b")),
                                teacher="hint") == hint["math"]
@@ -306,11 +306,17 @@ def test_word_problems_get_the_long_word_problem_demo_and_nothing_else_does():
           == prompts.STUDENT_DEMOS["math"])
   assert prompts.student_demos(problem("gsm8k"), enabled=False, teacher="hint") == ()
   numbers = lambda demos: {n for _, t in demos for n in re.findall(r"\d+", t)}
-  (_, opening), (_, worked) = prompts.WORD_PROBLEM_DEMO
-  assert not numbers(prompts.WORD_PROBLEM_DEMO) & numbers(hint["math"])
-  assert opening.startswith(prompts.STUDENT_INSTRUCTIONS["math"])
-  assert worked.endswith("Final answer: 16")
-  assert quality.well_formed(worked, "math") and quality.computes_its_answer(worked)
+  word = prompts.WORD_PROBLEM_DEMOS
+  assert len(word) == 6 and not numbers(word) & numbers(hint["math"])
+  # No number is shared between two of the word-problem demos either.
+  assert sum(len(numbers(word[i:i + 2])) for i in range(0, 6, 2)) == len(numbers(word))
+  answers = []
+  for (user, opening), (model, worked) in zip(word[::2], word[1::2]):
+    assert (user, model) == ("user", "model")
+    assert opening.startswith(prompts.STUDENT_INSTRUCTIONS["math"])
+    assert quality.well_formed(worked, "math") and quality.computes_its_answer(worked)
+    answers.append(worked.rsplit("Final answer: ", 1)[1])
+  assert answers == ["16", "58", "180"]
   # Its answer written as the student's own on another problem is a copy, whatever the working.
   gsm = Problem(id="g", task="gsm_symbolic", domain="math", privileged="",
                 statement="An electrician works 5 days a week and earns 185 a day. How much a "

@@ -40,6 +40,10 @@ __all__ = ["DialogueConfig", "EpisodeRunner", "LEAK_POLICIES", "QPRIME_WRITERS",
 
 # The verdict a Q-priming question gets in place of the attempt it replaced: no answer to judge.
 QUESTION_VERDICT = Verdict(attempted=False, correct=False)
+# The verdict of a turn that ran out of budget inside its answer's number (`turn_end.
+# answer_may_continue`): "Final answer: 210" may be the first digits of 2100, so nothing is read.
+UNFINISHED_VERDICT = Verdict(attempted=False, correct=False, format_failure=True,
+                             feedback=turn_end.UNFINISHED_NOTE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +234,8 @@ class _Episode:
   def _add_student_turn(self, c: Conversation, s: Sampled) -> int:
     """Adds a sampled student turn to `c`, cut at its natural end (`turn_end`) and closed with
     <end_of_turn>: trained (Role.MODEL) when the model emitted it or the text ended the turn,
-    TEMPLATE when the turn only ran out of budget. Returns the number of sampled tokens cut."""
+    TEMPLATE when the turn only ran out of budget (also inside its answer's number: flagged
+    `unfinished`, `turn_end.answer_may_continue`). Returns the number of sampled tokens cut."""
     toks, lps = np.asarray(s.tokens), np.asarray(s.logprobs)
     close_role = None if s.stopped else cf.Role.TEMPLATE
     body = cf.strip_stop(toks)
@@ -240,11 +245,16 @@ class _Episode:
         k = turn_end.tokens_within(self.tok, body, cut)
         if k < len(body) or not s.stopped:
           toks, lps, close_role = toks[:k], lps[:k], cf.Role.MODEL
+    text = cf.decode_turn(self.tok, toks)
+    unfinished = (not s.stopped and len(toks) == len(body)
+                  and turn_end.answer_may_continue(text, c.problem.domain))
+    if unfinished:
+      close_role = cf.Role.TEMPLATE   # The model did not end its turn there: nothing to teach.
     c.student.extend(toks, [cf.Role.MODEL] * len(toks), lps, sampled=True)
     if close_role is not None or (len(toks) and toks[-1] != cf.END_OF_TURN_ID):
       # Not sampled: SFT may train it (where the turn ends), the policy gradient must not.
       c.student.extend([cf.END_OF_TURN_ID], [close_role or cf.Role.TEMPLATE], [0.0], sampled=False)
-    c.turns.append(Turn("student", cf.decode_turn(self.tok, toks), {}))
+    c.turns.append(Turn("student", text, {"unfinished": True} if unfinished else {}))
     return len(s.tokens) - len(toks)
 
   def _verify(self, rows: list[int]) -> dict[int, Verdict]:
@@ -257,7 +267,8 @@ class _Episode:
       got = self.r.task_lookup(name).verify_batch([self.convs[i].problem for i in idx],
                                                   [self.convs[i].turns[-1].text for i in idx])
       verdicts.update(zip(idx, got))
-    return {i: verdicts[i] for i in rows}
+    return {i: UNFINISHED_VERDICT if self.convs[i].turns[-1].flags.get("unfinished")
+            else verdicts[i] for i in rows}
 
   def _quality_flags(self, i: int, text: str, verdict: Verdict,
                      extra_demo_lines: tuple[str, ...] = ()) -> dict[str, bool]:
@@ -281,9 +292,12 @@ class _Episode:
         kind = "other"   # a restated problem asks the teacher nothing (question_rate, claim e)
       premature = bool(v.attempted and c.problem.underspecified
                        and c.shards_revealed < len(c.problem.shards))
+      unfinished = turn.flags.get("unfinished", False)
       turn.flags = {"attempt": kind == "attempt", "question": kind == "question",
                     "correct": bool(v.correct), "premature": premature, "qprime": False,
                     **self._quality_flags(i, turn.text, v)}
+      if unfinished:   # (the key only where true: transcripts of other turns are unchanged)
+        turn.flags.update(attempt=False, well_formed=False, unfinished=True)
       if v.correct:
         c.solved_turn = t
       elif (v.attempted and cfg.qprime_q > 0 and t < cfg.max_turns

@@ -25,6 +25,7 @@ import fractions
 import re
 from typing import Collection
 
+from sml_jax.dialogue import turn_end
 from sml_jax.dialogue.expression_hints import expression_hint
 from sml_jax.tasks import math_answers, turns
 from sml_jax.tasks.base import Problem, Verdict
@@ -135,6 +136,8 @@ _FORMAT_REMINDERS = (
     "When you answer, finish with 'Final answer: <number>'.",
     "I could not find your final answer. Write it as 'Final answer: <number>'.",
 )
+_CUT_OFF = ("Your answer was cut off before you finished it. Keep your working short and end "
+            "with 'Final answer: <number>'.")
 _DIRECTION = {
     "high": ("{attempt} is {size} too high.", "Your answer of {attempt} is {size} too large.",
              "That is {size} more than it should be."),
@@ -188,7 +191,9 @@ def math_hint(problem: Problem, attempt_text: str, verdict: Verdict, rng,
   parts = []
   gold = math_answers.parse_number(problem.answer or "")
   attempt = math_answers.parse_number(verdict.extracted) if verdict.extracted else None
-  if verdict.format_failure or not verdict.attempted:
+  if verdict.feedback == turn_end.UNFINISHED_NOTE:
+    parts.append(_CUT_OFF)
+  elif verdict.format_failure or not verdict.attempted:
     parts.append(rng.choice(_FORMAT_REMINDERS))
   elif attempt is not None and gold is not None and attempt != gold:
     side = "high" if attempt > gold else "low"

@@ -7,6 +7,7 @@ briefing and the verifier notes (teacher context) do.
 
 from __future__ import annotations
 
+from sml_jax.dialogue import turn_end
 from sml_jax.tasks.base import Problem, Verdict
 
 STUDENT_INSTRUCTIONS = {
@@ -150,18 +151,26 @@ QPRIME_DEMOS = {
 }
 
 
-# A longer, three-step word problem worked in one line, added to the hint teacher's math demos on
-# fully specified word problems (every math task but the bare expressions of `arithmetic`). On
-# GSM-like problems the base 270M, shown only the short demos above, restated the problem instead
-# of computing (a third of its turns) or ran on in "X = X + ..." chains: on 32 gsm_symbolic
-# *train*-split problems (greedy, 4 turns) this demo took well-formed turns from 0.58 to 0.72 and
-# removed the restatements (12 of 128 turns -> 0); held out, 0.39 -> 0.71 (README). None of its
-# numbers is in the demos above.
-WORD_PROBLEM_DEMO = (
+# Three word problems worked in one line each (three, two and two steps: -, * and /), added to the
+# hint teacher's math demos on fully specified word problems (every math task but the bare
+# expressions of `arithmetic`). On GSM-like problems the base 270M, shown only the short demos
+# above, restated the problem instead of computing (a third of its turns) or ran on in
+# "X = X + ..." chains. Chosen on 32 gsm_symbolic *train*-split problems (greedy, 4 turns,
+# 40-token turns): well-formed turns 0.58 (short demos) -> 0.70 (the first demo alone) -> 0.78
+# (all three; 0.85 with 64-token turns); held out (README): 0.70 -> 0.86, and 0.78 -> 0.94 with
+# 64-token turns. Each costs ~120 prompt tokens. No number repeats across demos (a first version's answer 24 came back as
+# the student's own, `4 * 8 = 24. Final answer: 24`).
+WORD_PROBLEM_DEMOS = (
     ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nLena runs a small bakery. On Monday she bakes 3 "
      "trays of muffins with 16 muffins on each tray. She sells 21 muffins in the morning and gives "
      "11 to her neighbours in the evening. How many muffins does she have at the end of the day?"),
     ("model", "3 * 16 = 48 muffins, then 48 - 21 = 27, and 27 - 11 = 16. Final answer: 16"),
+    ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nOmar buys 23 pencils for his class. Each pencil "
+     "costs 4 dollars, and he pays with a 150-dollar note. How much change does he get?"),
+    ("model", "23 * 4 = 92 dollars, and 150 - 92 = 58. Final answer: 58"),
+    ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nA farmer collects 270 eggs and packs them in "
+     "cartons of 18. He sells each carton for 12 dollars. How much money does he make?"),
+    ("model", "270 / 18 = 15 cartons, and 15 * 12 = 180. Final answer: 180"),
 )
 _EXPRESSION_TASKS = ("arithmetic",)
 
@@ -169,7 +178,7 @@ _EXPRESSION_TASKS = ("arithmetic",)
 def student_demos(problem: Problem, enabled: bool = True,
                   teacher: str = "scripted") -> tuple[tuple[str, str], ...]:
   """The student's in-context demonstrations for a dialogue with a `teacher` of that kind (hint:
-  plus `WORD_PROBLEM_DEMO` on a fully specified math word problem)."""
+  plus `WORD_PROBLEM_DEMOS` on a fully specified math word problem)."""
   if not enabled:
     return ()
   if teacher != "hint":
@@ -177,7 +186,7 @@ def student_demos(problem: Problem, enabled: bool = True,
   demos = HINT_STUDENT_DEMOS[problem.domain]
   if (problem.domain == "math" and problem.task not in _EXPRESSION_TASKS
       and not problem.underspecified):
-    demos += WORD_PROBLEM_DEMO
+    demos += WORD_PROBLEM_DEMOS
   return demos
 
 
@@ -216,6 +225,8 @@ def verifier_note(verdict: Verdict, question: bool = False) -> str:
   as a question, never judged as an attempt."""
   if question:
     note = QUESTION_NOTE
+  elif verdict.feedback == turn_end.UNFINISHED_NOTE:
+    note = "the student's turn ran out of tokens before its final answer was complete."
   elif not verdict.attempted:
     note = "the student did not give an answer in this turn."
   elif verdict.correct:

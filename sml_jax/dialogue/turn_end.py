@@ -13,6 +13,10 @@ and the next turns. The dialogue cuts each sampled turn at its natural end:
                   else after the first question mark, else the whole turn
   teacher:        at the last sentence end of its first line (the briefing asks for 1-3 sentences)
 
+A math turn that runs out of token budget right after a digit of its anchored answer
+(`answer_may_continue`) may have been cut inside its number, so its answer is not read: it is
+a format failure, not an attempt.
+
 The cut is made on tokens (the longest prefix whose text stays within the cut), the tokens after
 it are removed from the KV cache (`Sampler.truncate`), and the turn is closed with an
 `<end_of_turn>` the student is trained on: the dialogue teaches the model where its turn ends.
@@ -43,6 +47,21 @@ def student_cut(text: str, domain: str) -> int | None:
   if q >= 0:
     return q + 1
   return None
+
+
+# The verifier note (`Verdict.feedback`) of a turn whose answer `answer_may_continue`.
+UNFINISHED_NOTE = "the turn ran out of tokens inside its final answer, so it was not read."
+
+
+def answer_may_continue(text: str, domain: str) -> bool:
+  """True if a math turn that ran out of token budget ends inside its anchored answer: nothing,
+  or only a "." or "," after the answer's last digit ("... Final answer: 210" cut from 2100,
+  "Final answer: 2." from 2.5). Its number is unfinished, so it is not an attempt. Call it only
+  for turns that did not stop by themselves."""
+  if domain != "math":
+    return False
+  end = math_answers.first_answer_end(text)
+  return end is not None and text[end:] in ("", ".", ",") and text[:end][-1:].isdigit()
 
 
 def teacher_cut(text: str) -> int | None:
