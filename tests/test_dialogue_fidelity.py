@@ -185,52 +185,56 @@ def test_code_problems_get_code_question_demos():
   assert len(prompts.QPRIME_DEMOS["math"]) >= 4 and len(prompts.QPRIME_DEMOS["code"]) >= 4
 
 
-def _cut_turn(tokenizer, text, stopped=False):
-  """A student turn added the way the episode adds it: `text` sampled, then cut at its answer
-  (`stopped`: the model ended it; else it ran out of budget)."""
+def _cut_turn(tokenizer, text):
+  """A student turn added the way the episode adds it: `text` sampled, then cut at its answer."""
   c = Conversation(ANSWER_42, "hint", 3)
   c.student.extend(*cf.encode_dialogue(tokenizer, [("user", "hi")], add_generation_prompt=True))
   ids = np.asarray(tokenizer.encode(text), np.int32)
-  if stopped:
-    ids = np.append(ids, cf.END_OF_TURN_ID).astype(np.int32)
   me = types.SimpleNamespace(cfg=DialogueConfig(), tok=tokenizer)
-  episode._Episode._add_student_turn(
-      me, c, Sampled(ids, np.full(len(ids), -0.5, np.float32), stopped))
+  episode._Episode._add_student_turn(me, c, Sampled(ids, np.full(len(ids), -0.5, np.float32), False))
   return c
 
 
-def test_an_answer_cut_by_the_token_budget_inside_its_number_is_not_read(tokenizer):
+def test_an_answer_cut_by_the_token_budget_inside_its_number_is_not_read(sampler, tokenizer, tiny):
   """Seen in a 40-token word-problem eval (Dec 6): `... 2730 - 15 = 2100. Final answer: 210`, the
   budget ending inside 2100, was read as the answer 210 (and `Final answer: 4` could be the 4 of
-  42, rewarded). Such a turn is a format failure: no attempt, not well-formed, its answer not
-  read, and its closing <end_of_turn> untrained (the model did not end it there)."""
-  assert turn_end.answer_may_continue("1 + 1 = 2. Final answer: 21", "math")
-  assert turn_end.answer_may_continue("Final answer: 2.", "math")
-  assert turn_end.answer_may_continue("Final answer: 21,", "math")
-  assert not turn_end.answer_may_continue("Final answer: 21 apples", "math")
-  assert not turn_end.answer_may_continue("Final answer: 21. Next", "math")
-  assert not turn_end.answer_may_continue("Final answer:", "math")
-  assert not turn_end.answer_may_continue("```python\nx = 1\n```", "code")
+  42, rewarded). Such a turn is a format failure: no attempt, not a question, not well-formed,
+  its answer not read, its closing <end_of_turn> untrained (the model did not end it there), and
+  the teachers say it was cut off. Each case goes through the episode's own add / verify / score."""
   right = "40 + 2 = 42. Final answer: 42"
-  cases = {  # text, stopped -> unfinished
-      ("40 + 2 = 42. Final answer: 4", False): True,
-      (right, False): True,             # may be 420: not read, though 42 is right
-      (right, True): False,             # the model ended its turn after 42
-      (right + " apples. Then", False): False,   # the answer ended before the budget did
+  cases = {  # (text as sampled, the model stopped it, cut_turns) -> unfinished
+      ("40 + 2 = 42. Final answer: 4", False, True): True,
+      (right, False, True): True,                   # may be 420: not read, though 42 is right
+      ("40 + 2 = 42. Final answer: 2.", False, True): True,    # of 2.5; the cut drops the "."
+      ("40 + 2 = 42. Final answer: 1,2", False, True): True,   # of 1,200
+      ("Final answer: 40 + 2", False, True): True,             # of 40 + 2 = 42
+      ("Is it 40 + 2? 40 + 2 = 42. Final answer: 4", False, True): True,   # not a question
+      (right, True, True): False,                   # the model ended its turn after 42
+      (right + " apples. Then", False, True): False,   # a word after the answer ended it
+      (right + "\n", False, False): False,             # a line stop ended it (not cut)
   }
-  for (text, stopped), unfinished in cases.items():
-    c = _cut_turn(tokenizer, text, stopped)
-    assert bool(c.turns[-1].flags.get("unfinished")) == unfinished, text
-    me = types.SimpleNamespace(convs=[c], r=types.SimpleNamespace(task_lookup=lambda name: MATH))
-    verdict = episode._Episode._verify(me, [0])[0]
+  for (text, stopped, cut_turns), unfinished in cases.items():
+    runner = _runner(sampler, tokenizer, task=MATH, cut_turns=cut_turns)
+    ep = episode._Episode(runner, [ANSWER_42], tiny[1], None, seed=0, repeats=1, first_row=0)
+    ep.demo_lines = [()]
+    c = ep.convs[0]
+    ids = np.asarray(tokenizer.encode(text) + ([cf.END_OF_TURN_ID] if stopped else []), np.int32)
+    ep._add_student_turn(c, Sampled(ids, np.full(len(ids), -0.5, np.float32), stopped))
+    verdicts = ep._verify([0])
+    ep._score([0], verdicts, 1)
+    flags, verdict = c.turns[-1].flags, verdicts[0]
+    assert flags.get("unfinished", False) == unfinished, text
     if unfinished:
       assert verdict == episode.UNFINISHED_VERDICT and verdict.format_failure
+      assert not (flags["attempt"] or flags["question"] or flags["well_formed"] or flags["correct"])
       assert c.student.roles[-1] == cf.Role.TEMPLATE and c.student.ids[-1] == cf.END_OF_TURN_ID
-      # The teachers say so, rather than "I could not find your final answer".
       assert "cut off" in hints.math_hint(ANSWER_42, c.turns[-1].text, verdict, random.Random(0))
       assert "ran out of tokens" in prompts.verifier_note(verdict)
+      assert "cut off" in prompts.scripted_feedback(ANSWER_42, verdict)
     else:
-      assert verdict.attempted and verdict.correct == text.startswith(right)
+      assert flags["attempt"] and verdict.attempted and flags["correct"] == text.startswith(right)
+  assert not turn_end.answer_may_continue("```python\nx = 1\n```", "code")
+  assert not turn_end.answer_may_continue("Final answer:", "math")
 
 
 def test_rl_gives_no_weight_to_the_end_of_turn_appended_after_a_cut(tokenizer):

@@ -239,15 +239,16 @@ class _Episode:
     toks, lps = np.asarray(s.tokens), np.asarray(s.logprobs)
     close_role = None if s.stopped else cf.Role.TEMPLATE
     body = cf.strip_stop(toks)
+    raw = self.tok.decode(body)
     if self.cfg.cut_turns:
-      cut = turn_end.student_cut(self.tok.decode(body), c.problem.domain)
+      cut = turn_end.student_cut(raw, c.problem.domain)
       if cut is not None:
         k = turn_end.tokens_within(self.tok, body, cut)
         if k < len(body) or not s.stopped:
           toks, lps, close_role = toks[:k], lps[:k], cf.Role.MODEL
     text = cf.decode_turn(self.tok, toks)
-    unfinished = (not s.stopped and len(toks) == len(body)
-                  and turn_end.answer_may_continue(text, c.problem.domain))
+    # Judged on the turn as sampled: the cut drops the "." of "Final answer: 2." (from 2.5).
+    unfinished = not s.stopped and turn_end.answer_may_continue(raw, c.problem.domain)
     if unfinished:
       close_role = cf.Role.TEMPLATE   # The model did not end its turn there: nothing to teach.
     c.student.extend(toks, [cf.Role.MODEL] * len(toks), lps, sampled=True)
@@ -290,14 +291,16 @@ class _Episode:
       kind = self.r.classify_turn(turn.text, v.attempted)
       if kind == "question" and quality.is_echo(turn.text, c.problem.statement):
         kind = "other"   # a restated problem asks the teacher nothing (question_rate, claim e)
+      unfinished = turn.flags.get("unfinished", False)
+      if unfinished:
+        kind = "other"   # an answer cut off, even after a "?": the teachers say it was cut off
       premature = bool(v.attempted and c.problem.underspecified
                        and c.shards_revealed < len(c.problem.shards))
-      unfinished = turn.flags.get("unfinished", False)
       turn.flags = {"attempt": kind == "attempt", "question": kind == "question",
                     "correct": bool(v.correct), "premature": premature, "qprime": False,
                     **self._quality_flags(i, turn.text, v)}
       if unfinished:   # (the key only where true: transcripts of other turns are unchanged)
-        turn.flags.update(attempt=False, well_formed=False, unfinished=True)
+        turn.flags.update(well_formed=False, unfinished=True)
       if v.correct:
         c.solved_turn = t
       elif (v.attempted and cfg.qprime_q > 0 and t < cfg.max_turns

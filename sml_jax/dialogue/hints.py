@@ -1,8 +1,9 @@
 """Teacher texts built from the privileged information, without an LLM: hints, shard replies and
 Q-priming questions, plus the turn checks behind the dialogue-quality metrics.
 
-Pure functions (tasks/ and the standard library only). Randomness comes from the `rng` argument
-(a `random.Random`, or anything with `.choice`), so a seeded caller gets the same texts.
+Pure functions (tasks/, turn_end, expression_hints and the standard library only). Randomness
+comes from the `rng` argument (a `random.Random`, or anything with `.choice`), so a seeded caller
+gets the same texts.
 
 What a hint may say (decided here, tested in tests/test_hints.py):
 - Math: never the final answer or any number equal to it (every text passes the task's

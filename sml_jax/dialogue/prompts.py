@@ -158,8 +158,8 @@ QPRIME_DEMOS = {
 # "X = X + ..." chains. Chosen on 32 gsm_symbolic *train*-split problems (greedy, 4 turns,
 # 40-token turns): well-formed turns 0.58 (short demos) -> 0.70 (the first demo alone) -> 0.78
 # (all three; 0.85 with 64-token turns); held out (README): 0.70 -> 0.86, and 0.78 -> 0.94 with
-# 64-token turns. Each costs ~120 prompt tokens. No number repeats across demos (a first version's answer 24 came back as
-# the student's own, `4 * 8 = 24. Final answer: 24`).
+# 64-token turns. Each costs ~120 prompt tokens. No number repeats across demos (a first
+# version's answer 24 came back as the student's own, `4 * 8 = 24. Final answer: 24`).
 WORD_PROBLEM_DEMOS = (
     ("user", STUDENT_INSTRUCTIONS["math"] + "\n\nLena runs a small bakery. On Monday she bakes 3 "
      "trays of muffins with 16 muffins on each tray. She sells 21 muffins in the morning and gives "
@@ -240,6 +240,9 @@ def verifier_note(verdict: Verdict, question: bool = False) -> str:
 
 def scripted_feedback(problem: Problem, verdict: Verdict) -> str:
   """Feedback from the verifier alone (no LLM): the cheap, leak-free baseline teacher."""
+  if verdict.feedback == turn_end.UNFINISHED_NOTE:
+    return ("Your answer was cut off before you finished it. Keep your working short and end "
+            "with 'Final answer: <number>'.")
   if not verdict.attempted:
     if problem.domain == "code":
       return "Please give your complete solution in a ```python code block."

@@ -53,15 +53,23 @@ def student_cut(text: str, domain: str) -> int | None:
 UNFINISHED_NOTE = "the turn ran out of tokens inside its final answer, so it was not read."
 
 
+# After the last digit of an anchored answer, what the number or expression may go on with: a
+# decimal point, a thousands comma or a fraction bar ("2." of 2.5, "1,2" of 1,200, "3/" of 3/4),
+# or an operator ("Final answer: 18 + 6" of 18 + 6 = 24).
+_CONTINUES = re.compile(r"(?:[.,/]\d*|[ \t]*[-+*/=][^\n]*)?")
+
+
 def answer_may_continue(text: str, domain: str) -> bool:
-  """True if a math turn that ran out of token budget ends inside its anchored answer: nothing,
-  or only a "." or "," after the answer's last digit ("... Final answer: 210" cut from 2100,
-  "Final answer: 2." from 2.5). Its number is unfinished, so it is not an attempt. Call it only
-  for turns that did not stop by themselves."""
+  """True if a math turn that ran out of token budget may have been cut inside its anchored
+  answer: `text` (the turn as sampled, before any cut) ends right after a digit of its first
+  answer, or after what `_CONTINUES` allows ("... = 2100. Final answer: 210" cut from 2100). Its
+  number is unfinished, so it is not an attempt. Call it only for turns that did not stop by
+  themselves: a line break or a word after the answer ends the number."""
   if domain != "math":
     return False
   end = math_answers.first_answer_end(text)
-  return end is not None and text[end:] in ("", ".", ",") and text[:end][-1:].isdigit()
+  return (end is not None and text[:end][-1:].isdigit()
+          and _CONTINUES.fullmatch(text[end:]) is not None)
 
 
 def teacher_cut(text: str) -> int | None:

@@ -29,7 +29,8 @@ do (transcripts written before the flag existed still load and give None, not 0)
   well_formed_rate             student turns flagged `well_formed` (an anchored answer attempt or a
                                question about the problem) / student turns carrying the flag.
   format_failure_rate          student turns flagged `format_failure` (an answer without the
-                               `Final answer:` / `\\boxed{}` anchor) / student turns carrying it.
+                               `Final answer:` / `\\boxed{}` anchor, or one cut off by the token
+                               budget inside its number, flag `unfinished`) / turns carrying it.
   demo_copy_rate               turns of any party flagged `demo_copy` (reproduces a line of an
                                in-context demonstration) / turns of any party carrying it.
   out_of_context_rate          conversations with `out_of_context` true (ended early: another turn

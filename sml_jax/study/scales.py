@@ -76,13 +76,13 @@ class Scale:
   student_max_tokens: int = 48
   teacher_max_tokens: int = 32
   code_student_max_tokens: int = 96
-  # A 4-turn word-problem dialogue is up to ~1,290 tokens since its prompt holds the three
+  # A 4-turn word-problem dialogue is ~1,300 tokens at most since its prompt holds the three
   # word-problem demos (prompts.WORD_PROBLEM_DEMOS: gsm_symbolic openings with up to 3 steps are
-  # 891 tokens at the median, 961 at most, + 4 x 48 student + 3 x 32 teacher tokens + turn
-  # markers); arithmetic ones stay under 800. The committed seeds ran at 02e0d38, before those
-  # demos, with 1024 and 768.
-  cache_length: int = 1408
-  max_len: int = 1280
+  # 891 tokens at the median, 962 at most, + 4 x 48 student tokens + 3 hint replies of ~30 +
+  # turn markers; a longer one is cut in training and counted, `truncated_rate`); arithmetic
+  # ones stay under 800. The committed seeds ran at 02e0d38, before those demos, with 1024/768.
+  cache_length: int = 1536
+  max_len: int = 1344
   micro_batch_size: int = 4
   compute_dtype: str = "float32"   # CPUs without native bf16 matmuls are faster in f32
   temperature: float = 0.7
