@@ -226,6 +226,7 @@ def test_an_answer_cut_by_the_token_budget_inside_its_number_is_not_read(sampler
     assert flags.get("unfinished", False) == unfinished, text
     if unfinished:
       assert verdict == episode.UNFINISHED_VERDICT and verdict.format_failure
+      assert flags["sampled_end"] == text[-24:]   # as sampled: "2." keeps its "."
       assert not (flags["attempt"] or flags["question"] or flags["well_formed"] or flags["correct"])
       assert c.student.roles[-1] == cf.Role.TEMPLATE and c.student.ids[-1] == cf.END_OF_TURN_ID
       assert "cut off" in hints.math_hint(ANSWER_42, c.turns[-1].text, verdict, random.Random(0))

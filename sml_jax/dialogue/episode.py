@@ -255,7 +255,9 @@ class _Episode:
     if close_role is not None or (len(toks) and toks[-1] != cf.END_OF_TURN_ID):
       # Not sampled: SFT may train it (where the turn ends), the policy gradient must not.
       c.student.extend([cf.END_OF_TURN_ID], [close_role or cf.Role.TEMPLATE], [0.0], sampled=False)
-    c.turns.append(Turn("student", text, {"unfinished": True} if unfinished else {}))
+    # `sampled_end`: the turn's last characters as sampled, before the cut (why it is unfinished).
+    c.turns.append(Turn("student", text,
+                        {"unfinished": True, "sampled_end": raw[-24:]} if unfinished else {}))
     return len(s.tokens) - len(toks)
 
   def _verify(self, rows: list[int]) -> dict[int, Verdict]:
@@ -291,7 +293,7 @@ class _Episode:
       kind = self.r.classify_turn(turn.text, v.attempted)
       if kind == "question" and quality.is_echo(turn.text, c.problem.statement):
         kind = "other"   # a restated problem asks the teacher nothing (question_rate, claim e)
-      unfinished = turn.flags.get("unfinished", False)
+      unfinished = {k: turn.flags[k] for k in ("unfinished", "sampled_end") if k in turn.flags}
       if unfinished:
         kind = "other"   # an answer cut off, even after a "?": the teachers say it was cut off
       premature = bool(v.attempted and c.problem.underspecified
@@ -300,7 +302,7 @@ class _Episode:
                     "correct": bool(v.correct), "premature": premature, "qprime": False,
                     **self._quality_flags(i, turn.text, v)}
       if unfinished:   # (the key only where true: transcripts of other turns are unchanged)
-        turn.flags.update(well_formed=False, unfinished=True)
+        turn.flags.update(well_formed=False, **unfinished)
       if v.correct:
         c.solved_turn = t
       elif (v.attempted and cfg.qprime_q > 0 and t < cfg.max_turns

@@ -14,7 +14,9 @@
 `"out_of_context": bool` (ended early: another turn would not fit the KV cache);
 `"student_tokens": int` (length of the student's token context, for `truncated_rate`).
 Optional dialogue-quality flags (`QUALITY_FLAGS`, bool; absent = not measured): student turns
-`format_failure`, `well_formed`, `demo_copy`; teacher turns `demo_copy`.
+`format_failure`, `well_formed`, `demo_copy`; teacher turns `demo_copy`. A student turn whose
+answer the token budget cut off (not read) also has `"unfinished": true` and `"sampled_end"` (its
+last characters as sampled, before the turn was cut at its answer).
 Validation is structural (types, required keys, index ranges): it catches a broken writer early
 with the offending record named, instead of a wrong number in a report.
 """
