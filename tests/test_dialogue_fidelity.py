@@ -208,6 +208,8 @@ def test_an_answer_cut_by_the_token_budget_inside_its_number_is_not_read(sampler
       ("40 + 2 = 42. Final answer: 2.", False, True): True,    # of 2.5; the cut drops the "."
       ("40 + 2 = 42. Final answer: 1,2", False, True): True,   # of 1,200
       ("Final answer: 40 + 2", False, True): True,             # of 40 + 2 = 42
+      ("Final answer: 42 = 42 = 4", False, True): True,        # a chain run on to the budget
+      (right + " - that is all", False, True): False,          # words after it: it ended
       ("Is it 40 + 2? 40 + 2 = 42. Final answer: 4", False, True): True,   # not a question
       (right, True, True): False,                   # the model ended its turn after 42
       (right + " apples. Then", False, True): False,   # a word after the answer ended it

@@ -55,8 +55,9 @@ UNFINISHED_NOTE = "the turn ran out of tokens inside its final answer, so it was
 
 # After the last digit of an anchored answer, what the number or expression may go on with: a
 # decimal point, a thousands comma or a fraction bar ("2." of 2.5, "1,2" of 1,200, "3/" of 3/4),
-# or an operator ("Final answer: 18 + 6" of 18 + 6 = 24).
-_CONTINUES = re.compile(r"(?:[.,/]\d*|[ \t]*[-+*/=][^\n]*)?")
+# or an operator and more of an expression, numbers and operators only ("Final answer: 18 + 6"
+# of 18 + 6 = 24; "110 = 110 = 11" running on to the budget; not "42 - that is all").
+_CONTINUES = re.compile(r"(?:[.,/]\d*|[ \t]*[-+*/=][-+*/=.,()\d \t]*)?")
 
 
 def answer_may_continue(text: str, domain: str) -> bool:
