@@ -157,7 +157,7 @@ QPRIME_DEMOS = {
 # above, restated the problem instead of computing (a third of its turns) or ran on in
 # "X = X + ..." chains. Chosen on 32 gsm_symbolic *train*-split problems (greedy, 4 turns,
 # 40-token turns): well-formed turns 0.58 (short demos) -> 0.70 (the first demo alone) -> 0.78
-# (all three; 0.85 with 64-token turns); held out (README): 0.70 -> 0.85, and 0.78 -> 0.91 with
+# (all three; 0.85 with 64-token turns); held out (README): 0.70 -> 0.85, and 0.78 -> 0.94 with
 # 64-token turns. Each costs ~120 prompt tokens. No number repeats across demos (a first
 # version's answer 24 came back as the student's own, `4 * 8 = 24. Final answer: 24`).
 WORD_PROBLEM_DEMOS = (
