@@ -238,6 +238,10 @@ def test_an_answer_cut_by_the_token_budget_inside_its_number_is_not_read(sampler
       assert flags["attempt"] and verdict.attempted and flags["correct"] == text.startswith(right)
   assert not turn_end.answer_may_continue("```python\nx = 1\n```", "code")
   assert not turn_end.answer_may_continue("Final answer:", "math")
+  for ended in ("Final answer: 3 apples and 3", "Final answer: 42 is 42", "**Final answer: 42**",
+                "Final answer: **42**"):   # a word, or a closing bold, after the answer
+    assert not turn_end.answer_may_continue(ended, "math"), ended
+  assert turn_end.answer_may_continue("Final answer: 42 ** 2", "math")
 
 
 def test_rl_gives_no_weight_to_the_end_of_turn_appended_after_a_cut(tokenizer):

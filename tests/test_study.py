@@ -139,6 +139,12 @@ def test_an_eval_of_an_earlier_sitting_enters_the_claims_from_its_committed_outc
   kept = results.read_outcomes(record)
   assert len(kept) == n and all("text" not in t for c in kept for t in c["turns"])
   assert [c["solved_turn"] for c in kept][:5] == [1, 1, 1, 1, None]
+  # Flags that hold text (an unfinished turn's sampled end) are dropped too; the others are kept.
+  turn = {"role": "student", "text": "Final answer: 21",
+          "flags": {"unfinished": True, "sampled_end": "Final answer: 21", "well_formed": False}}
+  (got,) = results.outcomes([{"problem_id": "p", "turns": [turn]}])
+  assert got["turns"] == [{"role": "student", "flags": {"unfinished": True, "well_formed": False}}]
+  assert turn["flags"]["sampled_end"]   # the transcript itself is not changed
 
   shutil.rmtree(tmp_path / "wd1")
   steps2 = runner.plan(str(tmp_path / "wd2"), ["base", "online_sml"], [0],

@@ -57,7 +57,8 @@ UNFINISHED_NOTE = "the turn ran out of tokens inside its final answer, so it was
 # decimal point, a thousands comma or a fraction bar ("2." of 2.5, "1,2" of 1,200, "3/" of 3/4),
 # or an operator and more of an expression, numbers and operators only ("Final answer: 18 + 6"
 # of 18 + 6 = 24; "110 = 110 = 11" running on to the budget; not "42 - that is all").
-_CONTINUES = re.compile(r"(?:[.,/]\d*|[ \t]*[-+*/=][-+*/=.,()\d \t]*)?")
+# A closing "**" (markdown bold: "**Final answer: 42**") is not an operator.
+_CONTINUES = re.compile(r"(?:[.,/]\d*|[ \t]*(?:[-+/=]|\*(?!\*\s*\Z))[-+*/=.,()\d \t]*)?")
 
 
 def answer_may_continue(text: str, domain: str) -> bool:
@@ -69,8 +70,14 @@ def answer_may_continue(text: str, domain: str) -> bool:
   if domain != "math":
     return False
   end = math_answers.first_answer_end(text)
-  return (end is not None and text[:end][-1:].isdigit()
-          and _CONTINUES.fullmatch(text[end:]) is not None)
+  if end is None or not text[:end][-1:].isdigit():
+    return False
+  # The anchored segment ends at the last repeat of its answer ("Final answer: 3 apples and 3"):
+  # a word after the answer's first digit means the answer had ended.
+  anchor = text[:end].lower().rfind("answer")
+  if anchor >= 0 and re.search(r"\d[^\n]*[^\W\d_]", text[anchor + 6:end]):
+    return False
+  return _CONTINUES.fullmatch(text[end:]) is not None
 
 
 def teacher_cut(text: str) -> int | None:

@@ -61,11 +61,19 @@ def _read_eval(step: Step) -> tuple[dict, list[dict]]:
   return metrics, store.read_transcripts(step.workdir, name)
 
 
+_TEXT_FLAGS = ("sampled_end",)   # flags that hold text (an unfinished turn's sampled end)
+
+
 def outcomes(transcripts: Sequence[dict]) -> list[dict]:
-  """The transcripts without their texts: problem, result and every turn's role and flags."""
+  """The transcripts without their texts: problem, result and every turn's role and flags (not
+  the flags that hold text, `_TEXT_FLAGS`)."""
+  def turn_outcome(turn):
+    out = {k: v for k, v in turn.items() if k != "text"}
+    if any(k in turn.get("flags", {}) for k in _TEXT_FLAGS):
+      out["flags"] = {k: v for k, v in turn["flags"].items() if k not in _TEXT_FLAGS}
+    return out
   return [{**{k: v for k, v in t.items() if k != "turns"},
-           "turns": [{k: v for k, v in turn.items() if k != "text"} for turn in t["turns"]]}
-          for t in transcripts]
+           "turns": [turn_outcome(turn) for turn in t["turns"]]} for t in transcripts]
 
 
 def write_outcomes(path: str, transcripts: Sequence[dict]) -> None:
