@@ -1,9 +1,9 @@
 """Teacher texts built from the privileged information, without an LLM: hints, shard replies and
 Q-priming questions, plus the turn checks behind the dialogue-quality metrics.
 
-Pure functions (tasks/, turn_end, expression_hints and the standard library only). Randomness
-comes from the `rng` argument (a `random.Random`, or anything with `.choice`), so a seeded caller
-gets the same texts.
+Pure functions (tasks/, prompts, turn_end, expression_hints and the standard library only).
+Randomness comes from the `rng` argument (a `random.Random`, or anything with `.choice`), so a
+seeded caller gets the same texts.
 
 What a hint may say (decided here, tested in tests/test_hints.py):
 - Math: never the final answer or any number equal to it (every text passes the task's
@@ -26,7 +26,7 @@ import fractions
 import re
 from typing import Collection
 
-from sml_jax.dialogue import turn_end
+from sml_jax.dialogue import prompts, turn_end
 from sml_jax.dialogue.expression_hints import expression_hint
 from sml_jax.tasks import math_answers, turns
 from sml_jax.tasks.base import Problem, Verdict
@@ -137,8 +137,6 @@ _FORMAT_REMINDERS = (
     "When you answer, finish with 'Final answer: <number>'.",
     "I could not find your final answer. Write it as 'Final answer: <number>'.",
 )
-_CUT_OFF = ("Your answer was cut off before you finished it. Keep your working short and end "
-            "with 'Final answer: <number>'.")
 _DIRECTION = {
     "high": ("{attempt} is {size} too high.", "Your answer of {attempt} is {size} too large.",
              "That is {size} more than it should be."),
@@ -192,8 +190,8 @@ def math_hint(problem: Problem, attempt_text: str, verdict: Verdict, rng,
   parts = []
   gold = math_answers.parse_number(problem.answer or "")
   attempt = math_answers.parse_number(verdict.extracted) if verdict.extracted else None
-  if verdict.feedback == turn_end.UNFINISHED_NOTE:
-    parts.append(_CUT_OFF)
+  if turn_end.is_unfinished(verdict):
+    parts.append(prompts.CUT_OFF_FEEDBACK)
   elif verdict.format_failure or not verdict.attempted:
     parts.append(rng.choice(_FORMAT_REMINDERS))
   elif attempt is not None and gold is not None and attempt != gold:

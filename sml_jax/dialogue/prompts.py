@@ -28,6 +28,11 @@ VERIFIER_NOTE = "\n\n[Private note for the teacher: {note}]"
 QUESTION_NOTE = ("the student asked a question instead of answering. Answer it from the reference "
                  "solution, without giving the final answer.")
 
+# Every teacher's reply to a turn cut off by the token budget inside its answer
+# (`turn_end.answer_may_continue`), before any hint.
+CUT_OFF_FEEDBACK = ("Your answer was cut off before you finished it. Keep your working short and "
+                    "end with 'Final answer: <number>'.")
+
 QPRIME_PROMPT = (
     "A student is solving this problem:\n{statement}\n\nReference solution (secret):\n{privileged}"
     "\n\nThe student's attempt was wrong:\n{attempt}\n\nWrite ONE short question the student "
@@ -225,7 +230,7 @@ def verifier_note(verdict: Verdict, question: bool = False) -> str:
   as a question, never judged as an attempt."""
   if question:
     note = QUESTION_NOTE
-  elif verdict.feedback == turn_end.UNFINISHED_NOTE:
+  elif turn_end.is_unfinished(verdict):
     note = "the student's turn ran out of tokens before its final answer was complete."
   elif not verdict.attempted:
     note = "the student did not give an answer in this turn."
@@ -240,9 +245,8 @@ def verifier_note(verdict: Verdict, question: bool = False) -> str:
 
 def scripted_feedback(problem: Problem, verdict: Verdict) -> str:
   """Feedback from the verifier alone (no LLM): the cheap, leak-free baseline teacher."""
-  if verdict.feedback == turn_end.UNFINISHED_NOTE:
-    return ("Your answer was cut off before you finished it. Keep your working short and end "
-            "with 'Final answer: <number>'.")
+  if turn_end.is_unfinished(verdict):
+    return CUT_OFF_FEEDBACK
   if not verdict.attempted:
     if problem.domain == "code":
       return "Please give your complete solution in a ```python code block."

@@ -53,6 +53,11 @@ def student_cut(text: str, domain: str) -> int | None:
 UNFINISHED_NOTE = "the turn ran out of tokens inside its final answer, so it was not read."
 
 
+def is_unfinished(verdict) -> bool:
+  """Whether `verdict` (a `tasks.base.Verdict`) is that of a turn cut off inside its answer."""
+  return verdict.feedback == UNFINISHED_NOTE
+
+
 # After the last digit of an anchored answer, what the number or expression may go on with: a
 # decimal point, a thousands comma or a fraction bar ("2." of 2.5, "1,2" of 1,200, "3/" of 3/4),
 # or an operator and more of an expression, numbers and operators only ("Final answer: 18 + 6"
@@ -75,7 +80,7 @@ def answer_may_continue(text: str, domain: str) -> bool:
   # The anchored segment ends at the last repeat of its answer ("Final answer: 3 apples and 3"):
   # a word after the answer's first digit means the answer had ended.
   anchor = text[:end].lower().rfind("answer")
-  if anchor >= 0 and re.search(r"\d[^\n]*[^\W\d_]", text[anchor + 6:end]):
+  if anchor >= 0 and re.search(r"\d[^\n]*[^\W\d_]", text[anchor + len("answer"):end]):
     return False
   return _CONTINUES.fullmatch(text[end:]) is not None
 
