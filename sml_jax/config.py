@@ -132,6 +132,10 @@ def base_config() -> ml_collections.ConfigDict:
       # demonstrations) are forwarded once per train step, not once per row (exact;
       # training/shared_prefix.py).
       "share_prefix": True,
+      # With it, the span the conversations of one group share after that prefix (a GRPO
+      # group's problem statement) is stored once per row, not once per conversation (exact;
+      # packing.group_spans).
+      "share_group_prefix": True,
   })
   c.sft = _stage("sft", 100, 1e-5, "math", 64)
   c.offline_sml = _stage("offline_sml", 50, 1e-5, "math", 64)
@@ -316,8 +320,9 @@ def to_spec(config) -> spec_lib.RunSpec:
     _need(tr[field] >= 1, f"train.{field}", f"must be >= 1, got {tr[field]}")
   _need(tr.remat in REMAT_POLICIES, "train.remat",
         f"must be one of {', '.join(REMAT_POLICIES)}, got {tr.remat!r}")
-  _need(isinstance(tr.share_prefix, bool), "train.share_prefix",
-        f"must be True or False, got {tr.share_prefix!r}")
+  for field in ("share_prefix", "share_group_prefix"):
+    _need(isinstance(tr[field], bool), f"train.{field}",
+          f"must be True or False, got {tr[field]!r}")
   stages = tuple(_eval_stage(config, name) if kind == "eval" else train_stage_spec(config, name, kind)
                  for name, kind in stage_names(config))
   task_kwargs: dict[str, dict] = {}
@@ -342,6 +347,7 @@ def to_spec(config) -> spec_lib.RunSpec:
       train=spec_lib.TrainLoopSpec(max_len=tr.max_len, micro_batch_size=tr.micro_batch_size,
                                    checkpoint_every=tr.checkpoint_every,
                                    keep_checkpoints=tr.keep_checkpoints, log_every=tr.log_every,
-                                   remat=tr.remat, share_prefix=tr.share_prefix),
+                                   remat=tr.remat, share_prefix=tr.share_prefix,
+                                   share_group_prefix=tr.share_group_prefix),
       stages=stages, task_kwargs=task_kwargs, cache_dtype=config.sampler.cache_dtype,
       live_rows_min_batch=config.sampler.live_rows_min_batch)

@@ -120,6 +120,7 @@ class TrainLoopSpec:
   log_every: int = 1                 # print a progress line every this many training steps
   remat: str = "none"                # per-layer rematerialization: none | full | dots
   share_prefix: bool = True          # forward the prefix all conversations share once per batch
+  share_group_prefix: bool = True    # and store a group's shared span once per row
 
 
 @dataclasses.dataclass(frozen=True)

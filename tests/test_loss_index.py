@@ -156,6 +156,10 @@ for kind, lora in (("sft", False), ("rl", True)):
   # Conversations sharing their instructions: the prefix forwarded once per step (2 micro-batches).
   plain_shared, shared = sp.layouts(sp.examples(tok, kind), buckets=(64, 128), batch_multiple=16)
   assert shared.prefix_length >= 48
+  # Groups sharing their problem statement too: each group's span stored once per row.
+  plain_groups, groups = sp.layouts(sp.examples(tok, kind, sp.GROUP_DIALOGUES), groups=True,
+                                    buckets=(64, 128), batch_multiple=16)
+  assert groups.span_tokens_saved() > 0
   tx = optax.sgd(1.0)
   def run(batch, mesh, micro, remat="none"):
     c = CONFIGS[kind]
@@ -174,7 +178,8 @@ for kind, lora in (("sft", False), ("rl", True)):
     return delta, {k: float(v) for k, v in m.items()}
   for name, reference, batch, runs in (
       ("", plain, fast, (((8, 1, 1), 1, "none"), ((2, 2, 2), 1, "none"))),
-      ("shared prefix ", plain_shared, shared, (((8, 1, 1), 2, "none"), ((2, 2, 2), 2, "full")))):
+      ("shared prefix ", plain_shared, shared, (((8, 1, 1), 2, "none"), ((2, 2, 2), 2, "full"))),
+      ("group spans ", plain_groups, groups, (((8, 1, 1), 2, "none"), ((2, 2, 2), 2, "full")))):
     ref, ref_m = run(reference, None, 1)
     scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(ref))
     for shape, micro, remat in runs:
@@ -191,6 +196,6 @@ print(json.dumps(out))
 def test_sharded_fast_step_on_8_fake_devices_equals_plain_one_device(fake_devices):
   out = json.loads(fake_devices(_EIGHT_DEVICES).strip().splitlines()[-1])
   print(json.dumps(out, indent=1))
-  assert len(out) == 8
+  assert len(out) == 12
   for name, r in out.items():
     assert r["rel_diff"] < 1e-5 and r["metrics_ok"], (name, r)

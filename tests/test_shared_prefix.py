@@ -1,5 +1,6 @@
 """A batch whose conversations share a prefix forwards it once (`make_batch(share_prefix=True)`,
-`training/shared_prefix.py`), exactly: loss, gradients, metrics and log-probs equal the plain
+`training/shared_prefix.py`), and a group's span after it is stored once per row
+(`share_groups=True`), exactly: loss, gradients, metrics and log-probs equal the plain
 step's (full rows, logits at every position) for SFT weights and RL advantages (PPO + KL at
 temperature 0.7), full finetuning and LoRA, with packing, 2 micro-batches and remat, on `tiny`
 (whose sliding window of 16 is much shorter than the prefix) and on the 270M at small shapes.
@@ -39,10 +40,21 @@ def examples(tok, kind, dialogues=DIALOGUES):
   return li.examples(tok, kind, dialogues)
 
 
-def layouts(exs, **kw):
-  """(plain batch, packed + loss index + shared prefix batch)."""
+# GRPO-like groups: two problems, each answered four ways (the span after the shared
+# instructions, up to the student's first token, is the problem statement).
+GROUP_DIALOGUES = with_instructions(
+    [[("user", "What is 17 + 25? Show the sum."), ("model", a)] + rest
+     for a, rest in (("42.", []), ("It is 32.", [("user", "Too low."), ("model", "Then 42.")]),
+                     ("Final answer: 41", []), ("17 + 25 = 42", [("user", "Good.")]))]
+    + [[("user", "Spell the word house backwards, letter by letter."), ("model", a)]
+       for a in ("esuoh", "e s u o h", "It is esuoh.", "house")])
+
+
+def layouts(exs, groups=False, **kw):
+  """(plain batch, packed + loss index + shared prefix (+ group spans) batch)."""
   return (batching.make_batch(exs, **kw),
-          batching.make_batch(exs, pack=True, with_loss_index=True, share_prefix=True, **kw))
+          batching.make_batch(exs, pack=True, with_loss_index=True, share_prefix=True,
+                              share_groups=groups, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +144,58 @@ def test_max_len_truncates_the_whole_conversation(tiny_tok):
       exs, plain)["num_truncated"] > 0
 
 
+def test_pack_grouped_rows_stores_a_span_once_per_row():
+  # Group 0 (span 3) has members of 5, 4 and 6 tokens (span included), example 3 is alone.
+  rows = packing.pack_grouped_rows([5, 4, 6, 3], [0, 0, 0, -1], [3, 3, 3, 0], row_len=8)
+  assert rows == [[("span", 0), ("example", 2), ("example", 0)],
+                  [("span", 0), ("example", 1), ("example", 3)]]
+  with pytest.raises(ValueError, match="row_len"):
+    packing.pack_grouped_rows([9], [-1], [0], row_len=8)
+
+
+def test_group_spans_end_before_the_first_needed_target():
+  a = np.arange(1, 13)
+  b = np.concatenate([a[:10], [50, 51]])
+  c = np.array([1, 2, 3, 20, 21])
+  needs = [np.arange(12) >= 11, np.arange(12) >= 11, np.arange(5) >= 4]
+  # After the prefix (2), a and b share tokens 2..9 (token 10 starts the suffix: its hidden
+  # state predicts the first needed target); c's span is 1 token and has no partner.
+  assert packing.group_spans([a, b, c], needs, 2, minimum=2) == ([0, 0, -1], [8, 8, 0])
+  assert packing.group_spans([a, b, c], needs, 2, minimum=9) == ([-1, -1, -1], [0, 0, 0])
+
+
+def test_group_span_batch_holds_every_example_once(tiny_tok):
+  exs = examples(tiny_tok, "rl", GROUP_DIALOGUES)
+  plain, fast = layouts(exs, groups=True, buckets=(64, 128))
+  _, prefix_only = layouts(exs, buckets=(64, 128))
+  p = fast.prefix_length
+  assert p >= 48 and fast.parent_ids is not None
+  assert fast.input_mask.sum() < prefix_only.input_mask.sum()
+  assert fast.num_tokens() == plain.num_tokens() == plain.input_mask.sum()
+  assert fast.num_sequences() == len(exs)
+  assert fast.span_tokens_saved() == plain.num_tokens() - prefix_only.num_tokens() + (
+      prefix_only.input_mask.sum() - fast.input_mask.sum())
+  whole = []
+  for r in range(fast.shape[0]):
+    seg, parent = fast.segment_ids[r], fast.parent_ids[r]
+    for s in set(seg.tolist()) - {0} - set(parent.tolist()):
+      mine = seg == s
+      span = seg == parent[mine][0] if parent[mine][0] else np.zeros_like(mine)
+      assert (parent[mine] == parent[mine][0]).all()
+      assert np.flatnonzero(span).max(initial=-1) < np.flatnonzero(mine).min()
+      assert fast.mask[r][span].sum() == 0 and fast.weights[r][span].sum() == 0
+      positions = np.concatenate([fast.positions[r][span], fast.positions[r][mine]])
+      assert positions.tolist() == list(range(p, p + len(positions)))
+      assert fast.mask[r][mine][0] == 0 and fast.weights[r][mine][0] == 0
+      whole.append(tuple(fast.prefix_tokens[r].tolist() + fast.tokens[r][span].tolist()
+                         + fast.tokens[r][mine].tolist()))
+  assert sorted(whole) == sorted(tuple(e.ids.tolist()) for e in exs)
+  need = lambda b: (b.mask != 0) | (b.weights != 0)   # what the loss reads; spans hold none
+  for k in ("mask", "weights", "old_logprobs", "ref_logprobs"):
+    np.testing.assert_allclose(np.sort(getattr(fast, k)[need(fast)]),
+                               np.sort(getattr(plain, k)[need(plain)]), err_msg=k)
+
+
 # ------------------------------------------------------------------------------ tiny model
 
 
@@ -157,13 +221,31 @@ def test_tiny_shared_prefix_step_is_exact(tiny, tiny_lora, tiny_tok, kind, lora)
   np.testing.assert_allclose(lp_rows[need], lp_plain[:, :t][need], rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind,lora", [("sft", False), ("rl", True)])
+def test_tiny_group_span_step_is_exact(tiny, tiny_lora, tiny_tok, kind, lora):
+  exs = examples(tiny_tok, kind, GROUP_DIALOGUES)
+  plain, fast = layouts(exs, groups=True, buckets=(64, 128))
+  assert fast.parent_ids is not None and fast.span_tokens_saved() > 0
+  model, trainable, frozen = tiny_lora if lora else (tiny[0], tiny[1], {})
+  li.assert_same(model, trainable, frozen, plain, fast, li.CONFIGS[kind])
+  # The old / reference log-prob pass on the same layout: equal at every target the loss reads.
+  full = ts.merge_params(trainable, frozen)
+  fn = tstep.make_logprob_fn(model, li.CONFIGS[kind])
+  lp_fast, need = np.asarray(fn(full, fast)), (fast.mask != 0) | (fast.weights != 0)
+  lp_plain = np.asarray(fn(full, plain))
+  np.testing.assert_allclose(np.sort(lp_fast[need]),
+                             np.sort(lp_plain[(plain.mask != 0) | (plain.weights != 0)]),
+                             rtol=1e-5)
+
+
 def test_tiny_shared_prefix_train_step_with_micro_batches_and_remat_is_exact(tiny, tiny_lora,
                                                                              tiny_tok):
   """The whole jitted step (scan over 2 micro-batches, each forwarding the prefix once; remat
   full; RL with LoRA; SGD): the same update and metrics as the plain step without remat."""
   model, trainable, frozen = tiny_lora
-  plain, fast = layouts(examples(tiny_tok, "rl"), buckets=(64, 128), batch_multiple=2)
-  assert fast.prefix_length >= 48 and fast.shape[0] >= 2
+  plain, fast = layouts(examples(tiny_tok, "rl", DIALOGUES + GROUP_DIALOGUES[:3]), groups=True,
+                        buckets=(64, 128), batch_multiple=2)
+  assert fast.prefix_length >= 48 and fast.shape[0] >= 2 and fast.span_tokens_saved() > 0
   cfg = dataclasses.replace(li.CONFIGS["rl"], num_micro_batches=2)
   tx = optax.sgd(1.0)
   out = []
@@ -184,8 +266,9 @@ def test_tiny_shared_prefix_train_step_with_micro_batches_and_remat_is_exact(tin
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,lora", [("sft", False), ("rl", True)])
 def test_270m_shared_prefix_step_is_exact_at_small_shapes(real_270m, tokenizer, kind, lora):
-  exs = examples(tokenizer, kind, DIALOGUES[:3])[:4]
-  plain, fast = layouts(exs, buckets=(64, 128))
-  assert fast.prefix_length >= 32
+  """With group spans: two of the four conversations share their problem statement."""
+  exs = examples(tokenizer, kind, DIALOGUES[:2] + GROUP_DIALOGUES[:2])[:4]
+  plain, fast = layouts(exs, groups=True, buckets=(64, 128))
+  assert fast.prefix_length >= 32 and fast.span_tokens_saved() > 0
   model, trainable, frozen = li.model_270m(real_270m, lora)
   li.assert_same(model, trainable, frozen, plain, fast, li.CONFIGS[kind], rtol=1e-4)

@@ -113,7 +113,8 @@ class Trainer:
     plain: one conversation per row, logits at every position (the benchmark's reference).
     Otherwise packed rows (`segment_ids`) and a `loss_index`, so the step computes logits only where the
     loss needs them, and with `train.share_prefix` on one process the prefix every conversation
-    shares forwarded once (`prefix_tokens`) (`batching.make_batch`; exact). One process: the
+    shares forwarded once (`prefix_tokens`) and each group's span after it stored once per row
+    (`train.share_group_prefix`, `parent_ids`) (`batching.make_batch`; exact). One process: the
     numpy batch (the step puts it on the mesh). Several: every host pads its rows to the same
     [rows, T] and index size K (agreed by all-gathers of counts, lengths and K) and the global
     arrays are assembled from each host's rows (`distributed.global_batch`); no prefix is
@@ -127,8 +128,10 @@ class Trainer:
       return None
     hosts, micro = sizes.shape[0], train.micro_batch_size
     if hosts == 1:
-      return batching.make_batch(examples, max_len=train.max_len, batch_multiple=micro,
-                                 share_prefix=train.share_prefix and not plain, **layout)
+      return batching.make_batch(
+          examples, max_len=train.max_len, batch_multiple=micro,
+          share_prefix=train.share_prefix and not plain,
+          share_groups=train.share_prefix and train.share_group_prefix and not plain, **layout)
     length = batching.bucket_length(int(sizes[:, 1].max()), max_len=train.max_len)
     first = (batching.make_batch(examples, max_len=train.max_len, buckets=(length,), **layout)
              if examples else None)
@@ -200,15 +203,19 @@ class Trainer:
     if len(inner) > 1:   # The first inner step is on-policy: its PPO ratio is 1.
       metrics.update({f"first_{k}": inner[0][k] for k in ("loss", "clip_fraction", "log_ratio_abs_mean")
                       if k in inner[0]})
-    # The conversations' tokens: the rows' plus the shared prefix once per conversation (a
-    # prefix is only shared on one process, so `examples` are all of them). Padding: the share
-    # of the rows' slots without a token (the prefix is computed once, not per row).
+    # The conversations' tokens: the rows' plus the shared prefix once per conversation and a
+    # group span once per conversation beyond the first in its row (only shared on one process).
+    # Padding: the share of the rows' slots without a token (the prefix is computed once, not
+    # per row). shared_span_tokens: what the group spans spared.
     rows_tokens = global_sum(batch.input_mask)
-    metrics["train_tokens"] = rows_tokens + batch.prefix_length * len(examples)
+    metrics["train_tokens"] = (float(batch.num_tokens()) if jax.process_count() == 1
+                               else rows_tokens)
     metrics["padding_fraction"] = (
         batch.padding_fraction(self.num_micro(batch)) if jax.process_count() == 1
         else 1.0 - rows_tokens / math.prod(batch.tokens.shape))
     metrics["shared_prefix_tokens"] = float(batch.prefix_length)
+    if jax.process_count() == 1:
+      metrics["shared_span_tokens"] = float(batch.span_tokens_saved())
     # Tracing and compiling for this update (a batch shape the step had not seen): part of the
     # stage's time_training_s.
     metrics["time_compile_s"] = compile_clock.seconds() - compiled

@@ -26,7 +26,10 @@ positions whose target carries a mask or weight, so logits are computed only the
 `share_prefix=True` cuts off the leading tokens every example shares and no loss reads
 (`packing.shared_prefix_length`): they are stored once (`prefix_tokens`), the rows hold the
 suffixes (positions continuing at P), and the step forwards the prefix once per step
-(`shared_prefix.py`, `train_step._accumulate`). All three are exact: the loss, its gradient and
+(`shared_prefix.py`, `train_step._accumulate`); with it, `share_groups=True` also stores the span
+after the prefix that the conversations of one group share (the problem statement of a GRPO
+group) once per row (`packing.group_spans`, `pack_grouped_rows`: its own segment, which the
+group's segments attend to through `parent_ids`). All are exact: the loss, its gradient and
 the log-probs of student tokens are those of the plain batch.
 """
 
@@ -44,7 +47,7 @@ from sml_jax.training import packing
 DEFAULT_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 REQUIRED = ("tokens", "positions", "input_mask", "mask", "weights")
 OPTIONAL = ("old_logprobs", "ref_logprobs")
-LAYOUT = ("segment_ids", "loss_index", "prefix_tokens")   # optional, not per-example values
+LAYOUT = ("segment_ids", "parent_ids", "loss_index", "prefix_tokens")   # optional, not per-example values
 
 
 @flax.struct.dataclass
@@ -60,6 +63,9 @@ class Batch:
   ref_logprobs  float32 [B, T]  reference log-probs, for the KL term; None when absent
   segment_ids   int32   [B, T]  packed rows: conversation 1, 2, ... of the row, 0 on padding;
                                 None: one conversation per row
+  parent_ids    int32   [B, T]  with group spans: per token of a conversation, the segment id of
+                                the group span (in the same row, before it) it also attends to;
+                                0 elsewhere (a span is a segment without loss); None: no spans
   loss_index    int32   [B, K]  positions t whose h[t] predicts a target with non-zero mask or
                                 weight, then T - 1 (`packing.loss_index`); None: every position
   prefix_tokens int32   [B, P]  the P leading tokens every conversation shares (the same in every
@@ -78,6 +84,7 @@ class Batch:
   old_logprobs: Any = None
   ref_logprobs: Any = None
   segment_ids: Any = None
+  parent_ids: Any = None
   loss_index: Any = None
   prefix_tokens: Any = None
 
@@ -116,15 +123,31 @@ class Batch:
     return b * filled, t
 
   def num_sequences(self) -> int:
-    """Conversations in the batch (host arrays): segments of packed rows, else non-empty rows."""
+    """Conversations in the batch (host arrays): segments of packed rows that are not group
+    spans, else non-empty rows."""
     if self.segment_ids is not None:
-      return int(np.asarray(self.segment_ids).max(axis=1, initial=0).sum())
+      spans = 0 if self.parent_ids is None else sum(
+          len(set(row[row > 0].tolist())) for row in np.asarray(self.parent_ids))
+      return int(np.asarray(self.segment_ids).max(axis=1, initial=0).sum()) - spans
     return int(np.asarray(self.input_mask).any(axis=1).sum())
+
+  def span_tokens_saved(self) -> int:
+    """Tokens the group spans spare (host arrays): each span's length times the number of its
+    conversations in the row, minus one."""
+    if self.parent_ids is None:
+      return 0
+    saved = 0
+    for seg, parent in zip(np.asarray(self.segment_ids), np.asarray(self.parent_ids)):
+      for span in set(parent[parent > 0].tolist()):
+        saved += int((seg == span).sum()) * (len(set(seg[parent == span].tolist())) - 1)
+    return saved
 
   def num_tokens(self) -> int:
     """The conversations' tokens (host arrays): the rows' real tokens plus, with a shared
-    prefix, its P tokens once per conversation (what the plain batch of the same examples holds)."""
-    return int(np.asarray(self.input_mask).sum()) + self.prefix_length * self.num_sequences()
+    prefix, its P tokens once per conversation and, with group spans, each span once more per
+    conversation beyond the first that reads it (what the plain batch of the same examples holds)."""
+    return (int(np.asarray(self.input_mask).sum()) + self.prefix_length * self.num_sequences()
+            + self.span_tokens_saved())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +188,7 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
                buckets: Sequence[int] = DEFAULT_BUCKETS, batch_multiple: int = 1,
                pad_batch_to: int | None = None, pack: bool = False,
                with_loss_index: bool = False, loss_index_size: int | None = None,
-               share_prefix: bool = False) -> Batch:
+               share_prefix: bool = False, share_groups: bool = False) -> Batch:
   """Examples -> the padded `Batch` described in the module docstring (numpy arrays).
 
   batch_multiple: pad B with empty rows (all weights 0) up to a multiple of this (micro-batches
@@ -179,6 +202,8 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
     max_len) that no loss reads, rounded down to a multiple of `packing.PREFIX_MULTIPLE`
     (nothing below `packing.MIN_PREFIX`): `prefix_tokens` [B, P], rows hold the suffixes and T
     is the bucket of the longest suffix (capped at max_len - P).
+  share_groups: with `pack`, store each group's span once per row (`packing.group_spans`,
+    `pack_grouped_rows`; `parent_ids`); T is unchanged, the rows fewer.
   """
   if not examples and not pad_batch_to:
     raise ValueError("make_batch needs at least one example.")
@@ -194,8 +219,18 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
                                           [(m != 0) | (w != 0) for m, w in targets])
   longest = max((n - prefix for n in lengths), default=1)
   t = bucket_length(longest, buckets, max_len - prefix if max_len else None)
-  rows = (packing.pack_rows([min(n - prefix, t) for n in lengths], t) if pack
-          else [[i] for i in range(len(examples))])
+  groups, spans = [-1] * len(examples), [0] * len(examples)
+  if share_groups and pack and examples:
+    groups, spans = packing.group_spans(
+        [e.ids[:n] for e, n in zip(examples, lengths)],
+        [(m != 0) | (w != 0) for m, w in targets], prefix)
+  suffix_lengths = [min(n - prefix, t) for n in lengths]
+  if any(g >= 0 for g in groups):
+    rows = packing.pack_grouped_rows(suffix_lengths, groups, spans, t)
+  elif pack:
+    rows = [[("example", i) for i in row] for row in packing.pack_rows(suffix_lengths, t)]
+  else:
+    rows = [[("example", i)] for i in range(len(examples))]
   b = round_up(max(len(rows), pad_batch_to or 0), batch_multiple)
   if pad_batch_to is not None and b != pad_batch_to:
     raise ValueError(f"pad_batch_to={pad_batch_to} is smaller than the {len(rows)} rows "
@@ -209,25 +244,41 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
       "weights": np.zeros((b, t), np.float32),
   }
   optional = [k for k in OPTIONAL if examples and all(getattr(e, k) is not None for e in examples)]
-  for k in optional + (["segment_ids"] if pack else []):
-    out[k] = np.zeros((b, t), np.int32 if k == "segment_ids" else np.float32)
+  ids_layout = (["segment_ids"] if pack else []) + (["parent_ids"] if max(groups, default=-1) >= 0
+                                                     else [])
+  for k in optional + ids_layout:
+    out[k] = np.zeros((b, t), np.int32 if k in ids_layout else np.float32)
 
-  for r, members in enumerate(rows):
-    start = 0
-    for seg, i in enumerate(members, 1):
+  first_member = {g: groups.index(g) for g in set(groups) if g >= 0}
+  for r, items in enumerate(rows):
+    start, span_segment = 0, {}
+    for seg, (kind, i) in enumerate(items, 1):
+      if kind == "span":                                  # group i's span: no loss
+        span_segment[i] = seg
+        ex, lo = examples[first_member[i]], spans[first_member[i]]
+        where = slice(start, start + lo)
+        out["tokens"][r, where] = ex.ids[prefix:prefix + lo]
+        out["positions"][r, where] = np.arange(prefix, prefix + lo)
+        out["input_mask"][r, where] = True
+        out["segment_ids"][r, where] = seg
+        start += lo
+        continue
       ex = examples[i]
-      cut = slice(prefix, min(lengths[i], prefix + t))    # the suffix (the whole row: prefix 0)
+      # The suffix (the whole row: prefix 0), after its group's span.
+      cut = slice(prefix + spans[i], min(lengths[i], prefix + t))
       n = cut.stop - cut.start
-      span = slice(start, start + n)
-      out["tokens"][r, span] = ex.ids[cut]
-      out["positions"][r, span] = np.arange(cut.start, cut.stop)
-      out["input_mask"][r, span] = True
-      out["mask"][r, span] = targets[i][0][cut]
-      out["weights"][r, span] = targets[i][1][cut]
+      where = slice(start, start + n)
+      out["tokens"][r, where] = ex.ids[cut]
+      out["positions"][r, where] = np.arange(cut.start, cut.stop)
+      out["input_mask"][r, where] = True
+      out["mask"][r, where] = targets[i][0][cut]
+      out["weights"][r, where] = targets[i][1][cut]
       for k in optional:
-        out[k][r, span] = getattr(ex, k)[cut]
+        out[k][r, where] = getattr(ex, k)[cut]
       if pack:
-        out["segment_ids"][r, span] = seg
+        out["segment_ids"][r, where] = seg
+      if groups[i] >= 0:
+        out["parent_ids"][r, where] = span_segment[groups[i]]
       start += n
   if prefix:
     out["prefix_tokens"] = np.tile(np.asarray(examples[0].ids[:prefix], np.int32), (b, 1))

@@ -25,10 +25,20 @@ keys / values feed every row's attention) and the rows hold only the suffixes:
 
     ids  [a b c d e f], [a b c d x], [a b c y]; targets needing a loss from position 3 on
     -> 2 (multiple=1): the suffix of every example starts at a position whose target is free
+
+Group spans: in a GRPO group the conversations also share their problem statement (everything
+up to the student's first sampled token). `group_spans` finds, after the batch's shared prefix,
+the span each example shares with others and no loss reads; `pack_grouped_rows` stores that
+span once per row that holds members of the group (its own segment, no loss), and the members'
+segments hold the rest, attending to the span too (`parent_ids`, `train_step.attention_mask`):
+
+    suffixes  [s s s a a], [s s s b], [s s s c c c]  (one group, span length 3)
+    -> row    [s s s | a a | b | c c c]   segments 1 | 2 | 3 | 4, parents 0 | 1 | 1 | 1
 """
 
 from __future__ import annotations
 
+import collections
 from typing import Sequence
 
 import numpy as np
@@ -36,6 +46,7 @@ import numpy as np
 MIN_INDEX_SIZE = 8
 PREFIX_MULTIPLE = 16   # shared prefix lengths are rounded down to this (few shapes compile)
 MIN_PREFIX = 32        # below this a shared prefix saves too little to be worth a second forward
+MIN_SPAN = 8           # below this a group's span saves too little to be worth a segment
 
 
 def bucket_count(n: int, cap: int | None = None) -> int:
@@ -126,3 +137,75 @@ def shared_prefix_length(ids: Sequence[np.ndarray], needs: Sequence[np.ndarray],
             needed[0] - 1 if len(needed) else p)
   p = int(max(p, 0)) // multiple * multiple
   return p if p >= minimum else 0
+
+
+def group_spans(ids: Sequence[np.ndarray], needs: Sequence[np.ndarray], prefix: int, *,
+                minimum: int = MIN_SPAN) -> tuple[list[int], list[int]]:
+  """-> (group, span) per example: the span is the L tokens after the shared `prefix` up to
+  the position whose hidden state first predicts a needed target (so no loss reads the span's
+  hidden states and the suffix after it is non-empty); examples whose spans are equal and at
+  least `minimum` long form a group (ids 0, 1, ... in order of first appearance); others get
+  group -1 and span 0. ids / needs as in `shared_prefix_length`."""
+  heads = []
+  for row, need in zip(ids, needs):
+    row, need = np.asarray(row), np.asarray(need, bool)
+    needed = np.flatnonzero(need[prefix + 1:])
+    end = prefix + int(needed[0]) if len(needed) else len(row) - 1   # the suffix's first token
+    heads.append(tuple(row[prefix:max(end, prefix)].tolist()))
+  counts = collections.Counter(heads)
+  index: dict[tuple, int] = {}
+  groups, spans = [], []
+  for head in heads:
+    shared = counts[head] > 1 and len(head) >= minimum
+    groups.append(index.setdefault(head, len(index)) if shared else -1)
+    spans.append(len(head) if shared else 0)
+  return groups, spans
+
+
+def pack_grouped_rows(lengths: Sequence[int], groups: Sequence[int], spans: Sequence[int],
+                      row_len: int) -> list[list[tuple[str, int]]]:
+  """Rows of `row_len` tokens holding every example (length `lengths[i]`, its span included)
+  once and, in a row with members of group g, g's span once before them -> per row its items
+  in order: ("span", g) or ("example", i). Groups go first, largest first, each member into
+  the first row that already holds its group's span and has room for the rest of it, else the
+  first with room for span + rest; then the ungrouped examples, first-fit-decreasing.
+  Deterministic."""
+  if row_len < 1:
+    raise ValueError(f"row_len must be >= 1, got {row_len}.")
+  if not len(lengths) == len(groups) == len(spans):
+    raise ValueError("pack_grouped_rows: lengths, groups and spans differ in length.")
+  too_long = [n for n in lengths if n > row_len or n < 1]
+  if too_long:
+    raise ValueError(f"pack_grouped_rows: lengths must be in [1, row_len={row_len}], got "
+                     f"{too_long[:4]}.")
+  rows: list[list[tuple[str, int]]] = []
+  free: list[int] = []
+  held: list[set[int]] = []
+
+  def place(items, size, where=lambda r: True):
+    for r in range(len(rows)):
+      if free[r] >= size and where(r):
+        break
+    else:
+      rows.append([]), free.append(row_len), held.append(set())
+      r = len(rows) - 1
+    rows[r].extend(items)
+    free[r] -= size
+    return r
+
+  members = collections.defaultdict(list)
+  for i, g in enumerate(groups):
+    if g >= 0:
+      members[g].append(i)
+  for g in sorted(members, key=lambda g: (-sum(lengths[i] for i in members[g]), g)):
+    for i in sorted(members[g], key=lambda i: (-lengths[i], i)):
+      rest = lengths[i] - spans[i]
+      if rest < 1:
+        raise ValueError(f"pack_grouped_rows: example {i} has nothing after its span.")
+      if any(g in held[r] and free[r] >= rest for r in range(len(rows))):
+        place([("example", i)], rest, lambda r: g in held[r])
+      else:
+        held[place([("span", g), ("example", i)], lengths[i])].add(g)
+  for i in sorted((i for i, g in enumerate(groups) if g < 0), key=lambda i: (-lengths[i], i)):
+    place([("example", i)], lengths[i])
+  return rows

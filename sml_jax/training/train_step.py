@@ -27,7 +27,9 @@ their segment only, and the "sequences" normaliser counts segments, so a packed 
 same loss and gradient as the unpacked one. A batch with a shared prefix (`prefix_tokens`)
 forwards the prefix once per step, at batch 1, and every micro-batch's suffixes against its KV
 cache (`shared_prefix.py`); the micro-batches' cotangents of its keys / values are summed and
-back-propagated through it once (`_accumulate`): same loss and gradient again. Micro-batches
+back-propagated through it once (`_accumulate`): same loss and gradient again. A group span
+(`parent_ids`: a GRPO group's problem statement, stored once per row) is a segment its group's
+segments also attend to: exact too. Micro-batches
 without a token are skipped (`lax.cond`), so a row count padded to a few bucketed micro-batch
 counts (`batching.spread_micro_batches`) costs no compute, only fewer compiled programs.
 
@@ -125,14 +127,19 @@ def _token_loss(logp, aux, *, cfg: TrainConfig):
   return aux["scale"] * out
 
 
-def attention_mask(input_mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
-  """input_mask bool [B, T] (segment_ids int [B, T]) -> causal mask bool [B, T, T] over real
-  (non-pad) keys of the query's own segment."""
+def attention_mask(input_mask: jax.Array, segment_ids: jax.Array | None = None,
+                   parent_ids: jax.Array | None = None) -> jax.Array:
+  """input_mask bool [B, T] (segment_ids, parent_ids int [B, T]) -> causal mask bool [B, T, T]
+  over real (non-pad) keys of the query's own segment, and of the group span it hangs off
+  (`parent_ids`: that span's segment id, earlier in the row; 0 for none, which no real key has)."""
   t = input_mask.shape[1]
   causal = jnp.tril(jnp.ones((t, t), bool))
   mask = causal[None] & input_mask[:, None, :]
   if segment_ids is not None:
-    mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    if parent_ids is not None:
+      same = same | (parent_ids[:, :, None] == segment_ids[:, None, :])
+    mask = mask & same
   return mask
 
 
@@ -170,7 +177,7 @@ def hidden_states(model, params, batch: Batch, remat_policy: str = "none",
   mesh, every layer's activations stay split over the batch axes (see `remat.layers`). With
   `prefix_tokens`, the shared prefix is forwarded once (or its keys / values `prefix_kv` are
   given) and h covers the rows' suffixes (`shared_prefix.py`)."""
-  mask = attention_mask(batch.input_mask, batch.segment_ids)
+  mask = attention_mask(batch.input_mask, batch.segment_ids, batch.parent_ids)
   if batch.prefix_tokens is not None:
     return shared_prefix.hidden_states(model, params, batch, mask, remat_policy, mesh,
                                        kv=prefix_kv)
