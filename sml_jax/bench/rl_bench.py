@@ -12,7 +12,9 @@ steady state). Then, on the last iteration's examples and the state before its u
 step of each, compiled first and timed apart from compilation:
 
   ours   packed rows, logits only at targets with a non-zero mask / weight, the prefix every
-         conversation shares forwarded once per step (`Trainer.batch`, `train.share_prefix`)
+         conversation shares forwarded once per step (`Trainer.batch`, `train.share_prefix`),
+         each group's span after it once per row (`train.share_group_prefix`; when the batch
+         has any, also timed without them: `prefix_only_*`, `group_span_speedup`)
   plain  one conversation per row, full-sequence forward + backward, logits at every position,
          no prefix sharing
 
@@ -28,7 +30,7 @@ measured and printed as the other benches do. With --json the last line is one J
 `iterations` (the splits), `iteration_s`, `time_sampling_s`, `time_training_s` (last iteration),
 `train_tokens_per_s`, `reference_train_tokens_per_s`, `train_step_speedup`, `padding_fraction`,
 `reference_padding_fraction` (of the rows' slots; ours' rows hold the suffixes after the shared
-prefix), `shared_prefix_tokens`, the step and compile seconds of both, `rollouts_again_s`,
+prefix), `shared_prefix_tokens`, `shared_span_tokens`, the step and compile seconds of both, `rollouts_again_s`,
 `reference_rollouts_s`, `reference_same_rollouts` (the share of conversations with the same
 student tokens), `reference_iteration_s`, `iteration_speedup`, and `hardware`.
 """
@@ -222,8 +224,11 @@ def compare_rollouts(exp, stage, ctx, state, step: int, convs) -> dict:
 def compare_steps(trainer, settings, state, examples) -> dict:
   """Our step and the plain step on the same examples from the same state (see the docstring)."""
   out = {}
-  for name, plain in (("", False), ("reference_", True)):
-    batch = trainer.prepare(state, examples, settings, plain=plain)
+  spans = trainer.batch(examples, settings.needs_old_logprobs).span_tokens_saved() > 0
+  variants = [("", False, True)] + ([("prefix_only_", False, False)] if spans else []) + [
+      ("reference_", True, True)]
+  for name, plain, groups in variants:
+    batch = trainer.prepare(state, examples, settings, plain=plain, share_groups=groups)
     # The last step may use up the state (one copy less of a model in memory).
     compile_s, step_s, m = _time_step(trainer, state, batch, settings, copy_state=not plain)
     tokens = float(batch.num_tokens())
@@ -233,15 +238,20 @@ def compare_steps(trainer, settings, state, examples) -> dict:
                 f"{name}train_tokens_per_s": tokens / step_s, f"{name}loss": m["loss"],
                 f"{name}padding_fraction": padding,
                 f"{name}batch_shape": list(shape)})
-    if not plain:
+    if not name:
       out["shared_prefix_tokens"] = batch.prefix_length
+      out["shared_span_tokens"] = batch.span_tokens_saved()
     index = ("" if plain else f", loss index K={batch.loss_index.shape[1]}, shared prefix "
-             f"P={batch.prefix_length}")
-    print(f"{'plain' if plain else 'ours '} step: {step_s:.1f} s ({tokens / step_s:.0f} tok/s; "
+             f"P={batch.prefix_length}, group spans spare {batch.span_tokens_saved()} tokens")
+    label = {"": "ours ", "prefix_only_": "ours without group spans", "reference_": "plain"}[name]
+    print(f"{label} step: {step_s:.1f} s ({tokens / step_s:.0f} tok/s; "
           f"compile {compile_s:.0f} s) on [{shape[0]}, {shape[1]}]{index}, padding "
           f"{padding:.1%}, loss {m['loss']:.6f}", flush=True)
   out["train_step_speedup"] = out["reference_train_step_s"] / out["train_step_s"]
   print(f"train step: {out['train_step_speedup']:.2f}x the plain step", flush=True)
+  if spans:
+    out["group_span_speedup"] = out["prefix_only_train_step_s"] / out["train_step_s"]
+    print(f"group spans: {out['group_span_speedup']:.2f}x the step without them", flush=True)
   return out
 
 

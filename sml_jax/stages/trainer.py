@@ -107,10 +107,11 @@ class Trainer:
     return self._steps[cfg]
 
   def batch(self, examples: Sequence[batching.Example], needs_old_logprobs: bool,
-            plain: bool = False):
+            plain: bool = False, share_groups: bool = True):
     """This host's examples -> the step's global batch, or None when no host has an example.
 
     plain: one conversation per row, logits at every position (the benchmark's reference).
+    share_groups=False: no group spans even with `train.share_group_prefix` (the benchmark).
     Otherwise packed rows (`segment_ids`) and a `loss_index`, so the step computes logits only where the
     loss needs them, and with `train.share_prefix` on one process the prefix every conversation
     shares forwarded once (`prefix_tokens`) and each group's span after it stored once per row
@@ -131,7 +132,8 @@ class Trainer:
       return batching.make_batch(
           examples, max_len=train.max_len, batch_multiple=micro,
           share_prefix=train.share_prefix and not plain,
-          share_groups=train.share_prefix and train.share_group_prefix and not plain, **layout)
+          share_groups=(train.share_prefix and train.share_group_prefix and share_groups
+                        and not plain), **layout)
     length = batching.bucket_length(int(sizes[:, 1].max()), max_len=train.max_len)
     first = (batching.make_batch(examples, max_len=train.max_len, buckets=(length,), **layout)
              if examples else None)
@@ -157,10 +159,12 @@ class Trainer:
     """The frozen initial policy's log-probs of `batch` (for the KL term)."""
     return self._logprobs(self.exp.reference.model, self.exp.reference_params(), batch, settings)
 
-  def prepare(self, state, examples, settings: TrainSettings, plain: bool = False):
+  def prepare(self, state, examples, settings: TrainSettings, plain: bool = False,
+              share_groups: bool = True):
     """The train batch of `examples` with the old / reference log-probs the loss needs (None
-    when no host has an example); `plain` as in `batch`."""
-    batch = self.batch(examples, settings.needs_old_logprobs, plain=plain)
+    when no host has an example); `plain`, `share_groups` as in `batch`."""
+    batch = self.batch(examples, settings.needs_old_logprobs, plain=plain,
+                       share_groups=share_groups)
     if batch is None:
       return None
     if settings.recompute_old_logprobs:   # See TrainSettings.recompute_old_logprobs.
