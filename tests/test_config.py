@@ -94,5 +94,9 @@ def test_deprecated_clip_norm_still_works_with_a_warning(capsys):
 def test_share_prefix_is_on_by_default_and_can_be_turned_off():
   assert _spec().train.share_prefix is True
   assert _spec(**{"train.share_prefix": False}).train.share_prefix is False
+  assert _spec().train.share_group_prefix is True
+  assert _spec(**{"train.share_group_prefix": False}).train.share_group_prefix is False
+  with pytest.raises(TypeError):
+    _spec(**{"train.share_group_prefix": "no"})
   with pytest.raises(TypeError):
     _spec(**{"train.share_prefix": "no"})

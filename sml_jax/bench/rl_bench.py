@@ -3,6 +3,7 @@ and our train step against the plain one on that iteration's batch.
 
     python -m sml_jax.bench rl [--config=configs/demo.py] [--iterations=1] [--problems=N] [--json]
                                [--override=rl.problems_per_step=2 ...] [--no-reference]
+                               [--no-plain-step]
 
 Builds the same `Experiment` as `python -m sml_jax.main` and runs `--iterations` RL iterations
 through the driver's own `TrainingStage.iteration` (rollouts with the current params -> GRPO
@@ -56,6 +57,8 @@ def parse_args(argv):
                  help="skip the plain-step comparison (iteration split only)")
   p.add_argument("--override", action="append", default=[],
                  help="config override KEY=VALUE (as --config.KEY=VALUE of sml_jax.main)")
+  p.add_argument("--no-plain-step", action="store_true",
+                 help="time our step and its variants only (the plain step needs the most memory)")
   p.add_argument("--json", action="store_true")
   args = p.parse_args(argv)
   if args.iterations < 1:
@@ -154,7 +157,9 @@ def main(argv) -> None:
     if trainer.last is not None:
       out.update(compare_rollouts(exp, stage, ctx, trainer.last[0], args.iterations - 1,
                                   stage.convs))
-      out.update(compare_steps(trainer, rl.train, *trainer.last), comparison_examples="rl")
+      out.update(compare_steps(trainer, rl.train, *trainer.last,
+                               with_plain=not args.no_plain_step), comparison_examples="rl")
+    if trainer.last is not None and not args.no_plain_step:
       # The iteration with the plain parts swapped in (warm differences): decoding every row
       # of a turn until its longest row stops, and the plain step.
       out["reference_iteration_s"] = (
@@ -163,10 +168,11 @@ def main(argv) -> None:
       out["iteration_speedup"] = out["reference_iteration_s"] / out["iteration_s"]
       print(f"iteration: {out['iteration_s']:.1f} s vs {out['reference_iteration_s']:.1f} s "
             f"with the plain decode and step: {out['iteration_speedup']:.2f}x", flush=True)
-    elif stage.every:   # All rewards equal: the same student tokens, each with weight 1.
+    if trainer.last is None and stage.every:   # All rewards equal: the same student tokens.
       print("no RL signal in the last iteration (all rewards of each group equal): the steps "
             "are compared on all its conversations, student tokens weighted 1", flush=True)
-      out.update(compare_steps(trainer, rl.train, state, stage.every),
+      out.update(compare_steps(trainer, rl.train, state, stage.every,
+                               with_plain=not args.no_plain_step),
                  comparison_examples="all conversations, weight 1")
   hw = hardware.best_of(hw, hardware.measure())
   print("hardware ceiling: " + hardware.describe(hw), flush=True)
@@ -221,12 +227,13 @@ def compare_rollouts(exp, stage, ctx, state, step: int, convs) -> dict:
           "reference_same_rollouts": same["plain"] / max(len(convs), 1)}
 
 
-def compare_steps(trainer, settings, state, examples) -> dict:
-  """Our step and the plain step on the same examples from the same state (see the docstring)."""
+def compare_steps(trainer, settings, state, examples, with_plain: bool = True) -> dict:
+  """Our step and the plain step on the same examples from the same state (see the docstring);
+  also ours without group spans (when the batch has any). with_plain=False: no plain step."""
   out = {}
   spans = trainer.batch(examples, settings.needs_old_logprobs).span_tokens_saved() > 0
-  variants = [("", False, True)] + ([("prefix_only_", False, False)] if spans else []) + [
-      ("reference_", True, True)]
+  variants = ([("", False, True)] + ([("prefix_only_", False, False)] if spans else [])
+              + ([("reference_", True, True)] if with_plain else []))
   for name, plain, groups in variants:
     batch = trainer.prepare(state, examples, settings, plain=plain, share_groups=groups)
     # The last step may use up the state (one copy less of a model in memory).
@@ -247,8 +254,9 @@ def compare_steps(trainer, settings, state, examples) -> dict:
     print(f"{label} step: {step_s:.1f} s ({tokens / step_s:.0f} tok/s; "
           f"compile {compile_s:.0f} s) on [{shape[0]}, {shape[1]}]{index}, padding "
           f"{padding:.1%}, loss {m['loss']:.6f}", flush=True)
-  out["train_step_speedup"] = out["reference_train_step_s"] / out["train_step_s"]
-  print(f"train step: {out['train_step_speedup']:.2f}x the plain step", flush=True)
+  if with_plain:
+    out["train_step_speedup"] = out["reference_train_step_s"] / out["train_step_s"]
+    print(f"train step: {out['train_step_speedup']:.2f}x the plain step", flush=True)
   if spans:
     out["group_span_speedup"] = out["prefix_only_train_step_s"] / out["train_step_s"]
     print(f"group spans: {out['group_span_speedup']:.2f}x the step without them", flush=True)
