@@ -164,6 +164,20 @@ def test_group_spans_end_before_the_first_needed_target():
   assert packing.group_spans([a, b, c], needs, 2, minimum=9) == ([-1, -1, -1], [0, 0, 0])
 
 
+def test_group_spans_are_used_only_where_they_save_rows(tiny_tok):
+  exs = examples(tiny_tok, "rl", GROUP_DIALOGUES)
+  # One row of 512 holds every conversation either way: the layout is the one without spans.
+  _, prefix_only = layouts(exs, buckets=(512,))
+  _, same_rows = layouts(exs, groups=True, buckets=(512,))
+  assert same_rows.parent_ids is None and same_rows.shape == prefix_only.shape
+  for k, v in prefix_only.arrays().items():
+    np.testing.assert_array_equal(getattr(same_rows, k), v, err_msg=k)
+  with pytest.raises(ValueError, match="pack=True"):
+    batching.make_batch(exs, share_prefix=True, share_groups=True)
+  with pytest.raises(ValueError, match="needs"):
+    packing.group_spans([exs[0].ids] * 2, [np.zeros(len(exs[0].ids), bool)], 0)
+
+
 def test_group_span_batch_holds_every_example_once(tiny_tok):
   exs = examples(tiny_tok, "rl", GROUP_DIALOGUES)
   plain, fast = layouts(exs, groups=True, buckets=(64, 128))
@@ -266,8 +280,8 @@ def test_tiny_shared_prefix_train_step_with_micro_batches_and_remat_is_exact(tin
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,lora", [("sft", False), ("rl", True)])
 def test_270m_shared_prefix_step_is_exact_at_small_shapes(real_270m, tokenizer, kind, lora):
-  """With group spans: two of the four conversations share their problem statement."""
-  exs = examples(tokenizer, kind, DIALOGUES[:2] + GROUP_DIALOGUES[:2])[:4]
+  """With group spans: three of the four conversations share their problem statement."""
+  exs = examples(tokenizer, kind, DIALOGUES[:1] + GROUP_DIALOGUES[:3])[:4]
   plain, fast = layouts(exs, groups=True, buckets=(64, 128))
   assert fast.prefix_length >= 32 and fast.span_tokens_saved() > 0
   model, trainable, frozen = li.model_270m(real_270m, lora)

@@ -55,7 +55,9 @@ class Batch:
   """One train batch of B rows x T tokens (numpy on the host, jax.Arrays on device).
 
   tokens        int32   [B, T]  ids, right-padded with PAD_ID
-  positions     int32   [B, T]  0..len-1 per row, 0 on padding
+  positions     int32   [B, T]  each token's position in its conversation (0.. per segment; from
+                                P after a shared prefix, past its span after a group span), 0 on
+                                padding
   input_mask    bool    [B, T]  real (non-pad) tokens
   mask          float32 [B, T]  1 on student tokens, as targets (normaliser, KL, metrics)
   weights       float32 [B, T]  per-token loss weight (1 for SFT, the advantage for RL)
@@ -203,7 +205,8 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
     (nothing below `packing.MIN_PREFIX`): `prefix_tokens` [B, P], rows hold the suffixes and T
     is the bucket of the longest suffix (capped at max_len - P).
   share_groups: with `pack`, store each group's span once per row (`packing.group_spans`,
-    `pack_grouped_rows`; `parent_ids`); T is unchanged, the rows fewer.
+    `pack_grouped_rows`; `parent_ids`) when that packs into fewer rows than without (T is the
+    same, so the step costs the rows it computes; fewer tokens in as many rows save nothing).
   """
   if not examples and not pad_batch_to:
     raise ValueError("make_batch needs at least one example.")
@@ -211,26 +214,26 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
     raise ValueError(f"max_len must be >= 2, got {max_len}.")
   if batch_multiple < 1:
     raise ValueError(f"batch_multiple must be >= 1, got {batch_multiple}.")
+  if share_groups and not pack:
+    raise ValueError("make_batch: share_groups=True needs pack=True (spans are row segments).")
   lengths = [min(len(e.ids), max_len or len(e.ids)) for e in examples]   # after truncation
   targets = [_targets(e, n) for e, n in zip(examples, lengths)]           # (mask, weights)
-  prefix = 0
-  if share_prefix:
-    prefix = packing.shared_prefix_length([e.ids[:n] for e, n in zip(examples, lengths)],
-                                          [(m != 0) | (w != 0) for m, w in targets])
+  ids = [e.ids[:n] for e, n in zip(examples, lengths)]
+  needs = [(m != 0) | (w != 0) for m, w in targets]
+  prefix = packing.shared_prefix_length(ids, needs) if share_prefix else 0
   longest = max((n - prefix for n in lengths), default=1)
   t = bucket_length(longest, buckets, max_len - prefix if max_len else None)
-  groups, spans = [-1] * len(examples), [0] * len(examples)
-  if share_groups and pack and examples:
-    groups, spans = packing.group_spans(
-        [e.ids[:n] for e, n in zip(examples, lengths)],
-        [(m != 0) | (w != 0) for m, w in targets], prefix)
   suffix_lengths = [min(n - prefix, t) for n in lengths]
-  if any(g >= 0 for g in groups):
-    rows = packing.pack_grouped_rows(suffix_lengths, groups, spans, t)
-  elif pack:
-    rows = [[("example", i) for i in row] for row in packing.pack_rows(suffix_lengths, t)]
-  else:
-    rows = [[("example", i)] for i in range(len(examples))]
+  groups, spans = [-1] * len(examples), [0] * len(examples)
+  rows = ([[packing.Item("example", i)] for i in range(len(examples))] if not pack else
+          [[packing.Item("example", i) for i in row]
+           for row in packing.pack_rows(suffix_lengths, t)])
+  if share_groups and examples:
+    grouped_by, span_of = packing.group_spans(ids, needs, prefix)
+    if max(grouped_by) >= 0:
+      grouped = packing.pack_grouped_rows(suffix_lengths, grouped_by, span_of, t)
+      if len(grouped) < len(rows):
+        rows, groups, spans = grouped, grouped_by, span_of
   b = round_up(max(len(rows), pad_batch_to or 0), batch_multiple)
   if pad_batch_to is not None and b != pad_batch_to:
     raise ValueError(f"pad_batch_to={pad_batch_to} is smaller than the {len(rows)} rows "
@@ -244,8 +247,8 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
       "weights": np.zeros((b, t), np.float32),
   }
   optional = [k for k in OPTIONAL if examples and all(getattr(e, k) is not None for e in examples)]
-  ids_layout = (["segment_ids"] if pack else []) + (["parent_ids"] if max(groups, default=-1) >= 0
-                                                     else [])
+  with_spans = max(groups, default=-1) >= 0
+  ids_layout = ["segment_ids"] * pack + ["parent_ids"] * with_spans
   for k in optional + ids_layout:
     out[k] = np.zeros((b, t), np.int32 if k in ids_layout else np.float32)
 
@@ -253,33 +256,26 @@ def make_batch(examples: Sequence[Example], max_len: int | None = None, *,
   for r, items in enumerate(rows):
     start, span_segment = 0, {}
     for seg, (kind, i) in enumerate(items, 1):
-      if kind == "span":                                  # group i's span: no loss
-        span_segment[i] = seg
-        ex, lo = examples[first_member[i]], spans[first_member[i]]
-        where = slice(start, start + lo)
-        out["tokens"][r, where] = ex.ids[prefix:prefix + lo]
-        out["positions"][r, where] = np.arange(prefix, prefix + lo)
-        out["input_mask"][r, where] = True
-        out["segment_ids"][r, where] = seg
-        start += lo
-        continue
-      ex = examples[i]
-      # The suffix (the whole row: prefix 0), after its group's span.
-      cut = slice(prefix + spans[i], min(lengths[i], prefix + t))
-      n = cut.stop - cut.start
-      where = slice(start, start + n)
+      if kind == "span":   # A group's span: no loss.
+        ex, cut = examples[first_member[i]], slice(prefix, prefix + spans[first_member[i]])
+      else:                # An example's suffix (the whole row: prefix 0), after its group's span.
+        ex, cut = examples[i], slice(prefix + spans[i], min(lengths[i], prefix + t))
+      where = slice(start, start + cut.stop - cut.start)
       out["tokens"][r, where] = ex.ids[cut]
       out["positions"][r, where] = np.arange(cut.start, cut.stop)
       out["input_mask"][r, where] = True
+      if pack:
+        out["segment_ids"][r, where] = seg
+      start = where.stop
+      if kind == "span":
+        span_segment[i] = seg
+        continue
       out["mask"][r, where] = targets[i][0][cut]
       out["weights"][r, where] = targets[i][1][cut]
       for k in optional:
         out[k][r, where] = getattr(ex, k)[cut]
-      if pack:
-        out["segment_ids"][r, where] = seg
       if groups[i] >= 0:
         out["parent_ids"][r, where] = span_segment[groups[i]]
-      start += n
   if prefix:
     out["prefix_tokens"] = np.tile(np.asarray(examples[0].ids[:prefix], np.int32), (b, 1))
   if with_loss_index:

@@ -39,7 +39,7 @@ segments hold the rest, attending to the span too (`parent_ids`, `train_step.att
 from __future__ import annotations
 
 import collections
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -119,17 +119,13 @@ def shared_prefix_length(ids: Sequence[np.ndarray], needs: Sequence[np.ndarray],
   """
   if multiple < 1 or minimum < 1:
     raise ValueError(f"multiple and minimum must be >= 1, got {multiple} and {minimum}.")
-  if len(ids) != len(needs):
-    raise ValueError(f"shared_prefix_length: {len(ids)} ids but {len(needs)} needs.")
+  _check_ids_needs("shared_prefix_length", ids, needs)
   if len(ids) < 2:
     return 0
   first = np.asarray(ids[0])
   p = len(first) - 1
   for row, need in zip(ids, needs):
     row, need = np.asarray(row), np.asarray(need, bool)
-    if len(row) != len(need):
-      raise ValueError(f"shared_prefix_length: ids of length {len(row)} but needs of length "
-                       f"{len(need)}.")
     n = min(len(row), len(first))
     differ = np.flatnonzero(row[:n] != first[:n])
     needed = np.flatnonzero(need)
@@ -139,6 +135,21 @@ def shared_prefix_length(ids: Sequence[np.ndarray], needs: Sequence[np.ndarray],
   return p if p >= minimum else 0
 
 
+class Item(NamedTuple):
+  """One entry of a packed row: `kind` "example" (index = the example) or "span" (index = the
+  group whose span it is)."""
+  kind: str
+  index: int
+
+
+def _check_ids_needs(name: str, ids, needs) -> None:
+  if len(ids) != len(needs):
+    raise ValueError(f"{name}: {len(ids)} ids but {len(needs)} needs.")
+  for row, need in zip(ids, needs):
+    if len(row) != len(need):
+      raise ValueError(f"{name}: ids of length {len(row)} but needs of length {len(need)}.")
+
+
 def group_spans(ids: Sequence[np.ndarray], needs: Sequence[np.ndarray], prefix: int, *,
                 minimum: int = MIN_SPAN) -> tuple[list[int], list[int]]:
   """-> (group, span) per example: the span is the L tokens after the shared `prefix` up to
@@ -146,6 +157,7 @@ def group_spans(ids: Sequence[np.ndarray], needs: Sequence[np.ndarray], prefix: 
   hidden states and the suffix after it is non-empty); examples whose spans are equal and at
   least `minimum` long form a group (ids 0, 1, ... in order of first appearance); others get
   group -1 and span 0. ids / needs as in `shared_prefix_length`."""
+  _check_ids_needs("group_spans", ids, needs)
   heads = []
   for row, need in zip(ids, needs):
     row, need = np.asarray(row), np.asarray(need, bool)
@@ -163,12 +175,13 @@ def group_spans(ids: Sequence[np.ndarray], needs: Sequence[np.ndarray], prefix: 
 
 
 def pack_grouped_rows(lengths: Sequence[int], groups: Sequence[int], spans: Sequence[int],
-                      row_len: int) -> list[list[tuple[str, int]]]:
+                      row_len: int) -> list[list[Item]]:
   """Rows of `row_len` tokens holding every example (length `lengths[i]`, its span included)
   once and, in a row with members of group g, g's span once before them -> per row its items
-  in order: ("span", g) or ("example", i). Groups go first, largest first, each member into
-  the first row that already holds its group's span and has room for the rest of it, else the
-  first with room for span + rest; then the ungrouped examples, first-fit-decreasing.
+  in order: `Item("span", g)` or `Item("example", i)`. Groups go first, largest first, each
+  member into the first row that already holds its group's span and has room for the rest of
+  it, else the first with room for span + rest; then the ungrouped examples,
+  first-fit-decreasing.
   Deterministic."""
   if row_len < 1:
     raise ValueError(f"row_len must be >= 1, got {row_len}.")
@@ -178,17 +191,17 @@ def pack_grouped_rows(lengths: Sequence[int], groups: Sequence[int], spans: Sequ
   if too_long:
     raise ValueError(f"pack_grouped_rows: lengths must be in [1, row_len={row_len}], got "
                      f"{too_long[:4]}.")
-  rows: list[list[tuple[str, int]]] = []
+  rows: list[list[Item]] = []
   free: list[int] = []
-  held: list[set[int]] = []
+  held: list[set[int]] = []    # per row, the groups whose span it holds
 
-  def place(items, size, where=lambda r: True):
-    for r in range(len(rows)):
-      if free[r] >= size and where(r):
-        break
-    else:
-      rows.append([]), free.append(row_len), held.append(set())
-      r = len(rows) - 1
+  def place(items, size, where=lambda r: True) -> int:
+    """items into the first row with `size` free tokens where `where(row)`, else a new row."""
+    r = next((r for r in range(len(rows)) if free[r] >= size and where(r)), len(rows))
+    if r == len(rows):
+      rows.append([])
+      free.append(row_len)
+      held.append(set())
     rows[r].extend(items)
     free[r] -= size
     return r
@@ -203,9 +216,9 @@ def pack_grouped_rows(lengths: Sequence[int], groups: Sequence[int], spans: Sequ
       if rest < 1:
         raise ValueError(f"pack_grouped_rows: example {i} has nothing after its span.")
       if any(g in held[r] and free[r] >= rest for r in range(len(rows))):
-        place([("example", i)], rest, lambda r: g in held[r])
+        place([Item("example", i)], rest, lambda r: g in held[r])
       else:
-        held[place([("span", g), ("example", i)], lengths[i])].add(g)
+        held[place([Item("span", g), Item("example", i)], lengths[i])].add(g)
   for i in sorted((i for i, g in enumerate(groups) if g < 0), key=lambda i: (-lengths[i], i)):
-    place([("example", i)], lengths[i])
+    place([Item("example", i)], lengths[i])
   return rows
