@@ -131,6 +131,7 @@ def test_iterations_with_different_row_counts_share_one_compiled_step(tmp_path):
     shapes.append((batch.shape, trainer.num_micro(batch)))
     state, m = trainer.train(state, exs, rl, learning_rate=1e-3)
     assert m["padding_fraction"] == pytest.approx(1 - 100 / 128)
+    assert m["shared_span_tokens"] == 0   # random conversations share no problem statement
     compile_s.append(m["time_compile_s"])
   assert shapes == [((4, 128), 4), ((4, 128), 4), ((2, 128), 2)]
   # The training rows say when an update compiled (so the clock hears JAX's compile events):

@@ -138,8 +138,9 @@ def main(argv) -> None:
            "rollout_s": m["time_sampling_s"], **{k: round(v, 2) for k, v in seconds.items()},
            "train_tokens": int(m.get("train_tokens", 0)), "training_s": m["time_training_s"],
            "total_s": time.time() - t0}
-    row.update({k: m[k] for k in ("padding_fraction", "shared_prefix_tokens", "time_sampling_s",
-                                  "time_training_s", "time_compile_s") if k in m})
+    row.update({k: m[k] for k in ("padding_fraction", "shared_prefix_tokens", "shared_span_tokens",
+                                  "time_sampling_s", "time_training_s", "time_compile_s")
+                if k in m})
     rows.append(row)
     other = row["rollout_s"] - sum(seconds.values())
     print(f"iteration {it + 1}{' (incl. compilation)' if it == 0 else ''}: total "

@@ -175,7 +175,8 @@ class TrainingStage:
                   "padding_fraction": m["padding_fraction"],
                   "shared_prefix_tokens": m["shared_prefix_tokens"],
                   "time_compile_s": m["time_compile_s"]})
-      row.update({k: v for k, v in m.items() if k in ("kl", "clip_fraction", "log_ratio_abs_mean")
+      row.update({k: v for k, v in m.items() if k in ("kl", "clip_fraction", "log_ratio_abs_mean",
+                                                      "shared_span_tokens")
                   or k.startswith("first_")})
     return state, row, convs
 
