@@ -31,8 +31,8 @@ measured and printed as the other benches do. With --json the last line is one J
 `iterations` (the splits), `iteration_s`, `time_sampling_s`, `time_training_s` (last iteration),
 `train_tokens_per_s`, `reference_train_tokens_per_s`, `train_step_speedup`, `padding_fraction`,
 `reference_padding_fraction` (of the rows' slots; ours' rows hold the suffixes after the shared
-prefix), `shared_prefix_tokens`, `shared_span_tokens`, the step and compile seconds of both, `rollouts_again_s`,
-`reference_rollouts_s`, `reference_same_rollouts` (the share of conversations with the same
+prefix), `shared_prefix_tokens`, `shared_span_tokens`, the step and compile seconds of both,
+`rollouts_again_s`, `reference_rollouts_s`, `reference_same_rollouts` (the share of conversations with the same
 student tokens), `reference_iteration_s`, `iteration_speedup`, and `hardware`.
 """
 

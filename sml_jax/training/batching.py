@@ -47,7 +47,8 @@ from sml_jax.training import packing
 DEFAULT_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 REQUIRED = ("tokens", "positions", "input_mask", "mask", "weights")
 OPTIONAL = ("old_logprobs", "ref_logprobs")
-LAYOUT = ("segment_ids", "parent_ids", "loss_index", "prefix_tokens")   # optional, not per-example values
+# Optional, not per-example values.
+LAYOUT = ("segment_ids", "parent_ids", "loss_index", "prefix_tokens")
 
 
 @flax.struct.dataclass

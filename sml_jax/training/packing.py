@@ -181,8 +181,7 @@ def pack_grouped_rows(lengths: Sequence[int], groups: Sequence[int], spans: Sequ
   in order: `Item("span", g)` or `Item("example", i)`. Groups go first, largest first, each
   member into the first row that already holds its group's span and has room for the rest of
   it, else the first with room for span + rest; then the ungrouped examples,
-  first-fit-decreasing.
-  Deterministic."""
+  first-fit-decreasing. Deterministic."""
   if row_len < 1:
     raise ValueError(f"row_len must be >= 1, got {row_len}.")
   if not len(lengths) == len(groups) == len(spans):
@@ -195,9 +194,9 @@ def pack_grouped_rows(lengths: Sequence[int], groups: Sequence[int], spans: Sequ
   free: list[int] = []
   held: list[set[int]] = []    # per row, the groups whose span it holds
 
-  def place(items, size, where=lambda r: True) -> int:
-    """items into the first row with `size` free tokens where `where(row)`, else a new row."""
-    r = next((r for r in range(len(rows)) if free[r] >= size and where(r)), len(rows))
+  def place(items, size) -> int:
+    """items into the first row with `size` free tokens, else a new row -> the row."""
+    r = next((r for r in range(len(rows)) if free[r] >= size), len(rows))
     if r == len(rows):
       rows.append([])
       free.append(row_len)
@@ -215,8 +214,10 @@ def pack_grouped_rows(lengths: Sequence[int], groups: Sequence[int], spans: Sequ
       rest = lengths[i] - spans[i]
       if rest < 1:
         raise ValueError(f"pack_grouped_rows: example {i} has nothing after its span.")
-      if any(g in held[r] and free[r] >= rest for r in range(len(rows))):
-        place([Item("example", i)], rest, lambda r: g in held[r])
+      r = next((r for r in range(len(rows)) if g in held[r] and free[r] >= rest), None)
+      if r is not None:   # A row holding the group's span: only the rest.
+        rows[r].append(Item("example", i))
+        free[r] -= rest
       else:
         held[place([Item("span", g), Item("example", i)], lengths[i])].add(g)
   for i in sorted((i for i, g in enumerate(groups) if g < 0), key=lambda i: (-lengths[i], i)):
