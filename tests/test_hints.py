@@ -1,6 +1,7 @@
 """Privileged hint texts (`dialogue.hints`): informative, varied, deterministic, never leaking."""
 
 import os
+import fractions
 import random
 import re
 
@@ -86,6 +87,27 @@ def test_gsm8k_steps_come_from_the_worked_solution():
   assert "48/2" in hint and "24" in hint and "72" not in hint
   # A turn that already reached 24 gets no step (the only non-answer step is done).
   assert hints.first_unreached_step(natalia, "48/2 = 24. Final answer: 50") is None
+
+
+def test_float_artifacts_of_a_generated_solution_are_rounded_in_its_steps():
+  """gsm_symbolic's generated solutions carry float noise (eval problem 53 of seed 0); the hint
+  teacher quoted it: "Try working out 15.083333333333336 - 2 - 7/12 first: it comes to
+  12.500000000000002". A teacher says 15.08 and 12.5, and a student who wrote 12.5 has reached
+  the step."""
+  p = Problem(id="g", task="gsm_symbolic", domain="math", statement="s", answer="6",
+              privileged="After Tuesday, he had 15.083333333333336 - 2 - 7/12 = "
+                         "12.500000000000002 hours of TV left.\nThen 12.500000000000002 - 10 = "
+                         "2.5000000000000018 hours left, and 0.0000004 * 3 = 0.0000012.\n"
+                         "Final answer: 6")
+  steps = hints.solution_steps(p)
+  assert [(s.expression, s.value_text, s.value) for s in steps] == [
+      ("15.08 - 2 - 7/12", "12.5", fractions.Fraction(25, 2)),
+      ("12.5 - 10", "2.5", fractions.Fraction(5, 2)),
+      ("0.0000004 * 3", "0.0000012", fractions.Fraction(12, 10**7))]
+  assert steps[0].context == "hours of TV left"
+  hint = hints.math_hint(p, "Final answer: 9", Verdict(True, False, "9"), random.Random(0))
+  assert "15.08 - 2 - 7/12" in hint and "0000000" not in hint, hint
+  assert hints.first_unreached_step(p, "15 - 2.6 = 12.5. Final answer: 9").value_text == "2.5"
 
 
 def test_arithmetic_steps_follow_evaluation_order():

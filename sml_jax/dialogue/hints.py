@@ -49,6 +49,20 @@ class Step:
   context: str               # words after the result in its line ("clips in May"), may be ""
 
 
+# A float artifact of a generated solution ("12.500000000000002", "0.666666666666666"): a teacher
+# says 12.5 and 0.67.
+_LONG_DECIMAL = re.compile(r"\d+\.\d{6,}")
+
+
+def _tidy_decimals(text: str) -> str:
+  """`text` with every decimal of 6+ places rounded to 2 (trailing zeros dropped), unless that
+  would make it 0."""
+  def tidy(m: re.Match) -> str:
+    out = f"{float(m.group()):.2f}".rstrip("0").rstrip(".")
+    return out if out != "0" else m.group()
+  return _LONG_DECIMAL.sub(tidy, text)
+
+
 def _solution_text(problem: Problem) -> str:
   text = problem.privileged
   if "Solution:" in text:   # sharded problems: "Full problem: ...\n\nSolution:\n..."
@@ -104,12 +118,12 @@ def solution_steps(problem: Problem) -> list[Step]:
     steps = _expression_steps(problem.meta["expression"])
   else:
     for line in _solution_text(problem).splitlines():
-      for m in _STEP_RE.finditer(line):
+      for m in _STEP_RE.finditer(_tidy_decimals(line)):
         value = math_answers.parse_number(m.group("value").rstrip("%"))
         if value is None:
           continue
         tail = []
-        for w in re.split(r"[.,;:!?=(]", line[m.end():], maxsplit=1)[0].split()[:6]:
+        for w in re.split(r"[.,;:!?=(]", m.string[m.end():], maxsplit=1)[0].split()[:6]:
           if w.lower() in _CONTEXT_BREAK or not re.fullmatch(r"[A-Za-z'-]+", w):
             break
           tail.append(w)
