@@ -102,6 +102,14 @@ def test_first_answer_end():
   assert text[:math_answers.first_answer_end(text)] == "Final answer: 18 + 6 = 24"
   assert math_answers.first_answer_end("So \\boxed{7} it is") == len("So \\boxed{7}")
   assert math_answers.first_answer_end("How many? 7.") is None
+  # The answer is the first number, not its last repeat: the 270M trained with GSM rollouts
+  # (Dec 7) wrote "Final answer: 10 validInput: 10 validInput: 10 ...", and the turn kept it all.
+  for text in ("Final answer: 10 validInput: 10 validInput: 10", "Final answer: 10 apples and 10",
+               "Final answer: 10\u25bb10\u25bb22"):
+    assert text[:math_answers.first_answer_end(text)] == "Final answer: 10", text
+    assert math_answers.extract_answer(text) == "10"
+  text = "Final answer: 24 = 24 apples, 24 more"
+  assert text[:math_answers.first_answer_end(text)] == "Final answer: 24 = 24"
 
 
 @pytest.mark.parametrize("text", [

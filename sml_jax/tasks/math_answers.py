@@ -136,19 +136,31 @@ def _last_boxed(text: str) -> str | None:
   return spans[-1][2] if spans else None
 
 
-def _answer_from_segment(segment: str) -> str | None:
-  """The answer inside an anchored segment such as "$72 in total" or "2 + 3 = 5"."""
-  segment = segment.strip().strip("*_").strip()
-  if not segment or re.match(r"(?i)not\b|unknown\b|unclear\b", segment):
+def _answer_span(segment: str) -> tuple[int, str] | None:
+  """(offset, answer) of the answer inside an anchored segment such as "$72 in total" or
+  "2 + 3 = 5": the whole segment if it is a number (or LaTeX), the first number after its last
+  "=" ("15 gallons * 8 pints / gallon = 120 pints"), else its first number. What follows the
+  answer is not part of it ("10 validInput: 10" is 10, and its answer ends after the first 10)."""
+  stripped = segment.strip().strip("*_").strip()
+  if not stripped or re.match(r"(?i)not\b|unknown\b|unclear\b", stripped):
     return None
-  if parse_number(segment) is not None:
-    return segment
-  if "\\" in segment or "^" in segment:  # LaTeX: leave it whole to math_verify
-    return segment if len(segment) <= _MAX_VERIFY_CHARS else None
-  if "=" in segment:
-    segment = segment.rsplit("=", 1)[1]
+  start = segment.find(stripped)
+  if parse_number(stripped) is not None:
+    return start, stripped
+  if "\\" in stripped or "^" in stripped:  # LaTeX: leave it whole to math_verify
+    return (start, stripped) if len(stripped) <= _MAX_VERIFY_CHARS else None
+  eq = segment.rfind("=")
+  if eq >= 0:
+    nums = find_numbers(segment[eq + 1:])
+    return (eq + 1 + nums[0][0], nums[0][1]) if nums else None
   nums = find_numbers(segment)
-  return nums[0][1] if nums else None
+  return (nums[0][0], nums[0][1]) if nums else None
+
+
+def _answer_from_segment(segment: str) -> str | None:
+  """The answer inside an anchored segment (`_answer_span`)."""
+  span = _answer_span(segment)
+  return span[1] if span else None
 
 
 _JUNK = re.compile("[\"`\u201c\u201d]|\\$\\$")
@@ -169,11 +181,10 @@ def _anchored(text: str, anchor_re: re.Pattern) -> list[tuple[int, int, str]]:
   found = []
   for m in anchor_re.finditer(text):
     segment = _without_junk(_SEGMENT_END.split(text[m.end():], maxsplit=1)[0])
-    answer = _answer_from_segment(segment)
-    if answer is not None:
-      at = segment.rfind(answer)
-      end = m.end() + (at + len(answer) if at >= 0 else len(segment.rstrip()))
-      found.append((m.start(), end, answer))
+    span = _answer_span(segment)
+    if span is not None:
+      at, answer = span
+      found.append((m.start(), m.end() + at + len(answer), answer))
   return found
 
 
