@@ -39,6 +39,26 @@ def test_the_demo_s_format_penalty_reaches_the_rl_stage_and_its_examples():
   assert rollout.RLStage(_spec().stages[3]).to_examples(group[:2]) == []
 
 
+def test_the_word_problem_config_is_the_demo_on_train_split_gsm_symbolic():
+  """configs/word_problems_rl.py: the demo's dialogue and RL settings, trained on gsm_symbolic's
+  train split and evaluated on its held-out eval split (disjoint generator seeds), with the cache
+  and training length its ~900-token openings need."""
+  import dataclasses
+  from configs import demo, word_problems_rl
+  s, d = (config_lib.to_spec(m.get_config()) for m in (word_problems_rl, demo))
+  assert [st.kind for st in s.stages] == ["eval", "rl", "eval"]
+  rl, before, after = s.stages[1], s.stages[0], s.stages[2]
+  assert rl.curriculum == (spec_lib.TaskEntry("gsm_symbolic", 1.0, {}),)
+  assert (rl.group_size, rl.format_penalty, rl.train) == (8, 0.3, d.stages[1].train)
+  assert s.dialogue == dataclasses.replace(d.dialogue, student_max_tokens=64)
+  for ev in (before, after):
+    assert ev.tasks == (spec_lib.TaskEntry("gsm_symbolic", 1.0, {}),)
+    assert (ev.split, ev.num_problems, ev.teacher, ev.temperature) == ("eval", 96, "hint", 0.0)
+  assert (s.cache_length, s.train.max_len) == (1536, 1344)
+  assert s.train.max_len + s.dialogue.student_max_tokens + s.dialogue.teacher_max_tokens <= (
+      s.cache_length)
+
+
 def test_each_stage_owns_its_settings():
   s = _spec(**{"rl.inner_steps": 2, "rl.kl_beta": 0.1, "sft.kl_beta": 0.05})
   sft, qprime, rl = s.stages[1:4]
