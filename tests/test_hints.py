@@ -187,11 +187,13 @@ def test_junk_after_the_anchored_answer_is_not_well_formed():
   for text in ("68 * 59 = 442. Final answer: 442.$$$$$$$$$$", "Final answer: 74 oynuyoruz",
                "Final answer: 24.\\noindent\\noindent", "Final answer: 24 саме",
                # Seen after 4 RL steps on gsm_symbolic (Dec 7): junk between repeats of the answer.
-               "Final answer: 24 validInput: 24 validInput: 24", "Final answer: 24 subarray: 24"):
+               "Final answer: 24 validInput: 24 validInput: 24", "Final answer: 24 subarray: 24",
+               "Final answer: $5 multiplicado by 19 = $24 multiplicado by 19 = $24"):
     assert quality.math_answers.extract_answer(text) is not None
     assert not quality.well_formed(text, "math", statement), text
   for text in ("5 + 19 = 24. Final answer: 24", "Final answer: 24 apples.", "Final answer: 24.\n",
-               "Final answer: 5 + 19 = 24", "\\boxed{24}."):
+               "Final answer: 5 + 19 = 24", "\\boxed{24}.", "Final answer is 24",
+               "Final answer: 5 apples + 19 apples = 24 apples"):
     assert quality.well_formed(text, "math", statement), text
 
 
