@@ -27,10 +27,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15 $(XDIST) -m "not slow" --nbmake tests colabs/tiny_sml_run.ipynb $(PYTEST_ARGS)
 
-# Everything, `slow` included (what CI runs), in one process: the slow tests load the 270M,
-# start several processes or many fake devices each, and time kills; two at once risk memory.
+# Everything, `slow` included (what CI runs), on the same two workers: the slow tests load the
+# 270M, start several processes or many fake devices each, and time kills, and their time limits
+# leave room for a neighbour on the other core. `XDIST=` runs them in one process.
 test-all: $(STAMP)
-	$(PY) -m pytest -q --durations=25 --nbmake tests colabs $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 $(XDIST) --nbmake tests colabs $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m sml_jax.bench sampler
