@@ -1,4 +1,4 @@
-"""Online SML on GSM-like word problems with the embedded Gemma 3 270M (~25 min on 2 cores):
+"""Online SML on GSM-like word problems with the embedded Gemma 3 270M (~22 min on 2 cores):
 eval before -> 4 GRPO steps on train-split `gsm_symbolic` -> eval after, on 96 held-out problems.
 
 The demo's dialogue and RL settings (configs/demo.py: the hint teacher, the strict reward, T=0.7
@@ -8,9 +8,12 @@ need a cache of 1536 and `train.max_len` 1344 for 4 turns of up to 64 tokens.
 
 What it shows: the base 270M solves none of these problems, so the success reward is 0 in every
 rollout and the whole signal is the format penalty: within a group, conversations whose turns are
-anchored answers rank above those with unanchored ones (`Sophia is 70 years old.`). Measured in
-the README ("Word problems"): it makes the dialogues well-formed; it does not teach the 270M word
-problems.
+anchored answers rank above those with unanchored ones (`Sophia is 70 years old.`). Measured
+(Dec 7, Zen 4, 1,305 s; README "Online SML fixes the format on word problems"): held-out
+well-formed turns 0.867 -> 1.000, paired +0.133 [+0.073, +0.195]; demo copies 1.5% -> 2.0%;
+success 0 -> 2 of 96, with wrong working. It makes the dialogues well-formed; it does not teach
+the 270M word problems. Groups whose dialogues are all well-formed carry no signal, so the
+steps train 32, 24, 16 and 8 dialogues.
 """
 from configs import demo
 from sml_jax.config import curriculum
