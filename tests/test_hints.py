@@ -188,12 +188,16 @@ def test_junk_after_the_anchored_answer_is_not_well_formed():
                "Final answer: 24.\\noindent\\noindent", "Final answer: 24 саме",
                # Seen after 4 RL steps on gsm_symbolic (Dec 7): junk between repeats of the answer.
                "Final answer: 24 validInput: 24 validInput: 24", "Final answer: 24 subarray: 24",
-               "Final answer: $5 multiplicado by 19 = $24 multiplicado by 19 = $24"):
+               "Final answer: $5 multiplicado by 19 = $24 multiplicado by 19 = $24",
+               "Final answer: 39 multiplicado by 40 = 1560"):
     assert quality.math_answers.extract_answer(text) is not None
     assert not quality.well_formed(text, "math", statement), text
   for text in ("5 + 19 = 24. Final answer: 24", "Final answer: 24 apples.", "Final answer: 24.\n",
                "Final answer: 5 + 19 = 24", "\\boxed{24}.", "Final answer is 24",
-               "Final answer: 5 apples + 19 apples = 24 apples"):
+               "Final answer: 5 apples + 19 apples = 24 apples", "Final answer: \\boxed{24}",
+               "Final answer: x = 24", "Final answer: total = 24",
+               "Final Answer: The total is 24 apples.",
+               "The final answer is not obvious. 5 + 19 = 24, so \\boxed{24}"):
     assert quality.well_formed(text, "math", statement), text
 
 

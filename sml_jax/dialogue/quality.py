@@ -126,18 +126,19 @@ def is_echo(text: str, statement: str, n: int = 3, min_words: int = 6,
 
 
 def _clean_tail(text: str, statement: str) -> bool:
-  """Nothing but numbers, operators, punctuation or words of the problem (a unit: "Final answer:
-  24 apples.", "Final answer: 5 + 19 = 24") from the turn's first "Final answer" anchor on, and
-  nothing but those after its answer: not "Final answer: 442.$$$$$$", "... 74 oynuyoruz" or
-  "Final answer: 1995 multiplicado by 5 = 143" (turns cut at the answer, `turn_end`, pass the
-  second check; older transcripts need not)."""
+  """Nothing but punctuation or words of the problem (a unit: "Final answer: 24 apples.") after
+  the turn's first anchored answer, and no other words (LaTeX commands aside) inside its
+  "Final answer" expression once its numbers start: not "Final answer: 442.$$$$$$", "... 74
+  oynuyoruz" or "Final answer: 39 multiplicado by 40 = 1560" ("Final answer: the total is 24",
+  "5 apples + 19 apples = 24" pass). Turns cut at the answer, `turn_end`, pass the first check;
+  older transcripts need not."""
   end = math_answers.first_answer_end(text)
   if end is None:
     return True
-  known = set(_normalize(statement).split()) | {"is"}   # "Final answer is 24"
-  junk = lambda part: any(w not in known for w in re.findall(r"[^\W\d_]+", part.lower()))
-  anchor = text[:end].lower().rfind("final answer")
-  if anchor >= 0 and junk(text[anchor + len("final answer"):end]):
+  known = set(_normalize(statement).split())
+  working = math_answers.first_answer_working(text) or ""
+  if any(w not in known for w in re.findall(r"[^\W\d_]+", re.sub(r"\\[A-Za-z]+", " ", working)
+                                                                  .lower())):
     return False
   return all(w in known for w in re.findall(r"[^\W\d_]+|[^\w\s.,;:!?)\]}'\"]", text[end:].lower()))
 

@@ -77,8 +77,7 @@ def answer_may_continue(text: str, domain: str) -> bool:
   end = math_answers.first_answer_end(text)
   if end is None or not text[:end][-1:].isdigit():
     return False
-  # The anchored segment ends at the last repeat of its answer ("Final answer: 3 apples and 3"):
-  # a word after the answer's first digit means the answer had ended.
+  # A word after the answer's first digit means the answer had ended ("Final answer: 3 apples").
   anchor = text[:end].lower().rfind("answer")
   if anchor >= 0 and re.search(r"\d[^\n]*[^\W\d_]", text[anchor + len("answer"):end]):
     return False

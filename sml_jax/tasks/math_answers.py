@@ -202,6 +202,18 @@ def first_answer_end(text: str) -> int | None:
   return min(ends) if ends else None
 
 
+def first_answer_working(text: str) -> str | None:
+  """The first "Final answer: ..." expression from its first digit to its answer's end ("39
+  multiplicado by 40 = 1560" of "Final answer: 39 multiplicado by 40 = 1560"), when that is the
+  turn's first answer (`first_answer_end`); else None. Words in it are units or junk."""
+  found = _anchored(text, _FINAL_ANCHOR_RE)[:1]
+  if not found or found[0][1] != first_answer_end(text):
+    return None
+  start, end, _ = found[0]
+  digit = re.search(r"\d", text[start:end])
+  return text[start + digit.start():end] if digit else None
+
+
 def extract_answer(text: str, given: Iterable[fractions.Fraction] = (),
                    lenient: bool = False) -> str | None:
   """The student's final answer in `text`, or None if the turn makes no attempt.
