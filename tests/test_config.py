@@ -39,12 +39,16 @@ def test_the_demo_s_format_penalty_reaches_the_rl_stage_and_its_examples():
   assert rollout.RLStage(_spec().stages[3]).to_examples(group[:2]) == []
 
 
-def test_the_word_problem_config_is_the_demo_on_train_split_gsm_symbolic():
+def test_the_word_problem_config_is_the_demo_on_train_split_gsm_symbolic(tokenizer):
   """configs/word_problems_rl.py: the demo's dialogue and RL settings, trained on gsm_symbolic's
   train split and evaluated on its held-out eval split (disjoint generator seeds), with the cache
-  and training length its ~900-token openings need."""
+  its ~900-token openings need: the longest opening of the 96 eval problems (demos included, real
+  tokenizer) plus 4 full student turns and 3 full teacher replies fits the cache."""
   import dataclasses
   from configs import demo, word_problems_rl
+  from sml_jax.dialogue import party, prompts
+  from sml_jax.dialogue.conversation import opening_segment
+  from sml_jax.tasks import registry
   s, d = (config_lib.to_spec(m.get_config()) for m in (word_problems_rl, demo))
   assert [st.kind for st in s.stages] == ["eval", "rl", "eval"]
   rl, before, after = s.stages[1], s.stages[0], s.stages[2]
@@ -55,8 +59,13 @@ def test_the_word_problem_config_is_the_demo_on_train_split_gsm_symbolic():
     assert ev.tasks == (spec_lib.TaskEntry("gsm_symbolic", 1.0, {}),)
     assert (ev.split, ev.num_problems, ev.teacher, ev.temperature) == ("eval", 96, "hint", 0.0)
   assert (s.cache_length, s.train.max_len) == (1536, 1344)
-  assert s.train.max_len + s.dialogue.student_max_tokens + s.dialogue.teacher_max_tokens <= (
-      s.cache_length)
+  problems = registry.get_task("gsm_symbolic").problems("eval", limit=after.num_problems)
+  opening = max(len(opening_segment(tokenizer, prompts.student_opening(p),
+                                    prompts.student_demos(p, teacher="hint"))[0]) for p in problems)
+  d = s.dialogue
+  longest = opening + d.max_turns * d.student_max_tokens + (d.max_turns - 1) * (
+      d.teacher_max_tokens + party.reply_template_tokens(tokenizer))
+  assert 900 < opening and longest <= s.cache_length, (opening, longest)   # Dec 7: 983, 1,365
 
 
 def test_each_stage_owns_its_settings():
