@@ -110,6 +110,20 @@ def test_float_artifacts_of_a_generated_solution_are_rounded_in_its_steps():
   assert hints.first_unreached_step(p, "15 - 2.6 = 12.5. Final answer: 9").value_text == "2.5"
 
 
+def test_a_step_whose_result_is_a_fraction_keeps_it():
+  """Seen in the word-problem RL rollouts (Dec 7, gsm_symbolic train problem 727): the solution's
+  "14/42 = 1/3 miles per minute" became the hint "Try working out 14/42 first: it comes to 1."."""
+  p = Problem(id="g", task="gsm_symbolic", domain="math", statement="s", answer="64",
+              privileged="Ava walks 14 miles per 42 minutes, or 14/42 = 1/3 miles per minute.\n"
+                         "On the sidewalk, 2 * 1/3 = 2/3 miles per minute.\nFinal answer: 64")
+  steps = hints.solution_steps(p)
+  assert [(s.expression, s.value_text, s.value, s.context) for s in steps] == [
+      ("14/42", "1/3", fractions.Fraction(1, 3), "miles per minute"),
+      ("2 * 1/3", "2/3", fractions.Fraction(2, 3), "miles per minute")]
+  hint = hints.math_hint(p, "Final answer: 9", Verdict(True, False, "9"), random.Random(0))
+  assert "14/42" in hint and "1/3" in hint, hint
+
+
 def test_arithmetic_steps_follow_evaluation_order():
   p = Problem(id="a", task="arithmetic", domain="math", statement="What is (3 + 4) * 6 - 2?",
               privileged="", answer="40", meta={"expression": "(3 + 4) * 6 - 2"})

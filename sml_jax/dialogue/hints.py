@@ -38,7 +38,7 @@ _NUMBER = r"\$?(?:\d[\d,]*(?:\.\d+)?|\.\d+)%?"
 _CONTEXT_BREAK = frozenset("because since so and which that if when but while as".split())
 _STEP_RE = re.compile(
     rf"(?P<expr>\(?\s*{_NUMBER}\s*\)?(?:\s*[-+*/x\u00d7\u00f7]\s*\(?\s*{_NUMBER}\s*\)?)+)\s*=\s*"
-    rf"(?P<value>-?{_NUMBER})")
+    rf"(?P<value>-?{_NUMBER}(?:/\d+(?![\d.]))?)")   # "14/42 = 1/3": the value is 1/3, not 1
 
 
 @dataclasses.dataclass(frozen=True)
